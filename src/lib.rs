@@ -1,0 +1,4 @@
+//! recoveryd: verified node backups and self-resuming upgrade recovery for rpm-ostree + kubelet
+//! nodes. See `docs/architecture.md` for the layers and the data flow.
+
+pub mod config;
