@@ -1,4 +1,9 @@
 //! recoveryd: verified node backups and self-resuming upgrade recovery for rpm-ostree + kubelet
 //! nodes. See `docs/architecture.md` for the layers and the data flow.
 
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod journal;
+pub mod logging;
+pub mod status;

@@ -31,16 +31,34 @@ fn defaults_without_any_file() {
 fn later_files_override_earlier_keys() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    write(&p.join("usr/lib/recoveryd/config.d/10-vendor.toml"), "[backup]\nkeep = 5\nimages = true\n");
-    write(&p.join("usr/lib/recoveryd/config.d/20-masked.toml"), "[backup]\nkeep = 9\n");
-    write(&p.join("etc/recoveryd/config.d/20-masked.toml"), "[recovery]\nboot_attempts = 4\n");
-    write(&p.join("etc/recoveryd/config.toml"), "root = \"/srv/node\"\n[backup]\nkeep = 3\n");
-    write(&p.join("etc/recoveryd/config.d/50-admin.toml"), "[backup]\nspace_margin = \"1GiB\"\n[steps.restore-etc]\ntimeout = \"20m\"\n");
+    write(
+        &p.join("usr/lib/recoveryd/config.d/10-vendor.toml"),
+        "[backup]\nkeep = 5\nimages = true\n",
+    );
+    write(
+        &p.join("usr/lib/recoveryd/config.d/20-masked.toml"),
+        "[backup]\nkeep = 9\n",
+    );
+    write(
+        &p.join("etc/recoveryd/config.d/20-masked.toml"),
+        "[recovery]\nboot_attempts = 4\n",
+    );
+    write(
+        &p.join("etc/recoveryd/config.toml"),
+        "root = \"/srv/node\"\n[backup]\nkeep = 3\n",
+    );
+    write(
+        &p.join("etc/recoveryd/config.d/50-admin.toml"),
+        "[backup]\nspace_margin = \"1GiB\"\n[steps.restore-etc]\ntimeout = \"20m\"\n",
+    );
     let cfg = Config::load(&ConfigSource::Standard { prefix: p.into() }).unwrap();
     assert_eq!(cfg.root, Path::new("/srv/node"));
     assert_eq!(cfg.backup.keep, 3, "config.toml overrides vendor drop-ins");
     assert!(cfg.backup.images, "keys not overridden survive");
-    assert_eq!(cfg.recovery.boot_attempts, 4, "admin drop-in replaces vendor one of the same name");
+    assert_eq!(
+        cfg.recovery.boot_attempts, 4,
+        "admin drop-in replaces vendor one of the same name"
+    );
     assert_eq!(cfg.backup.space_margin, 1 << 30);
     assert_eq!(cfg.step_limits("restore-etc").timeout.as_secs(), 1200);
     assert_eq!(cfg.files.len(), 4);
@@ -53,13 +71,24 @@ fn unknown_key_names_file_and_key() {
     let f = dir.path().join("bad.toml");
     write(&f, "[backup]\nkeep = 2\nkeeep = 3\n");
     let err = Config::load(&ConfigSource::File(f.clone())).unwrap_err();
-    assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "backup.keeep"), "{err}");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, .. } if key == "backup.keeep"),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("bad.toml") && msg.contains("backup.keeep"), "{msg}");
+    assert!(
+        msg.contains("bad.toml") && msg.contains("backup.keeep"),
+        "{msg}"
+    );
 
     write(&f, "colour = \"blue\"\n");
-    let msg = Config::load(&ConfigSource::File(f.clone())).unwrap_err().to_string();
-    assert!(msg.contains("bad.toml") && msg.contains("`colour`"), "{msg}");
+    let msg = Config::load(&ConfigSource::File(f.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bad.toml") && msg.contains("`colour`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -67,12 +96,22 @@ fn wrong_type_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("types.toml");
     write(&f, "[backup]\nkeep = \"two\"\n");
-    let msg = Config::load(&ConfigSource::File(f.clone())).unwrap_err().to_string();
-    assert!(msg.contains("types.toml") && msg.contains("backup.keep"), "{msg}");
+    let msg = Config::load(&ConfigSource::File(f.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("types.toml") && msg.contains("backup.keep"),
+        "{msg}"
+    );
 
     write(&f, "[recovery]\ncontainer_timeout = \"soon\"\n");
-    let msg = Config::load(&ConfigSource::File(f.clone())).unwrap_err().to_string();
-    assert!(msg.contains("recovery.container_timeout") && msg.contains("soon"), "{msg}");
+    let msg = Config::load(&ConfigSource::File(f.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("recovery.container_timeout") && msg.contains("soon"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -92,21 +131,33 @@ fn invalid_values_are_refused() {
     for (text, key) in [
         ("[backup]\nkeep = 0\n", "backup.keep"),
         ("state_dir = \"var/recovery\"\n", "state_dir"),
-        ("[backup]\npaths = [\"/etc\", \"/etc/kubernetes\"]\n", "backup.paths"),
+        (
+            "[backup]\npaths = [\"/etc\", \"/etc/kubernetes\"]\n",
+            "backup.paths",
+        ),
         ("[backup]\nexclude = [\"relative\"]\n", "backup.exclude"),
         ("state_dir = \"/etc/recovery\"\n", "state_dir"),
     ] {
         write(&f, text);
-        let msg = Config::load(&ConfigSource::File(f.clone())).unwrap_err().to_string();
+        let msg = Config::load(&ConfigSource::File(f.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains(key) && msg.contains("c.toml"), "{text}: {msg}");
     }
 }
 
 #[test]
 fn unknown_step_override_is_an_error() {
-    let cfg = Config::from_toml("[steps.no-such-step]\nretries = 2\n", Path::new("x.toml")).unwrap();
-    let msg = cfg.check_step_names(&["restore-etc"]).unwrap_err().to_string();
-    assert!(msg.contains("steps.no-such-step") && msg.contains("x.toml"), "{msg}");
+    let cfg =
+        Config::from_toml("[steps.no-such-step]\nretries = 2\n", Path::new("x.toml")).unwrap();
+    let msg = cfg
+        .check_step_names(&["restore-etc"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("steps.no-such-step") && msg.contains("x.toml"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -119,12 +170,15 @@ fn the_shipped_sample_config_is_valid() {
 #[test]
 fn the_sample_config_documents_the_defaults() {
     // Uncommenting every `#key = value` line of the sample must give exactly the defaults.
-    let sample = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.toml")).unwrap();
+    let sample =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/config.toml"))
+            .unwrap();
     let mut text = String::new();
     let mut keys = 0;
     for line in sample.lines() {
         let uncommented = line.strip_prefix('#').filter(|l| {
-            l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            l.split_once(" = ")
+                .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         });
         match uncommented {
             Some(l) if !text.contains("[steps") => {
@@ -136,8 +190,10 @@ fn the_sample_config_documents_the_defaults() {
         text.push('\n');
     }
     let cfg = Config::from_toml(&text, Path::new("sample")).unwrap();
-    let mut defaults = Config::default();
-    defaults.files = cfg.files.clone();
+    let defaults = Config {
+        files: cfg.files.clone(),
+        ..Default::default()
+    };
     assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
     assert!(keys > 35, "only {keys} keys documented");
 }

@@ -1,1 +1,5 @@
-fn main(){}
+//! `recoveryctl`: see `recoveryd::cli`.
+
+fn main() -> std::process::ExitCode {
+    recoveryd::cli::main()
+}

@@ -105,16 +105,62 @@ impl Fragment {
     pub fn merge(&mut self, later: Fragment) {
         overlay!(self, later, [root, state_dir]);
         merge_section(&mut self.backup, later.backup, |a, b| {
-            overlay!(a, b, [paths, exclude, keep, space_margin, images, deadline, cluster_backup,
-                machine_config, undeploy_old, require_separate_mount, workers]);
+            overlay!(
+                a,
+                b,
+                [
+                    paths,
+                    exclude,
+                    keep,
+                    space_margin,
+                    images,
+                    deadline,
+                    cluster_backup,
+                    machine_config,
+                    undeploy_old,
+                    require_separate_mount,
+                    workers
+                ]
+            );
         });
         merge_section(&mut self.recovery, later.recovery, |a, b| {
-            overlay!(a, b, [cluster_restore, containers, container_timeout, operators,
-                revision_timeout, poll_interval, undeploy_to_pinned, reboot_delay, boot_attempts]);
+            overlay!(
+                a,
+                b,
+                [
+                    cluster_restore,
+                    containers,
+                    container_timeout,
+                    operators,
+                    revision_timeout,
+                    poll_interval,
+                    undeploy_to_pinned,
+                    reboot_delay,
+                    boot_attempts
+                ]
+            );
         });
         merge_section(&mut self.host, later.host, |a, b| {
-            overlay!(a, b, [systemd, ostree, cluster, sysroot, kubelet_unit, crio_unit, kubeconfig,
-                crictl, crio, oc, podman, ostree_cli, command_timeout, transaction_timeout]);
+            overlay!(
+                a,
+                b,
+                [
+                    systemd,
+                    ostree,
+                    cluster,
+                    sysroot,
+                    kubelet_unit,
+                    crio_unit,
+                    kubeconfig,
+                    crictl,
+                    crio,
+                    oc,
+                    podman,
+                    ostree_cli,
+                    command_timeout,
+                    transaction_timeout
+                ]
+            );
         });
         merge_section(&mut self.engine, later.engine, |a, b| {
             overlay!(a, b, [step_timeout, step_retries, retry_delay]);

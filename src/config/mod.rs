@@ -180,10 +180,14 @@ impl Config {
             if p.is_absolute() {
                 Ok(p)
             } else {
-                Err(invalid(key, format!("`{}` must be an absolute path", p.display())))
+                Err(invalid(
+                    key,
+                    format!("`{}` must be an absolute path", p.display()),
+                ))
             }
         };
-        let secs = |s: Option<units::Seconds>, d: u64| s.map(|s| s.0).unwrap_or(Duration::from_secs(d));
+        let secs =
+            |s: Option<units::Seconds>, d: u64| s.map(|s| s.0).unwrap_or(Duration::from_secs(d));
 
         let b = f.backup.unwrap_or_default();
         let r = f.recovery.unwrap_or_default();
@@ -209,7 +213,10 @@ impl Config {
                 }
             }
             if a == Path::new("/") {
-                return Err(invalid("backup.paths", "`/` cannot be backed up as a tree".into()));
+                return Err(invalid(
+                    "backup.paths",
+                    "`/` cannot be backed up as a tree".into(),
+                ));
             }
         }
         let keep = b.keep.unwrap_or(2);
@@ -232,7 +239,10 @@ impl Config {
         }
         let boot_attempts = r.boot_attempts.unwrap_or(3);
         if boot_attempts == 0 {
-            return Err(invalid("recovery.boot_attempts", "must be at least 1".into()));
+            return Err(invalid(
+                "recovery.boot_attempts",
+                "must be at least 1".into(),
+            ));
         }
 
         let mut steps = BTreeMap::new();
@@ -328,7 +338,11 @@ impl Config {
             if cfg.state_dir.starts_with(p) {
                 return Err(invalid(
                     "state_dir",
-                    format!("`{}` lies inside the backed-up tree `{}`", cfg.state_dir.display(), p.display()),
+                    format!(
+                        "`{}` lies inside the backed-up tree `{}`",
+                        cfg.state_dir.display(),
+                        p.display()
+                    ),
                 ));
             }
         }
@@ -349,8 +363,12 @@ impl Config {
     pub fn step_limits(&self, step: &str) -> StepLimits {
         let o = self.steps.get(step);
         StepLimits {
-            timeout: o.and_then(|s| s.timeout).unwrap_or(self.engine.step_timeout),
-            retries: o.and_then(|s| s.retries).unwrap_or(self.engine.step_retries),
+            timeout: o
+                .and_then(|s| s.timeout)
+                .unwrap_or(self.engine.step_timeout),
+            retries: o
+                .and_then(|s| s.retries)
+                .unwrap_or(self.engine.step_retries),
             retry_delay: self.engine.retry_delay,
         }
     }
@@ -370,7 +388,10 @@ impl Config {
                         .collect::<Vec<_>>()
                         .join(", "),
                     key: format!("steps.{name}"),
-                    message: format!("no step is called `{name}`; known steps: {}", known.join(", ")),
+                    message: format!(
+                        "no step is called `{name}`; known steps: {}",
+                        known.join(", ")
+                    ),
                 });
             }
         }

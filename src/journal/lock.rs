@@ -1,0 +1,90 @@
+//! The single-writer lock: one run at a time, across processes.
+//!
+//! An exclusive `flock` on `<state_dir>/recoveryd.lock`, held for as long as a run executes.
+//! The kernel drops it when the holder dies, so a crash never leaves a stale lock behind. The
+//! file holds the holder's pid and run id so that a refused caller can be told who is busy.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("recoveryd.lock")
+}
+
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("busy: {holder}")]
+    Busy { holder: String },
+    #[error("cannot open lock file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl RunLock {
+    /// Take the lock without waiting.
+    pub fn acquire(state_dir: &Path) -> Result<RunLock, LockError> {
+        let path = lock_path(state_dir);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+            .open(&path)
+            .map_err(io)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(LockError::Busy {
+                holder: if holder.is_empty() {
+                    "another recoveryd process holds the journal lock".to_string()
+                } else {
+                    holder.to_string()
+                },
+            });
+        }
+        let mut lock = RunLock {
+            file,
+            path: path.clone(),
+        };
+        lock.describe(&format!("process {} is starting a run", std::process::id()))
+            .map_err(io)?;
+        Ok(lock)
+    }
+
+    /// Say who holds the lock, for the next caller that is refused.
+    pub fn describe(&mut self, holder: &str) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(holder.as_bytes())?;
+        self.file.flush()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}

@@ -1,0 +1,194 @@
+//! The SQLite journal at `<state_dir>/journal.db`: runs, their steps, and generations.
+//!
+//! Every write is its own transaction with `synchronous=FULL` in WAL mode, so a record the
+//! engine has written survives a crash or power cut the moment the call returns.
+
+mod generations;
+mod lock;
+mod model;
+mod runs;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use lock::{LockError, RunLock, lock_path};
+pub use model::*;
+
+/// Errors a caller may want to tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "journal {path} is corrupted ({detail}); it was left untouched. Move it aside to start a new \
+         journal: the generations in its directory stay usable (`recoveryctl verify`)"
+    )]
+    Corrupted { path: PathBuf, detail: String },
+    #[error(
+        "journal {path} has schema version {found}, newer than this recoveryd understands ({supported}); \
+         refusing to open it. Run the recoveryd that wrote it, or a newer one"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("no journal at {0}: nothing has run yet")]
+    Missing(PathBuf),
+}
+
+pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+/// An open journal. Cheap to share behind an `Arc`; calls are serialized internally.
+pub struct Journal {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+impl Journal {
+    /// Open the journal, creating and migrating it as needed.
+    pub fn open(path: &Path) -> Result<Journal> {
+        Self::open_with(path, true)
+    }
+
+    /// Open an existing journal without creating it (status readers).
+    pub fn open_existing(path: &Path) -> Result<Journal> {
+        if !path.exists() {
+            return Err(JournalError::Missing(path.to_path_buf()));
+        }
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Journal> {
+        let err = |source: rusqlite::Error| {
+            if is_corruption(&source) {
+                JournalError::Corrupted {
+                    path: path.to_path_buf(),
+                    detail: source.to_string(),
+                }
+            } else {
+                JournalError::Sqlite {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        };
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let existed = path.exists();
+        let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+        if !existed {
+            restrict_mode(path);
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        // Reading the header first tells a non-database file apart before we change anything.
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version > schema::CURRENT {
+            return Err(JournalError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: schema::CURRENT,
+            });
+        }
+        if existed {
+            let check: String = conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(err)?;
+            if check != "ok" {
+                return Err(JournalError::Corrupted {
+                    path: path.to_path_buf(),
+                    detail: check,
+                });
+            }
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        let journal = Journal {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        journal.migrate(version)?;
+        Ok(journal)
+    }
+
+    fn migrate(&self, from: u32) -> Result<()> {
+        let mut conn = self.conn();
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let to = i as u32 + 1;
+            let tx = conn.transaction().map_err(|e| self.sql_err(e))?;
+            tx.execute_batch(sql).map_err(|e| self.sql_err(e))?;
+            tx.pragma_update(None, "user_version", to)
+                .map_err(|e| self.sql_err(e))?;
+            tx.commit().map_err(|e| self.sql_err(e))?;
+            if from > 0 {
+                tracing::info!(journal = %self.path.display(), "migrated journal schema to version {to}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32> {
+        self.conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.sql_err(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each write is a
+        // transaction), so a poisoned mutex is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> JournalError {
+        if is_corruption(&source) {
+            JournalError::Corrupted {
+                path: self.path.clone(),
+                detail: source.to_string(),
+            }
+        } else {
+            JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            }
+        }
+    }
+}
+
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}

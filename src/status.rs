@@ -1,0 +1,144 @@
+//! The status every interface reports (`recoveryctl status`, D-Bus `GetStatus`, the socket).
+
+use serde::Serialize;
+
+use crate::journal::{GenerationRecord, Journal, RunKind, RunRecord, RunState};
+
+/// A backup's state in the names TALM reports.
+pub fn backup_state(run: &RunRecord) -> &'static str {
+    match run.state {
+        RunState::Running | RunState::Paused | RunState::AwaitingReboot => {
+            match run.stage.as_deref() {
+                None => "PreparingToStart",
+                Some("preflight") => "Starting",
+                Some(_) => "Active",
+            }
+        }
+        RunState::Succeeded => "Succeeded",
+        RunState::Timeout => "Timeout",
+        RunState::Failed | RunState::Cancelled => "Error",
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: i64,
+    pub kind: RunKind,
+    pub state: RunState,
+    /// For backups, the TALM state name; for recoveries, the current stage.
+    pub phase: String,
+    pub stage: Option<String>,
+    pub started: String,
+    pub finished: Option<String>,
+    pub error: Option<String>,
+    pub steps_done: u32,
+    pub steps_total: u32,
+    pub progress: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `idle`, a backup state (`Active`, ...) or `recovery:<stage>`.
+    pub state: String,
+    /// The run executing now (or left open by a crash or a reboot).
+    pub current_run: Option<RunSummary>,
+    pub last_backup: Option<RunSummary>,
+    pub last_recovery: Option<RunSummary>,
+    pub generations: Vec<GenerationRecord>,
+}
+
+pub fn summarize(journal: &Journal, run: &RunRecord) -> anyhow::Result<RunSummary> {
+    let done = journal.completed_steps(run.id)?;
+    let total = run.plan.len() as u32;
+    let progress = (done * 100).checked_div(total).unwrap_or(0).min(100) as u8;
+    Ok(RunSummary {
+        id: run.id,
+        kind: run.kind,
+        state: run.state,
+        phase: match run.kind {
+            RunKind::Backup => backup_state(run).to_string(),
+            RunKind::Recovery => run.stage.clone().unwrap_or_else(|| "starting".into()),
+        },
+        stage: run.stage.clone(),
+        started: run.started.clone(),
+        finished: run.finished.clone(),
+        error: run.error.clone(),
+        steps_done: done,
+        steps_total: total,
+        progress,
+    })
+}
+
+impl Status {
+    pub fn read(journal: &Journal) -> anyhow::Result<Status> {
+        let last_backup = journal.latest_run(RunKind::Backup)?;
+        let last_recovery = journal.latest_run(RunKind::Recovery)?;
+        let open = |r: &Option<RunRecord>| {
+            r.as_ref()
+                .filter(|r| {
+                    matches!(
+                        r.state,
+                        RunState::Running | RunState::Paused | RunState::AwaitingReboot
+                    )
+                })
+                .cloned()
+        };
+        let current = open(&last_recovery).or_else(|| open(&last_backup));
+        let current_run = current
+            .as_ref()
+            .map(|r| summarize(journal, r))
+            .transpose()?;
+        let state = match &current_run {
+            None => "idle".to_string(),
+            Some(r) if r.kind == RunKind::Backup => r.phase.clone(),
+            Some(r) => format!("recovery:{}", r.phase),
+        };
+        Ok(Status {
+            state,
+            current_run,
+            last_backup: last_backup
+                .as_ref()
+                .map(|r| summarize(journal, r))
+                .transpose()?,
+            last_recovery: last_recovery
+                .as_ref()
+                .map(|r| summarize(journal, r))
+                .transpose()?,
+            generations: journal.generations()?,
+        })
+    }
+
+    pub fn human(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "state: {}", self.state);
+        let line = |r: &RunSummary| {
+            let mut l = format!(
+                "run {} {} {} ({}), {}/{} steps, started {}",
+                r.id, r.kind, r.state, r.phase, r.steps_done, r.steps_total, r.started
+            );
+            if let Some(e) = &r.error {
+                let _ = write!(l, "\n    error: {e}");
+            }
+            l
+        };
+        if let Some(r) = &self.current_run {
+            let _ = writeln!(s, "current: {}", line(r));
+        }
+        if let Some(r) = &self.last_backup {
+            let _ = writeln!(s, "last backup: {}", line(r));
+        }
+        if let Some(r) = &self.last_recovery {
+            let _ = writeln!(s, "last recovery: {}", line(r));
+        }
+        if self.generations.is_empty() {
+            let _ = writeln!(s, "generations: none");
+        } else {
+            let _ = writeln!(s, "generations:");
+            for g in &self.generations {
+                let _ = writeln!(s, "  {}", crate::cli::render::generation_line(g));
+            }
+        }
+        s
+    }
+}

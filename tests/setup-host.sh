@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need on a Debian 12 machine (run as root).
+# Idempotent: packages already present are not reinstalled.
+set -euo pipefail
+
+PACKAGES=(
+  dbus            # a real dbus-daemon for the private test bus
+  ostree          # the real ostree CLI on a test sysroot
+  rsync acl attr  # the independent fidelity checker, setfacl/setfattr
+  sqlite3         # reading the journal by hand, as operators do
+  util-linux      # setpriv (non-root callers), mount
+  systemd systemd-container mmdebstrap zstd  # real systemd as PID 1 in systemd-nspawn
+  rpm rpmlint cpio                           # building and checking the RPM
+  selinux-policy-dev checkpolicy semodule-utils  # compiling the SELinux module
+  gcc make pkg-config
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup-host: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup-host: cargo is missing; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
