@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod journal;
 pub mod logging;
+pub mod plans;
 pub mod status;

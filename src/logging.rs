@@ -48,6 +48,7 @@ pub fn init(identifier: &str, default_level: &str) -> Target {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .without_time(),
         )
         .try_init();

@@ -1,5 +1,7 @@
 //! `recoveryctl`: the command line. The binary in `src/bin/recoveryctl.rs` only calls [`main`].
 
+pub mod console;
+pub mod offline;
 pub mod render;
 
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Run the engine in this process instead of asking the daemon (rescue shells, tests).
+    #[arg(long, global = true)]
+    pub offline: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +65,38 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Take a backup: a new verified generation of the node's files.
+    Backup {
+        /// Wait for the backup to finish (always the case with --offline).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-hash a generation against its manifest (default: the newest).
+    Verify { generation: Option<String> },
+    /// Show what a restore of a generation would change in the live trees.
+    Diff { generation: Option<String> },
+    /// Restore the trees and machine-config files from a generation (nothing else).
+    RestoreFiles { generation: Option<String> },
+    /// List the committed generations.
+    Generations,
+    /// Continue the open recovery after its last completed step.
+    Resume {
+        /// Run by the boot unit: exit 0 when there is nothing to resume, and count toward the
+        /// boot-loop breaker.
+        #[arg(long)]
+        boot: bool,
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Start the open recovery over from its first step.
+    Restart {
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Cancel the open recovery (or the running run).
+    Cancel,
 }
 
 pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
@@ -96,8 +133,61 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn exit_for(report: &crate::engine::Report) -> u8 {
+    use crate::journal::RunState;
+    match report.state {
+        RunState::Succeeded | RunState::Paused | RunState::AwaitingReboot | RunState::Running => {
+            exit::OK
+        }
+        RunState::Timeout => exit::TIMEOUT,
+        RunState::Failed | RunState::Cancelled => exit::FAILED,
+    }
+}
+
+fn print_report(json: bool, report: &crate::engine::Report) -> Result<()> {
+    if json {
+        print_json(report)
+    } else {
+        println!(
+            "{} run {} {}: {}",
+            report.kind, report.run, report.state, report.message
+        );
+        Ok(())
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn pick_generation(
+    store: &crate::files::store::Store,
+    id: &Option<String>,
+) -> Result<crate::files::store::Generation> {
+    match id {
+        Some(id) => store.open(id),
+        None => store
+            .latest()?
+            .context("there is no committed generation; take a backup first"),
+    }
+}
+
 fn dispatch(cli: Cli) -> Result<u8> {
     let config = load_config(&cli.config)?;
+    match &cli.command {
+        Command::Backup { .. }
+        | Command::RestoreFiles { .. }
+        | Command::Resume { .. }
+        | Command::Restart { .. }
+        | Command::Cancel
+            if !cli.offline =>
+        {
+            anyhow::bail!("talking to the daemon is not available in this build; use --offline")
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Status => {
             let journal = match open_journal(&config) {
@@ -155,6 +245,180 @@ fn dispatch(cli: Cli) -> Result<u8> {
                             println!("{}", render::run_line(r));
                         }
                     }
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Backup { .. } => {
+            let off = offline::Offline::open(config)?;
+            let console = Arc::new(console::Console::new(cli.json));
+            let plan = crate::plans::backup_plan(&off.plans);
+            let report = runtime()?.block_on(off.run_new(plan, serde_json::json!({}), console))?;
+            print_report(cli.json, &report)?;
+            Ok(exit_for(&report))
+        }
+        Command::RestoreFiles { generation } => {
+            let off = offline::Offline::open(config)?;
+            let console = Arc::new(console::Console::new(cli.json));
+            let g = pick_generation(&off.plans.store, &generation)?;
+            let plan = crate::plans::restore_files_plan(&off.plans);
+            let options = serde_json::json!({"plan": "restore-files", "generation": g.info.id});
+            let report = runtime()?.block_on(off.run_new(plan, options, console))?;
+            print_report(cli.json, &report)?;
+            Ok(exit_for(&report))
+        }
+        Command::Verify { generation } => {
+            let store = crate::files::store::Store::new(&config.state_path());
+            let g = pick_generation(&store, &generation)?;
+            let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+            let jh = journal
+                .as_ref()
+                .and_then(|j| crate::plans::PlanContext::journal_hash(j, &g.info.id));
+            let r = crate::files::verify::verify(
+                &g,
+                jh.as_deref(),
+                config.backup.workers,
+                &crate::files::backup::Hooks::none(),
+            )?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("{}", r.summary());
+            }
+            Ok(if r.ok { exit::OK } else { exit::CORRUPTED })
+        }
+        Command::Diff { generation } => {
+            let store = crate::files::store::Store::new(&config.state_path());
+            let g = pick_generation(&store, &generation)?;
+            let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+            let m = crate::plans::restore::trusted_manifest(&g, journal.as_ref())?;
+            let trees: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
+            let sel = crate::files::restore::Selection {
+                trees: &trees,
+                extras: true,
+            };
+            let r = crate::files::restore::diff(
+                &config.root,
+                &g,
+                &m,
+                &sel,
+                &crate::files::backup::Hooks::none(),
+            )?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"generation": g.info.id, "changes": r.changes, "mounts_left": r.mounts_left, "notes": r.notes}),
+                )?;
+            } else {
+                for c in &r.changes {
+                    let kind = format!("{:?}", c.change).to_lowercase();
+                    if c.detail.is_empty() {
+                        println!("{kind:<9} {}", c.path);
+                    } else {
+                        println!("{kind:<9} {}  ({})", c.path, c.detail);
+                    }
+                }
+                eprintln!(
+                    "generation {}: {}",
+                    g.info.id,
+                    crate::plans::restore::summarize(&r)
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Resume { boot, step } => {
+            let off = offline::Offline::open(config)?;
+            let Some(run) = off.journal.open_run(crate::journal::RunKind::Recovery)? else {
+                if boot {
+                    tracing::info!("no interrupted recovery to resume");
+                    if !cli.json {
+                        println!("nothing to resume");
+                    }
+                    return Ok(exit::OK);
+                }
+                anyhow::bail!("there is no open recovery to resume");
+            };
+            if boot
+                && matches!(
+                    run.state,
+                    crate::journal::RunState::Paused | crate::journal::RunState::Failed
+                )
+            {
+                let msg = format!(
+                    "recovery run {} is {}; an operator continues it with `recoveryctl resume`",
+                    run.id, run.state
+                );
+                tracing::warn!(recovery_run = run.id, "{msg}");
+                println!("{msg}");
+                return Ok(exit::OK);
+            }
+            let console = Arc::new(console::Console::new(cli.json));
+            let plan = crate::plans::plan_for(run.kind, &run.options, &off.plans);
+            let trigger = if boot {
+                crate::engine::Trigger::Boot
+            } else {
+                crate::engine::Trigger::Operator
+            };
+            let engine = off.engine(console)?;
+            let prepared = engine.prepare_resume(run.id, plan, trigger, step.then_some(true))?;
+            let report = runtime()?
+                .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
+            print_report(cli.json, &report)?;
+            Ok(exit_for(&report))
+        }
+        Command::Restart { step } => {
+            let off = offline::Offline::open(config)?;
+            let run = off
+                .journal
+                .open_run(crate::journal::RunKind::Recovery)?
+                .context("there is no open recovery to restart")?;
+            let console = Arc::new(console::Console::new(cli.json));
+            let plan = crate::plans::plan_for(run.kind, &run.options, &off.plans);
+            let engine = off.engine(console)?;
+            let prepared = engine.prepare_restart(run.id, plan, step.then_some(true))?;
+            let report = runtime()?
+                .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
+            print_report(cli.json, &report)?;
+            Ok(exit_for(&report))
+        }
+        Command::Cancel => {
+            let off = offline::Offline::open(config)?;
+            let run = off
+                .journal
+                .open_run(crate::journal::RunKind::Recovery)?
+                .context("there is no open recovery to cancel")?;
+            let engine = off.engine(Arc::new(crate::engine::observer::Silent))?;
+            engine.cancel_idle(run.id)?;
+            println!("recovery run {} cancelled", run.id);
+            Ok(exit::OK)
+        }
+        Command::Generations => {
+            let store = crate::files::store::Store::new(&config.state_path());
+            let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+            let gens = store.list()?;
+            if cli.json {
+                let v: Vec<_> = gens
+                    .iter()
+                    .map(|g| {
+                        let recorded = journal
+                            .as_ref()
+                            .and_then(|j| j.generation(&g.info.id).ok().flatten())
+                            .is_some();
+                        serde_json::json!({"info": g.info, "dir": g.dir, "in_journal": recorded})
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else if gens.is_empty() {
+                println!("no generations in {}", store.dir().display());
+            } else {
+                for g in gens.iter().rev() {
+                    println!(
+                        "{}  created {}  {} entries  {}  manifest {}",
+                        g.info.id,
+                        g.info.created,
+                        g.info.entries,
+                        render::human_bytes(g.info.bytes),
+                        &g.info.manifest_hash[..16]
+                    );
                 }
             }
             Ok(exit::OK)

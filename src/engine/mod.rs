@@ -40,6 +40,11 @@ pub enum EngineError {
     Busy(String),
     #[error("no run {0} in the journal")]
     NotFound(i64),
+    #[error(
+        "recovery run {run} is {state}: continue it with `recoveryctl resume`, start it over with \
+         `recoveryctl restart`, or cancel it with `recoveryctl cancel`"
+    )]
+    RecoveryOpen { run: i64, state: RunState },
     #[error("run {run} is {state}; it cannot be continued{hint}")]
     NotResumable {
         run: i64,
@@ -125,8 +130,36 @@ impl Engine {
     }
 
     /// Create a new run of `plan` and take the lock for it.
+    ///
+    /// A backup left open by a crash is marked failed (backups are taken again, not continued).
+    /// A new recovery is refused while another one is open: it must be resumed, restarted or
+    /// cancelled first, because two recoveries must never interleave on one node.
     pub fn prepare_new(&self, plan: Plan, options: serde_json::Value) -> Result<Prepared> {
         let mut lock = self.lock()?;
+        match plan.kind {
+            RunKind::Backup => {
+                while let Some(stale) = self.journal.open_run(RunKind::Backup)? {
+                    warn!(
+                        recovery_run = stale.id,
+                        "backup run {} was interrupted; marking it failed", stale.id
+                    );
+                    self.journal.set_run_state(
+                        stale.id,
+                        RunState::Failed,
+                        Some("interrupted: the process ended before the backup finished"),
+                    )?;
+                }
+            }
+            RunKind::Recovery => {
+                if let Some(open) = self.journal.open_run(RunKind::Recovery)? {
+                    return Err(EngineError::RecoveryOpen {
+                        run: open.id,
+                        state: open.state,
+                    }
+                    .into());
+                }
+            }
+        }
         let one_stage = options
             .get("step")
             .and_then(|v| v.as_bool())
@@ -219,6 +252,30 @@ impl Engine {
             Trigger::Operator => self.journal.set_no_progress_boots(run, 0)?,
         }
         Ok(prepared)
+    }
+
+    /// Cancel a run that is not executing (paused, waiting for a reboot, failed, or left open
+    /// by a crash). A run that is executing is cancelled through its cancellation token instead.
+    pub fn cancel_idle(&self, run: i64) -> Result<RunRecord> {
+        let _lock = self.lock()?;
+        let record = self.journal.run(run)?.ok_or(EngineError::NotFound(run))?;
+        if !record.resumable() {
+            return Err(EngineError::NotResumable {
+                run,
+                state: record.state,
+                hint: String::new(),
+            }
+            .into());
+        }
+        self.journal
+            .set_run_state(run, RunState::Cancelled, Some("cancelled by an operator"))?;
+        warn!(
+            recovery_run = run,
+            message_id = MessageId::RunFailed.as_str(),
+            "{} run {run} cancelled by an operator",
+            record.kind
+        );
+        Ok(record)
     }
 
     /// Forget a run's steps so that it starts over from its first step.

@@ -1,0 +1,184 @@
+//! Copying file content while hashing it, reading every byte once.
+//!
+//! Holes stay holes: a file with fewer allocated blocks than its size is copied extent by extent
+//! (`SEEK_DATA`/`SEEK_HOLE`) and the hash covers the holes as zeros, so it equals the hash of
+//! the logical content. Where source and destination share a file system that can clone extents
+//! (XFS, Btrfs), a reflink replaces the copy and the source is only read to be hashed.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::SeekFrom;
+
+const BUF: usize = 1 << 20;
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub hash: String,
+    pub size: u64,
+    pub sparse: bool,
+    pub reflinked: bool,
+}
+
+/// Whether reflinks are worth trying; cleared after the first refusal so that a copy between
+/// file systems does not pay a failing ioctl per file.
+#[derive(Debug)]
+pub struct ReflinkState(AtomicBool);
+
+impl ReflinkState {
+    pub fn new(try_reflink: bool) -> ReflinkState {
+        ReflinkState(AtomicBool::new(try_reflink))
+    }
+    fn enabled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn disable(&self) {
+        self.0.store(false, Ordering::Relaxed)
+    }
+}
+
+fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Hash a whole file.
+pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    let mut r = src;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((h.finalize().to_hex().to_string(), total))
+}
+
+/// Copy `src` into the empty file `dst` and hash it. `expect` (a hex hash) makes the copy fail
+/// if the content differs, so that unverified bytes are never put in place.
+pub fn copy_and_hash(
+    src: OwnedFd,
+    dst: &OwnedFd,
+    reflink: &ReflinkState,
+    expect: Option<&str>,
+) -> io::Result<Copied> {
+    let st = rustix::fs::fstat(&src)?;
+    let size = st.st_size as u64;
+    let src = File::from(src);
+    let dst_file = dst.as_fd();
+
+    let copied = if reflink.enabled() && size > 0 {
+        match rustix::fs::ioctl_ficlone(dst_file, &src) {
+            Ok(()) => {
+                let (hash, n) = hash_file(&src)?;
+                if n != size {
+                    return Err(io::Error::other("file changed size while it was copied"));
+                }
+                Copied {
+                    hash,
+                    size,
+                    sparse: (st.st_blocks as u64) * 512 < size,
+                    reflinked: true,
+                }
+            }
+            Err(_) => {
+                reflink.disable();
+                copy_bytes(&src, dst, size, st.st_blocks as u64)?
+            }
+        }
+    } else {
+        copy_bytes(&src, dst, size, st.st_blocks as u64)?
+    };
+    if let Some(e) = expect
+        && e != copied.hash
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "content hash {} differs from the manifest's {e}",
+                copied.hash
+            ),
+        ));
+    }
+    Ok(copied)
+}
+
+fn copy_bytes(src: &File, dst: &OwnedFd, size: u64, blocks: u64) -> io::Result<Copied> {
+    let mut out = File::from(rustix::io::fcntl_dupfd_cloexec(dst, 0)?);
+    let mut h = blake3::Hasher::new();
+    let sparse = blocks * 512 < size;
+    if !sparse {
+        let mut buf = vec![0u8; BUF.min(size.max(4096) as usize)];
+        let mut total = 0u64;
+        let mut r = src;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+        if total != size {
+            return Err(io::Error::other(format!(
+                "file changed size while it was copied ({size} -> {total} bytes)"
+            )));
+        }
+        return Ok(Copied {
+            hash: h.finalize().to_hex().to_string(),
+            size,
+            sparse: false,
+            reflinked: false,
+        });
+    }
+    // Extent by extent.
+    let mut buf = vec![0u8; BUF];
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(e) => return Err(e.into()),
+        };
+        hash_zeros(&mut h, data - pos);
+        if data >= size {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(x) => x.min(size),
+            Err(e) => return Err(e.into()),
+        };
+        let mut off = data;
+        while off < hole {
+            let want = ((hole - off) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::other("file shrank while it was copied"));
+            }
+            h.update(&buf[..n]);
+            out.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        pos = hole;
+    }
+    out.set_len(size)?;
+    Ok(Copied {
+        hash: h.finalize().to_hex().to_string(),
+        size,
+        sparse: true,
+        reflinked: false,
+    })
+}

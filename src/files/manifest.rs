@@ -1,0 +1,204 @@
+//! The manifest of a generation: a header line, then one JSON line per entry and per artifact.
+//!
+//! It lives in the generation (`manifest`), so a generation can be verified and restored with
+//! nothing but its own directory, even if the journal is lost. Its BLAKE3 hash is kept in
+//! `generation.json` and in the journal; a manifest that does not match is refused before any
+//! file is read from the generation.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::bytetext::ByteText;
+use super::entry::Entry;
+
+pub const FORMAT: &str = "recoveryd-manifest";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeInfo {
+    /// The tree as configured (`/etc`).
+    pub path: String,
+    /// False when the tree did not exist on the node at backup time.
+    pub present: bool,
+    /// Where the tree resolved to inside the node (`/var/usrlocal` for an RHCOS `/usr/local`).
+    /// A restore refuses a tree that now resolves elsewhere (`/etc -> /`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub generation: String,
+    pub trees: Vec<TreeInfo>,
+    /// Machine-config files outside the trees that were backed up.
+    pub extras: Vec<ByteText>,
+    /// Machine-config paths that did not exist at backup time (left alone by a restore).
+    #[serde(default)]
+    pub extras_absent: Vec<ByteText>,
+    /// Exclusion patterns in force (absolute node paths or globs): neither backed up nor
+    /// touched by a restore.
+    pub exclude: Vec<String>,
+    /// Mount points found inside the trees; their content belongs to another file system and
+    /// was not backed up.
+    pub skipped_mounts: Vec<ByteText>,
+}
+
+/// A file produced by a program into the generation (`cluster/snapshot_*.db`, `images/*.tar`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub artifact: String,
+    pub size: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Artifact(Artifact),
+    Entry(Box<Entry>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub header: Header,
+    pub entries: Vec<Entry>,
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error(
+        "manifest {path} does not match its recorded hash (recorded {expected}, found {found}): the manifest was changed or damaged"
+    )]
+    HashMismatch {
+        path: String,
+        expected: String,
+        found: String,
+    },
+    #[error("manifest {path}, line {line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Manifest {
+    pub fn new(header: Header) -> Manifest {
+        Manifest {
+            header,
+            entries: Vec::new(),
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// Write the manifest to `path` (created, fsynced); returns its BLAKE3 hash (hex).
+    pub fn write_file(&self, path: &Path) -> io::Result<String> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let mut w = Hashing {
+            inner: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+        };
+        serde_json::to_writer(&mut w, &self.header)?;
+        w.write_all(b"\n")?;
+        for e in &self.entries {
+            serde_json::to_writer(&mut w, e)?;
+            w.write_all(b"\n")?;
+        }
+        for a in &self.artifacts {
+            serde_json::to_writer(&mut w, a)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        let hash = w.hasher.finalize().to_hex().to_string();
+        let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(hash)
+    }
+
+    /// Read a manifest, refusing it if `expected_hash` is given and does not match.
+    pub fn read_file(path: &Path, expected_hash: Option<&str>) -> Result<Manifest, ManifestError> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if let Some(expected) = expected_hash {
+            let found = blake3::hash(&bytes).to_hex().to_string();
+            if found != expected {
+                return Err(ManifestError::HashMismatch {
+                    path: p,
+                    expected: expected.to_string(),
+                    found,
+                });
+            }
+        }
+        let parse_err = |line: usize, message: String| ManifestError::Parse {
+            path: p.clone(),
+            line,
+            message,
+        };
+        let mut lines = bytes.lines();
+        let header: Header = match lines.next() {
+            Some(Ok(l)) => serde_json::from_str(&l).map_err(|e| parse_err(1, e.to_string()))?,
+            _ => return Err(parse_err(1, "empty manifest".into())),
+        };
+        if header.format != FORMAT || header.version != VERSION {
+            return Err(parse_err(
+                1,
+                format!(
+                    "unsupported format {} version {}",
+                    header.format, header.version
+                ),
+            ));
+        }
+        let mut m = Manifest::new(header);
+        for (i, line) in lines.enumerate() {
+            let line = line.map_err(|e| parse_err(i + 2, e.to_string()))?;
+            match serde_json::from_str::<Line>(&line)
+                .map_err(|e| parse_err(i + 2, e.to_string()))?
+            {
+                Line::Entry(e) => m.entries.push(*e),
+                Line::Artifact(a) => m.artifacts.push(a),
+            }
+        }
+        Ok(m)
+    }
+
+    /// Total bytes of regular-file content and artifacts.
+    pub fn content_bytes(&self) -> u64 {
+        let files: u64 = self
+            .entries
+            .iter()
+            .filter(|e| e.hardlink.is_none() || e.hash.is_some())
+            .map(|e| e.size)
+            .sum();
+        files + self.artifacts.iter().map(|a| a.size).sum::<u64>()
+    }
+}

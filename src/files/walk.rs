@@ -1,0 +1,244 @@
+//! Walking the live trees into manifest entries.
+//!
+//! One file system per tree: a directory on another device is a mount point; it is recorded in
+//! `skipped_mounts` and neither entered nor backed up. Names are bytes. Hardlink groups are found
+//! by `(dev, ino)` and numbered after the walk.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::entry::{Entry, Kind};
+use super::exclude::Excludes;
+use super::fsx;
+use super::manifest::TreeInfo;
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub trees: Vec<TreeInfo>,
+    pub entries: Vec<Entry>,
+    pub extras: Vec<Vec<u8>>,
+    pub extras_absent: Vec<Vec<u8>>,
+    pub skipped_mounts: Vec<Vec<u8>>,
+}
+
+impl Scan {
+    /// Bytes of regular-file content (each hardlinked inode once).
+    pub fn content_bytes(&self) -> u64 {
+        (0..self.entries.len())
+            .filter(|&i| self.entries[i].kind == Kind::File && content_owner(&self.entries, i) == i)
+            .map(|i| self.entries[i].size)
+            .sum()
+    }
+}
+
+/// The position of the entry whose content entry `i` carries: itself, or the first member of
+/// its hardlink group (group ids are that position plus one).
+pub fn content_owner(entries: &[Entry], i: usize) -> usize {
+    match entries[i].hardlink {
+        Some(g) if g >= 1 && (g as usize - 1) < entries.len() => g as usize - 1,
+        _ => i,
+    }
+}
+
+fn join(parent: &[u8], name: &OsStr) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name.as_bytes());
+    p
+}
+
+fn node_path(rel: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(rel.len() + 1);
+    p.push(b'/');
+    p.extend_from_slice(rel);
+    p
+}
+
+/// A walk over several trees and extra files beneath one root.
+pub struct Walker<'a> {
+    pub root: &'a Path,
+    pub excludes: &'a Excludes,
+    /// Called once per entry; an error (cancellation) stops the walk.
+    pub checkpoint: &'a dyn Fn() -> Result<()>,
+}
+
+impl Walker<'_> {
+    pub fn scan(&self, trees: &[PathBuf], extras: &[PathBuf]) -> Result<Scan> {
+        let mut scan = Scan::default();
+        for tree in trees {
+            let resolved = self
+                .walk_tree(tree, &mut scan)
+                .with_context(|| format!("walking {}", tree.display()))?;
+            scan.trees.push(TreeInfo {
+                path: tree.display().to_string(),
+                present: resolved.is_some(),
+                resolved,
+            });
+        }
+        for extra in extras {
+            self.add_extra(extra, trees, &mut scan)
+                .with_context(|| format!("reading machine-config file {}", extra.display()))?;
+        }
+        number_hardlinks(&mut scan.entries);
+        Ok(scan)
+    }
+
+    /// Walk one tree; `None` when it does not exist, else where it resolved to.
+    fn walk_tree(&self, tree: &Path, scan: &mut Scan) -> Result<Option<String>> {
+        let fd = match fsx::open_dir_in_root(self.root, tree) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let resolved = fsx::resolved_in_root(self.root, fd.as_fd())?;
+        let rel = tree
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(b"/")
+            .unwrap_or(tree.as_os_str().as_bytes())
+            .to_vec();
+        let st = fsx::fstat(fd.as_fd())?;
+        let mut e = Entry::from_stat(&rel, &st);
+        e.xattrs = fsx::xattrs_fd(fd.as_fd())?;
+        scan.entries.push(e);
+        self.walk_dir(fd.as_fd(), &rel, st.st_dev, scan)?;
+        Ok(Some(resolved))
+    }
+
+    fn walk_dir(&self, dir: BorrowedFd<'_>, rel: &[u8], dev: u64, scan: &mut Scan) -> Result<()> {
+        for name in fsx::list_dir(dir)
+            .with_context(|| format!("listing /{}", String::from_utf8_lossy(rel)))?
+        {
+            let child = join(rel, &name);
+            if self.excludes.excludes(&node_path(&child)) {
+                continue;
+            }
+            (self.checkpoint)()?;
+            let st = match fsx::try_lstat_at(dir, &name)? {
+                Some(st) => st,
+                None => continue, // removed while we walked
+            };
+            let mut e = Entry::from_stat(&child, &st);
+            let ctx = || format!("reading /{}", String::from_utf8_lossy(&child));
+            match e.kind {
+                Kind::Dir => {
+                    if st.st_dev != dev {
+                        scan.skipped_mounts.push(child);
+                        continue;
+                    }
+                    let fd = fsx::open_child_dir(dir, &name).with_context(ctx)?;
+                    e.xattrs = fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?;
+                    scan.entries.push(e);
+                    self.walk_dir(fd.as_fd(), &child, dev, scan)?;
+                }
+                kind => {
+                    if kind == Kind::Symlink {
+                        e.link = Some(super::bytetext::ByteText(
+                            fsx::read_link_at(dir, &name).with_context(ctx)?,
+                        ));
+                    }
+                    e.xattrs = fsx::xattrs_at(dir, &name).with_context(ctx)?;
+                    scan.entries.push(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_extra(&self, path: &Path, trees: &[PathBuf], scan: &mut Scan) -> Result<()> {
+        let rel = path
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(b"/")
+            .unwrap_or(path.as_os_str().as_bytes())
+            .to_vec();
+        if self.excludes.excludes(&node_path(&rel)) {
+            return Ok(());
+        }
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => anyhow::bail!("not a file path"),
+        };
+        let dir = match fsx::open_dir_in_root(self.root, parent) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                scan.extras_absent.push(rel);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(st) = fsx::try_lstat_at(dir.as_fd(), name)? else {
+            scan.extras_absent.push(rel);
+            return Ok(());
+        };
+        let mut e = Entry::from_stat(&rel, &st);
+        anyhow::ensure!(
+            e.kind != Kind::Dir,
+            "is a directory; only files can be listed as machine-config files"
+        );
+        // Ancestors (outside the trees) first, so a restore can recreate them.
+        let mut ancestors: Vec<&Path> = parent
+            .ancestors()
+            .filter(|a| *a != Path::new("/"))
+            .collect();
+        ancestors.reverse();
+        for a in ancestors {
+            if trees.iter().any(|t| a.starts_with(t)) {
+                continue;
+            }
+            let arel = a.as_os_str().as_bytes()[1..].to_vec();
+            if scan.entries.iter().any(|x| x.path.0 == arel) {
+                continue;
+            }
+            let afd = fsx::open_dir_in_root(self.root, a)?;
+            let ast = fsx::fstat(afd.as_fd())?;
+            let mut ae = Entry::from_stat(&arel, &ast);
+            ae.xattrs = fsx::xattrs_fd(afd.as_fd())?;
+            ae.implicit = true;
+            scan.entries.push(ae);
+        }
+        if e.kind == Kind::Symlink {
+            e.link = Some(super::bytetext::ByteText(fsx::read_link_at(
+                dir.as_fd(),
+                name,
+            )?));
+        }
+        e.xattrs = fsx::xattrs_at(dir.as_fd(), name)?;
+        scan.extras.push(rel);
+        scan.entries.push(e);
+        Ok(())
+    }
+}
+
+/// Give every hardlink group (two or more entries sharing a regular file's inode) an id: the
+/// position of its first member plus one.
+fn number_hardlinks(entries: &mut [Entry]) {
+    let mut groups: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind == Kind::File && e.source.nlink > 1 {
+            groups
+                .entry((e.source.dev, e.source.ino))
+                .or_default()
+                .push(i);
+        }
+    }
+    for members in groups.into_values() {
+        if members.len() < 2 {
+            continue;
+        }
+        let id = members[0] as u64 + 1;
+        for i in members {
+            entries[i].hardlink = Some(id);
+        }
+    }
+}

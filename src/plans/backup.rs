@@ -1,0 +1,508 @@
+//! The file steps of the backup plan: pre-flight, copy, commit, verify, retention.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+use super::blocking;
+use super::context::PlanContext;
+use crate::cli::render::human_bytes;
+use crate::engine::{Cleanup, Outcome, PreviewContext, Step, StepContext};
+use crate::files::backup::{Hooks, Previous, bytes_to_copy, copy_files};
+use crate::files::manifest::{Artifact, FORMAT, Header, Manifest, VERSION};
+use crate::files::store::{GenerationInfo, MANIFEST_FILE};
+use crate::files::walk::Walker;
+use crate::files::{bytetext::ByteText, copy::hash_file, fsx, verify};
+use crate::journal::{GenerationRecord, RunKind, RunState};
+
+const PARTIAL: &str = "files.partial";
+
+fn generation_id(cx: &StepContext) -> Result<String> {
+    cx.var("generation")?
+        .context("the run has no generation yet (the preflight step did not finish)")
+}
+
+/// Refuse early (nothing changed) when the backup cannot succeed.
+pub struct Preflight(pub Arc<PlanContext>);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not enough space in {dir}: the backup needs {} plus a margin of {}, but only {} is free",
+    human_bytes(*need), human_bytes(*margin), human_bytes(*free)
+)]
+pub struct NoSpace {
+    pub dir: String,
+    pub need: u64,
+    pub margin: u64,
+    pub free: u64,
+}
+
+#[async_trait]
+impl Step for Preflight {
+    fn name(&self) -> &'static str {
+        "preflight"
+    }
+    fn stage(&self) -> &'static str {
+        "preflight"
+    }
+    fn describe(&self) -> String {
+        "check that no recovery is in progress, that the state directory is in place and has room"
+            .into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || preflight(&p, &cx)).await
+    }
+    async fn preview(&self, _cx: &PreviewContext) -> Result<String> {
+        Ok(self.describe())
+    }
+}
+
+fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+    if let Some(r) = cx.journal.open_run(RunKind::Recovery)? {
+        bail!(
+            "recovery run {} is {} (stage {}); backups are refused until it finishes or is cancelled",
+            r.id,
+            r.state,
+            r.stage.as_deref().unwrap_or("-")
+        );
+    }
+    let state = p.config.state_path();
+    anyhow::ensure!(
+        state.is_dir(),
+        "the state directory {} does not exist",
+        state.display()
+    );
+    let mut notes = Vec::new();
+    let parent = state.parent().unwrap_or(Path::new("/"));
+    if fsx::dev_of(&state)? == fsx::dev_of(parent)? {
+        let msg = format!(
+            "{} is not a separate mount: a full disk there also fills {}",
+            p.config.state_dir.display(),
+            parent.display()
+        );
+        if p.config.backup.require_separate_mount {
+            bail!("{msg} ([backup] require_separate_mount = true)");
+        }
+        tracing::warn!(recovery_run = cx.run, "{msg}");
+        notes.push("state directory is not a separate mount".to_string());
+    }
+    p.store.ensure()?;
+    let removed = p.store.clean_abandoned()?;
+    if !removed.is_empty() {
+        notes.push(format!("removed abandoned {}", removed.join(", ")));
+    }
+    super::reconcile(&cx.journal, &p.store)?;
+
+    let excludes = p.excludes()?;
+    let extras = p.extras()?;
+    let checkpoint = || cx.checkpoint();
+    let scan = Walker {
+        root: &p.config.root,
+        excludes: &excludes,
+        checkpoint: &checkpoint,
+    }
+    .scan(&p.config.backup.paths, &extras)?;
+    let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
+    let files = bytes_to_copy(&scan.entries, previous.as_ref());
+    let extra: u64 = cx
+        .var("space-extra")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let need = files + extra + scan.entries.len() as u64 * 512;
+    let free = fsx::free_bytes(&state)?;
+    let margin = p.config.backup.space_margin;
+    if need.saturating_add(margin) > free {
+        return Err(NoSpace {
+            dir: p.config.state_dir.display().to_string(),
+            need,
+            margin,
+            free,
+        }
+        .into());
+    }
+    let id = match cx.var("generation")? {
+        Some(id) => id,
+        None => {
+            let id = p.store.new_id();
+            cx.set_var("generation", &id)?;
+            id
+        }
+    };
+    p.store.create_staging(&id)?;
+    notes.insert(
+        0,
+        format!(
+            "generation {id}: {} entries, {} to copy, {} free",
+            scan.entries.len(),
+            human_bytes(need),
+            human_bytes(free)
+        ),
+    );
+    Ok(Outcome::Done(notes.join("; ")))
+}
+
+/// Copy the trees and the machine-config files into the staging generation.
+pub struct CopyFiles(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for CopyFiles {
+    fn name(&self) -> &'static str {
+        "copy-files"
+    }
+    fn stage(&self) -> &'static str {
+        "copy"
+    }
+    fn describe(&self) -> String {
+        let trees: Vec<String> = self
+            .0
+            .config
+            .backup
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "copy {} and the machine-config files, hashing every file",
+            trees.join(", ")
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || copy(&p, &cx)).await
+    }
+}
+
+fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+    let id = generation_id(cx)?;
+    let staging = p.store.staging_path(&id);
+    anyhow::ensure!(
+        staging.is_dir(),
+        "staging directory {} is missing",
+        staging.display()
+    );
+    // A retried attempt starts the copy over.
+    for leftover in [PARTIAL, crate::files::store::FILES_DIR] {
+        let l = staging.join(leftover);
+        if l.is_dir() {
+            std::fs::remove_dir_all(&l)?;
+        } else if l.exists() {
+            std::fs::remove_file(&l)?;
+        }
+    }
+    std::fs::create_dir(staging.join(crate::files::store::FILES_DIR))?;
+
+    let excludes = p.excludes()?;
+    let extras = p.extras()?;
+    let checkpoint = || cx.checkpoint();
+    let mut scan = Walker {
+        root: &p.config.root,
+        excludes: &excludes,
+        checkpoint: &checkpoint,
+    }
+    .scan(&p.config.backup.paths, &extras)?;
+    let prev_gen = p.store.latest()?;
+    let prev_manifest = match &prev_gen {
+        Some(g) => match g.manifest() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    "previous generation {} is not usable for sharing: {e:#}",
+                    g.info.id
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let previous = match (&prev_gen, &prev_manifest) {
+        (Some(g), Some(m)) => Some(Previous {
+            manifest: m,
+            files_dir: g.files_dir(),
+        }),
+        _ => None,
+    };
+    let progress = |done: u64, total: u64, _bytes: u64| cx.progress(done, total, "files copied");
+    let hooks = Hooks {
+        checkpoint: &checkpoint,
+        progress: &progress,
+    };
+    let stats = copy_files(
+        &p.config.root,
+        &mut scan.entries,
+        &staging,
+        previous,
+        p.config.backup.workers,
+        &hooks,
+    )?;
+    let mut m = Manifest::new(Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        generation: id.clone(),
+        trees: scan.trees,
+        extras: scan.extras.into_iter().map(ByteText).collect(),
+        extras_absent: scan.extras_absent.into_iter().map(ByteText).collect(),
+        exclude: excludes.patterns().to_vec(),
+        skipped_mounts: scan.skipped_mounts.into_iter().map(ByteText).collect(),
+    });
+    m.entries = scan.entries;
+    m.write_file(&staging.join(PARTIAL))?;
+    let mut detail = format!(
+        "{} entries; {} files copied ({}), {} shared with the previous generation ({}), {} hardlinks",
+        m.entries.len(),
+        stats.copied_files,
+        human_bytes(stats.copied_bytes),
+        stats.shared_files,
+        human_bytes(stats.shared_bytes),
+        stats.hardlinks
+    );
+    if !m.header.skipped_mounts.is_empty() {
+        detail.push_str(&format!(
+            "; {} mount points skipped",
+            m.header.skipped_mounts.len()
+        ));
+    }
+    Ok(Outcome::Done(detail))
+}
+
+/// Write the manifest and commit the generation (fsync, rename, journal record).
+pub struct Commit(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for Commit {
+    fn name(&self) -> &'static str {
+        "commit"
+    }
+    fn stage(&self) -> &'static str {
+        "commit"
+    }
+    fn describe(&self) -> String {
+        "write the manifest, flush the generation to disk and commit it atomically".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || commit(&p, &cx)).await
+    }
+}
+
+fn base_identity(root: &Path) -> serde_json::Value {
+    let read = |p: &str| {
+        std::fs::read_to_string(crate::config::under_root(root, Path::new(p)))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let hostname = read("/etc/hostname").unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    serde_json::json!({ "hostname": hostname, "machine_id": read("/etc/machine-id") })
+}
+
+fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+    let id = generation_id(cx)?;
+    if let Ok(g) = p.store.open(&id) {
+        record(cx, &g.info)?;
+        return Ok(Outcome::Done(format!(
+            "generation {id} was already committed"
+        )));
+    }
+    let staging = p.store.staging_path(&id);
+    let mut m = Manifest::read_file(&staging.join(PARTIAL), None)?;
+    for dir in ["cluster", "images"] {
+        let base = staging.join(dir);
+        if !base.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        let mut stack = vec![base];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            let (hash, size) = hash_file(&std::fs::File::open(&f)?)?;
+            let rel = f.strip_prefix(&staging).unwrap_or(&f).display().to_string();
+            m.artifacts.push(Artifact {
+                artifact: rel,
+                size,
+                hash,
+            });
+        }
+    }
+    let manifest_path = staging.join(MANIFEST_FILE);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path)?;
+    }
+    let hash = m.write_file(&manifest_path)?;
+    std::fs::remove_file(staging.join(PARTIAL))?;
+    let mut identity = base_identity(&p.config.root);
+    if let Some(extra) = cx.var("identity")?
+        && let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(&extra)
+    {
+        for (k, v) in extra {
+            identity[k] = v;
+        }
+    }
+    let info = GenerationInfo {
+        format: 1,
+        id: id.clone(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        manifest_hash: hash.clone(),
+        entries: m.entries.len() as u64,
+        bytes: m.content_bytes(),
+        trees: m.header.trees.clone(),
+        identity,
+    };
+    cx.checkpoint()?;
+    let g = p.store.commit(&id, &info)?;
+    record(cx, &g.info)?;
+    Ok(Outcome::Done(format!(
+        "generation {id} committed: {} entries, {}, manifest {}",
+        info.entries,
+        human_bytes(info.bytes),
+        &hash[..16]
+    )))
+}
+
+fn record(cx: &StepContext, info: &GenerationInfo) -> Result<()> {
+    cx.journal.record_generation(&GenerationRecord {
+        id: info.id.clone(),
+        run: Some(cx.run),
+        state: "committed".into(),
+        created: info.created.clone(),
+        committed: String::new(),
+        manifest_hash: info.manifest_hash.clone(),
+        entries: info.entries as i64,
+        bytes: info.bytes as i64,
+        identity: info.identity.clone(),
+    })?;
+    Ok(())
+}
+
+/// Re-read the committed generation and check it against its manifest.
+pub struct VerifyGeneration(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for VerifyGeneration {
+    fn name(&self) -> &'static str {
+        "verify-generation"
+    }
+    fn stage(&self) -> &'static str {
+        "commit"
+    }
+    fn describe(&self) -> String {
+        "re-hash every stored file of the new generation against its manifest".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || {
+            let id = generation_id(&cx)?;
+            let g = p.store.open(&id)?;
+            let checkpoint = || cx.checkpoint();
+            let progress = |_: u64, _: u64, _: u64| {};
+            let hooks = Hooks {
+                checkpoint: &checkpoint,
+                progress: &progress,
+            };
+            let jh = PlanContext::journal_hash(&cx.journal, &id);
+            let r = verify::verify(&g, jh.as_deref(), p.config.backup.workers, &hooks)?;
+            if !r.ok {
+                bail!("{}", r.summary());
+            }
+            Ok(Outcome::Done(r.summary()))
+        })
+        .await
+    }
+}
+
+/// Keep the newest `[backup] keep` generations and any that a recovery still needs.
+pub struct Prune(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for Prune {
+    fn name(&self) -> &'static str {
+        "prune"
+    }
+    fn stage(&self) -> &'static str {
+        "retention"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "remove generations beyond the newest {}",
+            self.0.config.backup.keep
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || {
+            let current = generation_id(&cx)?;
+            let mut protected = vec![current.clone()];
+            if let Some(r) = cx.journal.open_run(RunKind::Recovery)?
+                && let Some(g) = cx.journal.var(r.id, "generation")?
+            {
+                protected.push(g);
+            }
+            let gens = p.store.list()?;
+            let keep = p.config.backup.keep as usize;
+            let mut removed = Vec::new();
+            let n = gens.len();
+            for (i, g) in gens.into_iter().enumerate() {
+                let newest_enough = n - i <= keep;
+                if newest_enough || protected.contains(&g.info.id) {
+                    continue;
+                }
+                p.store.remove(&g.info.id)?;
+                cx.journal.mark_generation_pruned(&g.info.id)?;
+                removed.push(g.info.id);
+            }
+            Ok(if removed.is_empty() {
+                Outcome::Skipped(format!(
+                    "{} generation(s) kept, none to remove",
+                    n.min(keep)
+                ))
+            } else {
+                Outcome::Done(format!("removed {}", removed.join(", ")))
+            })
+        })
+        .await
+    }
+}
+
+/// On failure or timeout: remove the partial generation; the previous one stays as it was.
+pub struct RemoveStaging(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Cleanup for RemoveStaging {
+    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<()> {
+        let Some(id) = cx.var("generation")? else {
+            return Ok(());
+        };
+        let staging = self.0.store.staging_path(&id);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("removing {}", staging.display()))?;
+            tracing::info!(
+                recovery_run = cx.run,
+                "backup ended {state}: removed the partial generation {id}"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! What the steps of a plan share: configuration, the generation store, the host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+
+use crate::config::Config;
+use crate::engine::StepContext;
+use crate::files::exclude::{self, Excludes};
+use crate::files::store::{Generation, Store};
+use crate::journal::Journal;
+
+/// Shared by every step of a plan.
+pub struct PlanContext {
+    pub config: Arc<Config>,
+    pub store: Store,
+}
+
+impl PlanContext {
+    pub fn new(config: Arc<Config>) -> Arc<PlanContext> {
+        let store = Store::new(&config.state_path());
+        Arc::new(PlanContext { config, store })
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.config.root.clone()
+    }
+
+    /// The exclusion set for a backup taken now.
+    pub fn excludes(&self) -> Result<Excludes> {
+        let mut patterns: Vec<String> = exclude::FIXED.iter().map(|s| s.to_string()).collect();
+        patterns.extend(exclude::tmpfiles_paths(&self.config.root)?);
+        patterns.extend(self.config.backup.exclude.iter().cloned());
+        Excludes::new(patterns)
+    }
+
+    /// The machine-config files outside the trees.
+    pub fn extras(&self) -> Result<Vec<PathBuf>> {
+        crate::files::extras::outside_trees(
+            &self.config.root,
+            &self.config.backup.machine_config,
+            &self.config.backup.paths,
+        )
+    }
+
+    /// The generation a run works with: the one named in its options or variables, else the
+    /// newest committed one.
+    pub fn generation_for(&self, cx: &StepContext) -> Result<Generation> {
+        if let Some(id) = cx.var("generation")? {
+            return self.store.open(&id);
+        }
+        if let Some(id) = cx.option_str("generation") {
+            let g = self.store.open(&id)?;
+            cx.set_var("generation", &id)?;
+            return Ok(g);
+        }
+        let g = self
+            .store
+            .latest()?
+            .context("there is no committed generation to work with; take a backup first")?;
+        cx.set_var("generation", &g.info.id)?;
+        Ok(g)
+    }
+
+    /// The manifest hash the journal recorded for a generation, if it knows it.
+    pub fn journal_hash(journal: &Journal, id: &str) -> Option<String> {
+        journal
+            .generation(id)
+            .ok()
+            .flatten()
+            .map(|g| g.manifest_hash)
+    }
+}

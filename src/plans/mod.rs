@@ -1,0 +1,92 @@
+//! The procedures as data: plans of named steps for the engine.
+
+pub mod backup;
+pub mod context;
+pub mod restore;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use context::PlanContext;
+
+use crate::engine::Plan;
+use crate::files::store::Store;
+use crate::journal::{GenerationRecord, Journal, RunKind};
+
+/// Run blocking work (file copies, hashing) off the async runtime; a panic in it propagates.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("blocking task failed: {e}")),
+    }
+}
+
+/// The backup plan.
+pub fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
+    let mut p = Plan::new(RunKind::Backup)
+        .step(backup::Preflight(cx.clone()))
+        .step(backup::CopyFiles(cx.clone()))
+        .step(backup::Commit(cx.clone()))
+        .step(backup::VerifyGeneration(cx.clone()))
+        .step(backup::Prune(cx.clone()));
+    p.deadline = Some(cx.config.backup.deadline);
+    p.cleanup = Some(Arc::new(backup::RemoveStaging(cx.clone())));
+    p
+}
+
+/// `recoveryctl restore-files`: put the trees and machine-config files back, nothing else.
+pub fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
+    Plan::new(RunKind::Recovery).step(restore::RestoreStep {
+        cx: cx.clone(),
+        name: "restore-files",
+        stage: "restore-files",
+        trees: restore::Trees::All,
+        extras: true,
+    })
+}
+
+/// The plan a run was created with, rebuilt from its kind and options (to resume it).
+pub fn plan_for(kind: RunKind, options: &serde_json::Value, cx: &Arc<PlanContext>) -> Plan {
+    match kind {
+        RunKind::Backup => backup_plan(cx),
+        RunKind::Recovery => match options.get("plan").and_then(|v| v.as_str()) {
+            Some("restore-files") => restore_files_plan(cx),
+            _ => restore_files_plan(cx),
+        },
+    }
+}
+
+/// Every step name of every plan (for validating `[steps.NAME]`).
+pub fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
+    let mut v = backup_plan(cx).step_names();
+    v.extend(restore_files_plan(cx).step_names());
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Record in the journal any committed generation it does not know (a crash between the
+/// commit's rename and its journal record leaves one).
+pub fn reconcile(journal: &Journal, store: &Store) -> Result<()> {
+    for g in store.list()? {
+        if journal.generation(&g.info.id)?.is_none() {
+            tracing::info!("recording generation {} found on disk", g.info.id);
+            journal.record_generation(&GenerationRecord {
+                id: g.info.id.clone(),
+                run: None,
+                state: "committed".into(),
+                created: g.info.created.clone(),
+                committed: String::new(),
+                manifest_hash: g.info.manifest_hash.clone(),
+                entries: g.info.entries as i64,
+                bytes: g.info.bytes as i64,
+                identity: g.info.identity.clone(),
+            })?;
+        }
+    }
+    Ok(())
+}

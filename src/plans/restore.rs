@@ -1,0 +1,190 @@
+//! Restoring trees from a generation, as a step.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+
+use super::blocking;
+use super::context::PlanContext;
+use crate::cli::render::human_bytes;
+use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use crate::files::backup::Hooks;
+use crate::files::restore::{self, ChangeKind, RestoreReport, Selection};
+use crate::files::store::Generation;
+
+/// Which trees a restore step covers.
+#[derive(Debug, Clone)]
+pub enum Trees {
+    /// Every tree of the generation.
+    All,
+    /// Every tree except these.
+    Except(Vec<String>),
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl Trees {
+    fn pick(&self, generation_trees: &[String]) -> Vec<String> {
+        generation_trees
+            .iter()
+            .filter(|t| match self {
+                Trees::All => true,
+                Trees::Except(x) => !x.contains(t),
+                Trees::Only(o) => o.contains(t),
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+pub struct RestoreStep {
+    pub cx: Arc<PlanContext>,
+    pub name: &'static str,
+    pub stage: &'static str,
+    pub trees: Trees,
+    pub extras: bool,
+}
+
+/// A one-paragraph account of a restore or diff.
+pub fn summarize(r: &RestoreReport) -> String {
+    let count = |k: ChangeKind| r.changes.iter().filter(|c| c.change == k).count();
+    let mut s = format!(
+        "{} changes: {} removed, {} created, {} content, {} type, {} metadata, {} links; {} files written ({}), {} live files hashed",
+        r.changes.len(),
+        count(ChangeKind::Added),
+        count(ChangeKind::Removed),
+        count(ChangeKind::Content),
+        count(ChangeKind::Type),
+        count(ChangeKind::Metadata),
+        count(ChangeKind::Link),
+        r.files_written,
+        human_bytes(r.bytes_written),
+        r.hashed_live_files
+    );
+    if !r.mounts_left.is_empty() {
+        s.push_str(&format!(
+            "; mount points left alone: {}",
+            r.mounts_left.join(", ")
+        ));
+    }
+    for n in &r.notes {
+        s.push_str("; ");
+        s.push_str(n);
+    }
+    s
+}
+
+/// Check the generation's manifest against the journal before trusting it.
+pub fn trusted_manifest(
+    g: &Generation,
+    journal: Option<&crate::journal::Journal>,
+) -> Result<crate::files::manifest::Manifest> {
+    if let Some(j) = journal
+        && let Some(h) = PlanContext::journal_hash(j, &g.info.id)
+        && h != g.info.manifest_hash
+    {
+        bail!(
+            "generation {}: its generation.json records manifest {}, the journal {h}; refusing to use it",
+            g.info.id,
+            g.info.manifest_hash
+        );
+    }
+    g.manifest()
+}
+
+#[async_trait]
+impl Step for RestoreStep {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn stage(&self) -> &'static str {
+        self.stage
+    }
+    fn describe(&self) -> String {
+        let what = match &self.trees {
+            Trees::All => "every tree".to_string(),
+            Trees::Except(x) => format!("every tree but {}", x.join(", ")),
+            Trees::Only(o) => o.join(", "),
+        };
+        format!(
+            "restore {what}{} exactly as backed up, removing what was added",
+            if self.extras {
+                " and the machine-config files"
+            } else {
+                ""
+            }
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.cx.clone();
+        let cx = cx.clone();
+        let trees = self.trees.clone();
+        let extras = self.extras;
+        blocking(move || {
+            let g = p.generation_for(&cx)?;
+            let m = trusted_manifest(&g, Some(&cx.journal))?;
+            let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
+            let selection = Selection {
+                trees: &trees.pick(&names),
+                extras,
+            };
+            let checkpoint = || cx.checkpoint();
+            let progress =
+                |done: u64, total: u64, _: u64| cx.progress(done, total, "entries restored");
+            let hooks = Hooks {
+                checkpoint: &checkpoint,
+                progress: &progress,
+            };
+            let r = restore::restore(&p.config.root, &g, &m, &selection, &hooks)?;
+            Ok(Outcome::Done(format!(
+                "from generation {}: {}",
+                g.info.id,
+                summarize(&r)
+            )))
+        })
+        .await
+    }
+    async fn preview(&self, pc: &PreviewContext) -> Result<String> {
+        let p = PlanContext::new(pc.config.clone());
+        let trees = self.trees.clone();
+        let extras = self.extras;
+        let wanted = pc
+            .options
+            .get("generation")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let journal = pc.journal.clone();
+        let desc = self.describe();
+        blocking(move || {
+            let g = match wanted {
+                Some(id) => p.store.open(&id)?,
+                None => match p.store.latest()? {
+                    Some(g) => g,
+                    None => return Ok(format!("{desc} (no generation yet)")),
+                },
+            };
+            let m = trusted_manifest(&g, journal.as_deref())?;
+            let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
+            let selection = Selection {
+                trees: &trees.pick(&names),
+                extras,
+            };
+            let r = restore::diff(&p.config.root, &g, &m, &selection, &Hooks::none())?;
+            let mut s = format!("{desc}; from generation {}: {}", g.info.id, summarize(&r));
+            for c in r.changes.iter().take(200) {
+                s.push_str(&format!(
+                    "\n      {:<8} {} {}",
+                    format!("{:?}", c.change).to_lowercase(),
+                    c.path,
+                    c.detail
+                ));
+            }
+            if r.changes.len() > 200 {
+                s.push_str(&format!("\n      ... and {} more", r.changes.len() - 200));
+            }
+            Ok(s)
+        })
+        .await
+    }
+}

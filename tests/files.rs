@@ -1,0 +1,631 @@
+//! The data path end to end through `recoveryctl --offline`: fidelity checked by rsync,
+//! corruption, a full disk, symlink escapes, crashes during backup and restore.
+//! These tests need root (owners, device nodes, security xattrs, mounts).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Node, run, tree_contents};
+
+const HOST_OFF: &str =
+    "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
+
+fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
+    c.arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .env_remove("RECOVERYD_FAILPOINTS");
+    run(&mut c)
+}
+
+fn ctl_fp(node: &Node, fp: &str, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
+    c.arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .env("RECOVERYD_FAILPOINTS", fp);
+    run(&mut c)
+}
+
+fn sh(script: &str) {
+    let (code, out, err) = run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script));
+    assert_eq!(code, 0, "{script}\n{out}{err}");
+}
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the data-path tests need root: run tests/run.sh as root"
+    );
+}
+
+/// A node tree with every kind of entry and metadata the backup must keep.
+fn populate(root: &Path) {
+    sh(&format!(
+        r#"
+cd {root}
+mkdir -p etc/ssh etc/hl etc/empty etc/kubernetes/manifests etc/tmpfiles.d usr/local/bin usr/local/hl var/lib/kubelet/pods/p1/volumes/v
+echo 127.0.0.1 localhost > etc/hosts
+setfattr -n user.origin -v backup etc/hosts
+setfacl -m u:nobody:r etc/hosts
+setfattr -n security.selinux -v system_u:object_r:net_conf_t:s0 etc/hosts
+chmod 700 etc/ssh
+setfacl -d -m u:nobody:rx etc/ssh
+echo key > etc/ssh/ssh_host_key; chmod 600 etc/ssh/ssh_host_key; chown 1234:5678 etc/ssh/ssh_host_key
+printf '#!/bin/sh\n' > usr/local/bin/suid; chmod 4755 usr/local/bin/suid
+mkdir -m 1777 etc/sticky
+echo shared > etc/hl/a; ln etc/hl/a etc/hl/b; ln etc/hl/a usr/local/hl/c
+ln -s hosts etc/rel; ln -s /etc/hosts etc/abs; ln -s nowhere etc/dangling
+setfattr -h -n security.selinux -v system_u:object_r:etc_t:s0 etc/rel
+touch etc/empty-file
+printf 'x' > "$(printf 'etc/bad\xffname')"
+printf 'y' > "$(printf 'etc/new\nline')"
+touch -d '2001-02-03 04:05:06.123456789' etc/hosts etc/empty
+truncate -s 20M usr/local/bin/sparse; printf data | dd of=usr/local/bin/sparse bs=1 seek=10485760 conv=notrunc status=none
+mkfifo var/lib/kubelet/fifo
+mknod var/lib/kubelet/null c 1 3; chmod 666 var/lib/kubelet/null
+mknod var/lib/kubelet/loop b 7 0
+python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.bind("var/lib/kubelet/sock")'
+echo pod > var/lib/kubelet/pods/p1/state
+echo 'd /etc/cni 0755 root root -' > etc/tmpfiles.d/cni.conf
+mkdir etc/cni; echo conf > etc/cni/net.conf
+echo manifest > etc/kubernetes/manifests/etcd.yaml
+mount -t tmpfs -o size=1m tmpfs var/lib/kubelet/pods/p1/volumes/v
+echo volume-data > var/lib/kubelet/pods/p1/volumes/v/secret
+"#,
+        root = root.display()
+    ));
+}
+
+fn unmount_all(root: &Path) {
+    let _ = Command::new("umount")
+        .arg(root.join("var/lib/kubelet/pods/p1/volumes/v"))
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount_all(&self.0);
+    }
+}
+
+const TREES: [&str; 3] = ["etc", "usr/local", "var/lib/kubelet"];
+
+/// A digest of the node's trees: content, names, modes, owners, mtimes and xattrs.
+fn trees_digest(node: &Node) -> String {
+    let mut h = blake3::Hasher::new();
+    for t in TREES {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("cd {} && find . -printf '%p %y %m %U %G %T@ %s %l\\n' | sort && getfattr -R -h -d -m - . 2>/dev/null && find . -type f -exec md5sum {{}} + | sort", node.root().join(t).display()))
+            .output()
+            .unwrap();
+        h.update(&out.stdout);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Snapshot the trees with rsync (the independent reference).
+fn reference(node: &Node) -> PathBuf {
+    let reference = node.dir.path().join("reference");
+    for t in TREES {
+        let dst = reference.join(t);
+        std::fs::create_dir_all(&dst).unwrap();
+        sh(&format!(
+            "rsync -aAXH --numeric-ids -x {}/ {}/",
+            node.root().join(t).display(),
+            dst.display()
+        ));
+    }
+    reference
+}
+
+/// rsync's itemized differences between the reference and the live tree (empty when equal).
+fn differences(node: &Node, reference: &Path) -> String {
+    let mut all = String::new();
+    for t in TREES {
+        let out = Command::new("rsync")
+            .args([
+                "-naAXHc",
+                "--delete",
+                "--numeric-ids",
+                "-x",
+                "--itemize-changes",
+            ])
+            .args([
+                "--exclude",
+                "/kubernetes/manifests",
+                "--exclude",
+                "/cni",
+                "--exclude",
+                "/pods/p1/volumes/v/**",
+            ])
+            .arg(format!("{}/", reference.join(t).display()))
+            .arg(format!("{}/", node.root().join(t).display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    all
+}
+
+fn mutate(root: &Path) {
+    sh(&format!(
+        r#"
+cd {root}
+echo 10.0.0.1 upgraded >> etc/hosts
+setfattr -x user.origin etc/hosts; setfattr -n user.added -v 1 etc/hosts
+setfacl -b etc/hosts
+chmod 755 etc/ssh; setfacl -k etc/ssh
+chown 0:0 etc/ssh/ssh_host_key; chmod 644 etc/ssh/ssh_host_key
+chmod 755 usr/local/bin/suid
+rm etc/rel; mkdir etc/rel; echo inside > etc/rel/file
+rm -r etc/empty; echo now-a-file > etc/empty
+rm etc/empty-file; ln -s /etc/passwd etc/empty-file
+rm etc/hl/b; echo broken > etc/hl/b
+echo new > etc/added; mkdir -p etc/added-dir/deep; echo x > etc/added-dir/deep/f
+rm "$(printf 'etc/bad\xffname')"
+printf 'z' > "$(printf 'etc/new\nline')"
+rm var/lib/kubelet/fifo; echo notfifo > var/lib/kubelet/fifo
+rm var/lib/kubelet/null; mknod var/lib/kubelet/null c 1 5
+rm usr/local/bin/sparse; echo dense > usr/local/bin/sparse
+touch etc/sticky
+echo changed > etc/kubernetes/manifests/etcd.yaml; echo new > etc/kubernetes/manifests/new.yaml
+echo changed > etc/cni/net.conf
+echo changed > var/lib/kubelet/pods/p1/volumes/v/secret
+"#,
+        root = root.display()
+    ));
+}
+
+#[test]
+fn restore_brings_back_every_kind_of_entry_and_metadata() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let _u = Unmount(node.root());
+    populate(&node.root());
+    let reference = reference(&node);
+    assert_eq!(
+        differences(&node, &reference),
+        "",
+        "reference copy is exact"
+    );
+
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("1 mount points skipped"), "{err}");
+    let (code, out, _) = ctl(&node, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+
+    // The mount's content is not in the generation.
+    let (_, out, _) = ctl(&node, &["generations", "--json"]);
+    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gdir = PathBuf::from(gens[0]["dir"].as_str().unwrap());
+    assert!(
+        !gdir
+            .join("files/var/lib/kubelet/pods/p1/volumes/v/secret")
+            .exists()
+    );
+    assert!(gdir.join("files/var/lib/kubelet/pods/p1/state").exists());
+    // Excluded paths are not in it either.
+    assert!(
+        !gdir
+            .join("files/etc/kubernetes/manifests/etcd.yaml")
+            .exists()
+    );
+    assert!(!gdir.join("files/etc/cni/net.conf").exists());
+    // Stored copies of sparse files stay sparse.
+    let sm = std::fs::metadata(gdir.join("files/usr/local/bin/sparse")).unwrap();
+    assert!(sm.blocks() * 512 < sm.len() / 4, "stored copy is sparse");
+
+    mutate(&node.root());
+    assert_ne!(differences(&node, &reference), "");
+    let (code, out, err) = ctl(&node, &["diff"]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "added     /etc/added",
+        "removed   /etc/bad",
+        "type      /etc/rel",
+        "link      /etc/hl/b",
+        "content   /etc/hosts",
+    ] {
+        assert!(out.contains(expected), "diff lacks `{expected}`:\n{out}");
+    }
+    assert!(
+        !out.contains("manifests") && !out.contains("/etc/cni"),
+        "excluded paths are not in the diff:\n{out}"
+    );
+
+    let (code, out, err) = ctl(&node, &["--offline", "restore-files"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        differences(&node, &reference),
+        "",
+        "restored trees equal the reference"
+    );
+
+    // Hardlink groups, sparseness, security labels, the mount and the exclusions.
+    let ino = |p: &str| std::fs::metadata(node.path(p)).unwrap().ino();
+    assert_eq!(ino("/etc/hl/a"), ino("/etc/hl/b"));
+    assert_eq!(ino("/etc/hl/a"), ino("/usr/local/hl/c"));
+    let m = std::fs::metadata(node.path("/usr/local/bin/sparse")).unwrap();
+    assert_eq!(m.len(), 20 << 20);
+    assert!(m.blocks() * 512 < m.len() / 4, "restored file is sparse");
+    let label = Command::new("getfattr")
+        .args(["-h", "--only-values", "-n", "security.selinux"])
+        .arg(node.path("/etc/rel"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&label.stdout),
+        "system_u:object_r:etc_t:s0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("/var/lib/kubelet/pods/p1/volumes/v/secret")).unwrap(),
+        "changed\n",
+        "mount left alone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/kubernetes/manifests/etcd.yaml")).unwrap(),
+        "changed\n",
+        "excluded file left alone"
+    );
+    assert!(
+        node.path("/etc/kubernetes/manifests/new.yaml").exists(),
+        "excluded dir not emptied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/cni/net.conf")).unwrap(),
+        "changed\n",
+        "tmpfiles.d path left alone"
+    );
+
+    // A second restore finds nothing to do.
+    let (_, out, err) = ctl(&node, &["diff"]);
+    assert_eq!(out, "", "{err}");
+}
+
+#[test]
+fn a_second_backup_shares_unchanged_files() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let _u = Unmount(node.root());
+    populate(&node.root());
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
+    let (code, _, err) = ctl(&node, &["--offline", "backup", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = ctl(&node, &["generations", "--json"]);
+    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(gens.as_array().unwrap().len(), 2);
+    let (a, b) = (
+        PathBuf::from(gens[0]["dir"].as_str().unwrap()),
+        PathBuf::from(gens[1]["dir"].as_str().unwrap()),
+    );
+    let ino = |d: &Path, p: &str| std::fs::metadata(d.join("files").join(p)).unwrap().ino();
+    assert_eq!(
+        ino(&a, "etc/ssh/ssh_host_key"),
+        ino(&b, "etc/ssh/ssh_host_key"),
+        "unchanged file shared"
+    );
+    assert_ne!(
+        ino(&a, "etc/hosts"),
+        ino(&b, "etc/hosts"),
+        "changed file copied"
+    );
+    // Both generations verify; the older one is untouched by the newer.
+    for g in [
+        gens[0]["info"]["id"].as_str().unwrap(),
+        gens[1]["info"]["id"].as_str().unwrap(),
+    ] {
+        assert_eq!(ctl(&node, &["verify", g]).0, 0);
+    }
+    // Retention keeps two: a third backup removes the oldest.
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let (_, out, _) = ctl(&node, &["generations", "--json"]);
+    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(after.as_array().unwrap().len(), 2);
+    assert_eq!(after[0]["info"]["id"], gens[1]["info"]["id"]);
+    assert_eq!(
+        ctl(&node, &["verify"]).0,
+        0,
+        "the kept generation still verifies after its neighbour was removed"
+    );
+}
+
+fn latest_gen_dir(node: &Node) -> PathBuf {
+    let (_, out, _) = ctl(node, &["generations", "--json"]);
+    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    PathBuf::from(
+        gens.as_array().unwrap().last().unwrap()["dir"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_corrupted_generation_is_refused_by_path_and_the_node_is_untouched() {
+    require_root();
+    for damage in ["flip", "truncate", "delete", "extra", "manifest"] {
+        let node = Node::new(HOST_OFF);
+        let _u = Unmount(node.root());
+        populate(&node.root());
+        assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+        let g = latest_gen_dir(&node);
+        let victim = g.join("files/etc/hosts");
+        match damage {
+            "flip" => {
+                let mut b = std::fs::read(&victim).unwrap();
+                b[0] ^= 0x20;
+                std::fs::write(&victim, b).unwrap();
+            }
+            "truncate" => std::fs::write(&victim, b"").unwrap(),
+            "delete" => std::fs::remove_file(&victim).unwrap(),
+            "extra" => std::fs::write(g.join("files/etc/smuggled"), b"x").unwrap(),
+            "manifest" => {
+                let m = g.join("manifest");
+                let text = std::fs::read_to_string(&m)
+                    .unwrap()
+                    .replace("\"mode\":420", "\"mode\":511");
+                std::fs::write(&m, text).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let (code, out, _) = ctl(&node, &["verify"]);
+        assert_eq!(code, 6, "{damage}: verify exits 6: {out}");
+        let named = if damage == "extra" {
+            "/etc/smuggled"
+        } else if damage == "manifest" {
+            "manifest"
+        } else {
+            "/etc/hosts"
+        };
+        assert!(
+            out.contains(named),
+            "{damage}: verify names {named}:\n{out}"
+        );
+
+        if damage == "extra" {
+            continue; // an extra stored file does not stop a restore
+        }
+        mutate(&node.root());
+        let before = trees_digest(&node);
+        let (code, out, err) = ctl(&node, &["--offline", "restore-files"]);
+        assert_ne!(code, 0, "{damage}: restore refused");
+        let all = format!("{out}{err}");
+        assert!(
+            all.contains(if damage == "manifest" {
+                "manifest"
+            } else {
+                "/etc/hosts"
+            }),
+            "{damage}: {all}"
+        );
+        assert!(
+            all.contains("nothing was changed") || damage == "manifest",
+            "{damage}: {all}"
+        );
+        assert!(
+            trees_digest(&node) == before,
+            "{damage}: the node was not touched"
+        );
+        assert_eq!(ctl(&node, &["--offline", "cancel"]).0, 0);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_and_keeps_the_previous_generation() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let state = node.path("/var/recovery");
+    // A small file system for the state directory: room for one generation of a small tree,
+    // and few inodes.
+    sh(&format!(
+        "mount -t tmpfs -o size=8m,nr_inodes=120 tmpfs {}",
+        state.display()
+    ));
+    struct U(PathBuf);
+    impl Drop for U {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = U(state.clone());
+    sh(&format!(
+        "mkdir -p {r}/etc {r}/usr/local {r}/var/lib/kubelet && for i in $(seq 1 20); do echo $i > {r}/etc/f$i; done",
+        r = node.root().display()
+    ));
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = latest_gen_dir(&node);
+
+    // Too big to fit: refused by the pre-flight with the sizes, nothing written.
+    sh(&format!(
+        "head -c 12M /dev/urandom > {}/usr/local/big",
+        node.root().display()
+    ));
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("not enough space in /var/recovery"), "{err}");
+    std::fs::remove_file(node.path("/usr/local/big")).unwrap();
+
+    // Fits by size but runs out of inodes while copying: the copy fails with ENOSPC.
+    sh(&format!(
+        "for i in $(seq 1 200); do echo $i > {}/etc/g$i; done",
+        node.root().display()
+    ));
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("copy-files failed"), "{err}");
+    // The partial generation is gone, the previous one is intact and verifies.
+    let names: Vec<String> = std::fs::read_dir(state.join("generations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [first.file_name().unwrap().to_string_lossy().into_owned()],
+        "{names:?}"
+    );
+    let (code, out, _) = ctl(&node, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = ctl(&node, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["last_backup"]["phase"], "Error");
+}
+
+#[test]
+fn restore_never_writes_through_a_symlink_out_of_the_tree() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let _u = Unmount(node.root());
+    populate(&node.root());
+    sh(&format!(
+        "mkdir -p {r}/etc/sub && echo inside > {r}/etc/sub/file && echo f > {r}/etc/plain",
+        r = node.root().display()
+    ));
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+
+    let outside = node.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("marker"), "untouched").unwrap();
+    sh(&format!(
+        r#"cd {r}
+rm -r etc/sub; ln -s {o} etc/sub
+rm etc/plain; ln -s / etc/plain
+rm -r etc/ssh; ln -s ../usr/local etc/ssh
+rm -r etc/hl; ln -s ../../.. etc/hl"#,
+        r = node.root().display(),
+        o = outside.display()
+    ));
+    let before_outside = tree_contents(&outside);
+    let before_usr = tree_contents(&node.path("/usr/local"));
+    let (code, out, err) = ctl(&node, &["--offline", "restore-files"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        tree_contents(&outside),
+        before_outside,
+        "nothing written outside the node"
+    );
+    assert!(node.path("/etc/sub").symlink_metadata().unwrap().is_dir());
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/sub/file")).unwrap(),
+        "inside\n"
+    );
+    assert!(
+        node.path("/etc/plain")
+            .symlink_metadata()
+            .unwrap()
+            .is_file()
+    );
+    assert!(node.path("/etc/ssh").symlink_metadata().unwrap().is_dir());
+    let usr_after = tree_contents(&node.path("/usr/local"));
+    assert_eq!(
+        usr_after, before_usr,
+        "/usr/local was not written through /etc/ssh"
+    );
+
+    // A tree root that now resolves elsewhere is refused.
+    sh(&format!(
+        "cd {r} && mv etc etc.real && ln -s / etc",
+        r = node.root().display()
+    ));
+    let (code, out, err) = ctl(&node, &["--offline", "restore-files"]);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("refusing to restore through it"),
+        "{out}{err}"
+    );
+    sh(&format!(
+        "cd {r} && rm etc && mv etc.real etc",
+        r = node.root().display()
+    ));
+    let _ = ctl(&node, &["--offline", "cancel"]);
+}
+
+#[test]
+fn a_crash_during_restore_is_finished_by_resume() {
+    require_root();
+    let reference_node = Node::new(HOST_OFF);
+    let _u0 = Unmount(reference_node.root());
+    for fp in [
+        "restore-files:during@3",
+        "restore-files:during@12",
+        "restore-files:before",
+        "restore-files:after",
+    ] {
+        let node = Node::new(HOST_OFF);
+        let _u = Unmount(node.root());
+        populate(&node.root());
+        let reference = reference(&node);
+        assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+        mutate(&node.root());
+        let (code, out, err) = ctl_fp(&node, fp, &["--offline", "restore-files"]);
+        assert_eq!(code, -9, "{fp}: {out}{err}");
+        let (code, out, err) = ctl(&node, &["--offline", "resume"]);
+        assert_eq!(code, 0, "{fp}: {out}{err}");
+        assert_eq!(differences(&node, &reference), "", "{fp}");
+        // No temporary file is left behind.
+        let (_, out, _) = run(Command::new("find")
+            .arg(node.root())
+            .arg("-name")
+            .arg(".recoveryd-tmp*"));
+        assert_eq!(out, "", "{fp}");
+    }
+}
+
+#[test]
+fn a_crash_during_backup_leaves_the_previous_generation_and_is_cleaned_up() {
+    require_root();
+    for fp in [
+        "copy-files:during@5",
+        "copy-files:after",
+        "commit:before",
+        "commit:after",
+        "verify-generation:before",
+    ] {
+        let node = Node::new(HOST_OFF);
+        let _u = Unmount(node.root());
+        populate(&node.root());
+        assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+        let first = latest_gen_dir(&node);
+        std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
+        let (code, out, err) = ctl_fp(&node, fp, &["--offline", "backup"]);
+        assert_eq!(code, -9, "{fp}: {out}{err}");
+        let (code, out, _) = ctl(
+            &node,
+            &["verify", first.file_name().unwrap().to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{fp}: previous generation intact: {out}");
+        let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+        assert_eq!(code, 0, "{fp}: {out}{err}");
+        let leftovers: Vec<String> = std::fs::read_dir(node.path("/var/recovery/generations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{fp}: {leftovers:?}");
+        let (code, out, _) = ctl(&node, &["verify"]);
+        assert_eq!(code, 0, "{fp}: {out}");
+        // The interrupted backup run is on record as failed.
+        let (_, out, _) = ctl(&node, &["journal", "--json"]);
+        let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(runs[1]["state"], "failed", "{fp}: {out}");
+    }
+}
