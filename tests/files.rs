@@ -85,6 +85,29 @@ echo volume-data > var/lib/kubelet/pods/p1/volumes/v/secret
     ));
 }
 
+/// The manifest entry of a node path (`etc/hosts`) in a generation directory.
+fn manifest_entry(gdir: &Path, path: &str) -> Option<serde_json::Value> {
+    std::fs::read_to_string(gdir.join("manifest"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["path"] == path)
+}
+
+/// The stored object holding a node path's content.
+fn object_of(gdir: &Path, path: &str) -> PathBuf {
+    let e = manifest_entry(gdir, path).unwrap_or_else(|| panic!("{path} not in the manifest"));
+    let h = e["hash"].as_str().unwrap();
+    gdir.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("objects")
+        .join(&h[..2])
+        .join(h)
+}
+
 fn unmount_all(root: &Path) {
     let _ = Command::new("umount")
         .arg(root.join("var/lib/kubelet/pods/p1/volumes/v"))
@@ -216,21 +239,14 @@ fn restore_brings_back_every_kind_of_entry_and_metadata() {
     let (_, out, _) = ctl(&node, &["generations", "--json"]);
     let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
     let gdir = PathBuf::from(gens[0]["dir"].as_str().unwrap());
-    assert!(
-        !gdir
-            .join("files/var/lib/kubelet/pods/p1/volumes/v/secret")
-            .exists()
-    );
-    assert!(gdir.join("files/var/lib/kubelet/pods/p1/state").exists());
+    assert!(manifest_entry(&gdir, "var/lib/kubelet/pods/p1/volumes/v/secret").is_none());
+    assert!(manifest_entry(&gdir, "var/lib/kubelet/pods/p1/volumes/v").is_none());
+    assert!(object_of(&gdir, "var/lib/kubelet/pods/p1/state").exists());
     // Excluded paths are not in it either.
-    assert!(
-        !gdir
-            .join("files/etc/kubernetes/manifests/etcd.yaml")
-            .exists()
-    );
-    assert!(!gdir.join("files/etc/cni/net.conf").exists());
+    assert!(manifest_entry(&gdir, "etc/kubernetes/manifests/etcd.yaml").is_none());
+    assert!(manifest_entry(&gdir, "etc/cni").is_none());
     // Stored copies of sparse files stay sparse.
-    let sm = std::fs::metadata(gdir.join("files/usr/local/bin/sparse")).unwrap();
+    let sm = std::fs::metadata(object_of(&gdir, "usr/local/bin/sparse")).unwrap();
     assert!(sm.blocks() * 512 < sm.len() / 4, "stored copy is sparse");
 
     mutate(&node.root());
@@ -317,17 +333,19 @@ fn a_second_backup_shares_unchanged_files() {
         PathBuf::from(gens[0]["dir"].as_str().unwrap()),
         PathBuf::from(gens[1]["dir"].as_str().unwrap()),
     );
-    let ino = |d: &Path, p: &str| std::fs::metadata(d.join("files").join(p)).unwrap().ino();
     assert_eq!(
-        ino(&a, "etc/ssh/ssh_host_key"),
-        ino(&b, "etc/ssh/ssh_host_key"),
+        object_of(&a, "etc/ssh/ssh_host_key"),
+        object_of(&b, "etc/ssh/ssh_host_key"),
         "unchanged file shared"
     );
     assert_ne!(
-        ino(&a, "etc/hosts"),
-        ino(&b, "etc/hosts"),
-        "changed file copied"
+        object_of(&a, "etc/hosts"),
+        object_of(&b, "etc/hosts"),
+        "changed file stored anew"
     );
+    // Only the changed content was written by the second backup.
+    let new = std::fs::read_to_string(b.join("new-objects")).unwrap();
+    assert_eq!(new.lines().count(), 1, "{new}");
     // Both generations verify; the older one is untouched by the newer.
     for g in [
         gens[0]["info"]["id"].as_str().unwrap(),
@@ -367,7 +385,7 @@ fn a_corrupted_generation_is_refused_by_path_and_the_node_is_untouched() {
         populate(&node.root());
         assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
         let g = latest_gen_dir(&node);
-        let victim = g.join("files/etc/hosts");
+        let victim = object_of(&g, "etc/hosts");
         match damage {
             "flip" => {
                 let mut b = std::fs::read(&victim).unwrap();
@@ -376,7 +394,7 @@ fn a_corrupted_generation_is_refused_by_path_and_the_node_is_untouched() {
             }
             "truncate" => std::fs::write(&victim, b"").unwrap(),
             "delete" => std::fs::remove_file(&victim).unwrap(),
-            "extra" => std::fs::write(g.join("files/etc/smuggled"), b"x").unwrap(),
+            "extra" => std::fs::write(g.join("smuggled"), b"x").unwrap(),
             "manifest" => {
                 let m = g.join("manifest");
                 let text = std::fs::read_to_string(&m)
@@ -389,7 +407,7 @@ fn a_corrupted_generation_is_refused_by_path_and_the_node_is_untouched() {
         let (code, out, _) = ctl(&node, &["verify"]);
         assert_eq!(code, 6, "{damage}: verify exits 6: {out}");
         let named = if damage == "extra" {
-            "/etc/smuggled"
+            "smuggled"
         } else if damage == "manifest" {
             "manifest"
         } else {

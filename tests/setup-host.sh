@@ -12,7 +12,7 @@ PACKAGES=(
   systemd systemd-container mmdebstrap zstd  # real systemd as PID 1 in systemd-nspawn
   rpm rpmlint cpio                           # building and checking the RPM
   selinux-policy-dev checkpolicy semodule-utils  # compiling the SELinux module
-  gcc make pkg-config
+  gcc make pkg-config time  # time: peak memory in bench/bench.py
 )
 
 missing=()

@@ -277,6 +277,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let r = crate::files::verify::verify(
                 &g,
                 jh.as_deref(),
+                None,
                 config.backup.workers,
                 &crate::files::backup::Hooks::none(),
             )?;

@@ -1,14 +1,13 @@
-//! Copying the scanned trees into a staging generation, incrementally.
+//! Copying the scanned trees into the object store, incrementally.
 //!
 //! A regular file whose size, mtime and source inode identity (device, inode, ctime) equal its
-//! entry in the previous generation is unchanged: its stored copy is hardlinked from the previous
-//! generation and its hash reused, without reading it. Where only size and mtime match (a
-//! metadata change, or a file rewritten with the same timestamp), the file is copied and hashed,
-//! and if the hash equals the previous one the copy is replaced by a link to save space. Content
-//! is stored without the node's metadata (mode, owner, xattrs live in the manifest), so sharing
-//! between generations depends on content alone.
+//! entry in the previous generation is unchanged: its hash is taken from the previous manifest
+//! and nothing is read or written. Any other file is read once, hashed while it is written to a
+//! temporary file, and renamed to its object name (or dropped, if an object with that content
+//! already exists). Content is stored without the node's metadata (mode, owner, xattrs live in
+//! the manifest), so sharing depends on content alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +20,7 @@ use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
 use super::fsx;
 use super::manifest::Manifest;
-use super::store::{FILES_DIR, stored_rel};
+use super::store::{Store, stored_rel};
 use super::walk::content_owner;
 
 /// Progress and cancellation hooks for long file operations.
@@ -46,27 +45,24 @@ pub struct CopyStats {
     pub files: u64,
     pub copied_files: u64,
     pub copied_bytes: u64,
+    /// Files whose content was already stored (unchanged, or identical to another file).
     pub shared_files: u64,
     pub shared_bytes: u64,
     pub reflinked_files: u64,
     pub hardlinks: u64,
+    /// Objects written by this backup (to be verified before anything relies on them).
+    #[serde(skip)]
+    pub new_objects: Vec<String>,
 }
 
-/// The previous generation, for sharing unchanged files.
-pub struct Previous<'a> {
-    pub manifest: &'a Manifest,
-    pub files_dir: PathBuf,
-}
-
-enum Job {
-    Share { prev_hash: String, sparse: bool },
-    Copy { doubt: Option<String> },
-}
-
-/// Decide for each content-carrying file whether it can be shared with the previous generation.
+/// The previous generation's entry for a path, if the file may be unchanged.
 fn unchanged<'a>(prev: &HashMap<&'a [u8], &'a Entry>, e: &Entry) -> Option<&'a Entry> {
     prev.get(e.path_bytes()).copied().filter(|p| {
-        p.kind == Kind::File && p.size == e.size && p.mtime == e.mtime && p.hash.is_some()
+        p.kind == Kind::File
+            && p.size == e.size
+            && p.mtime == e.mtime
+            && p.hash.is_some()
+            && p.source == e.source
     })
 }
 
@@ -77,65 +73,43 @@ pub fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
         .unwrap_or_default();
     (0..entries.len())
         .filter(|&i| entries[i].kind == Kind::File && content_owner(entries, i) == i)
-        .filter(|&i| {
-            let e = &entries[i];
-            !unchanged(&prev, e).is_some_and(|p| p.source == e.source)
-        })
+        .filter(|&i| unchanged(&prev, &entries[i]).is_none())
         // Whole blocks: a thousand small files take a thousand blocks.
         .map(|i| entries[i].size.div_ceil(4096) * 4096)
         .sum()
 }
 
-/// Copy the content of `entries` (from `root`) into `staging/files`, filling in hashes.
+/// Store the content of `entries` (read from `root`) as objects, filling in their hashes.
 pub fn copy_files(
     root: &Path,
     entries: &mut [Entry],
-    staging: &Path,
-    previous: Option<Previous<'_>>,
+    store: &Store,
+    previous: Option<&Manifest>,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
-    let files_dir = staging.join(FILES_DIR);
+    store.ensure()?;
+    let present: HashSet<String> = store.present_objects()?;
     let prev_index: HashMap<&[u8], &Entry> = previous
-        .as_ref()
-        .map(|p| {
-            p.manifest
-                .entries
-                .iter()
-                .map(|e| (e.path_bytes(), e))
-                .collect()
-        })
+        .map(|m| m.entries.iter().map(|e| (e.path_bytes(), e)).collect())
         .unwrap_or_default();
 
-    // Decide the work, and create the directories that will hold stored files.
-    let mut jobs: Vec<(usize, Job)> = Vec::new();
-    let mut made_dirs: std::collections::HashSet<PathBuf> = Default::default();
+    let mut stats = CopyStats::default();
+    let mut jobs: Vec<usize> = Vec::new();
     for i in 0..entries.len() {
-        let e = &entries[i];
-        if e.kind != Kind::File {
+        if entries[i].kind != Kind::File || content_owner(entries, i) != i {
             continue;
         }
-        let dst = files_dir.join(stored_rel(e.path_bytes()));
-        if let Some(parent) = dst.parent()
-            && made_dirs.insert(parent.to_path_buf())
-        {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+        match unchanged(&prev_index, &entries[i]) {
+            Some(p) if p.hash.as_ref().is_some_and(|h| present.contains(h)) => {
+                let e = &mut entries[i];
+                e.hash = p.hash.clone();
+                e.sparse = p.sparse;
+                stats.shared_files += 1;
+                stats.shared_bytes += e.size;
+            }
+            _ => jobs.push(i),
         }
-        if content_owner(entries, i) != i {
-            continue;
-        }
-        let job = match unchanged(&prev_index, e) {
-            Some(p) if p.source == e.source => Job::Share {
-                prev_hash: p.hash.clone().unwrap_or_default(),
-                sparse: p.sparse,
-            },
-            Some(p) => Job::Copy {
-                doubt: p.hash.clone(),
-            },
-            None => Job::Copy { doubt: None },
-        };
-        jobs.push((i, job));
     }
 
     let total = jobs.len() as u64;
@@ -145,8 +119,8 @@ pub fn copy_files(
     let bytes = AtomicU64::new(0);
     let reflink = ReflinkState::new(true);
     let results: Mutex<Vec<(usize, Result<Done>)>> = Mutex::new(Vec::with_capacity(jobs.len()));
-    let prev_files = previous.as_ref().map(|p| p.files_dir.clone());
     let entries_ro: &[Entry] = entries;
+    let tmp_dir = store.objects_tmp();
 
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
@@ -157,25 +131,17 @@ pub fn copy_files(
                         return;
                     }
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((i, job)) = jobs.get(k) else { return };
-                    let e = &entries_ro[*i];
+                    let Some(&i) = jobs.get(k) else { return };
+                    let e = &entries_ro[i];
                     let r = (hooks.checkpoint)().and_then(|()| {
-                        one_file(
-                            root,
-                            e,
-                            job,
-                            &files_dir,
-                            prev_files.as_deref(),
-                            &reflink,
-                            &mut dirs,
-                        )
-                        .with_context(|| format!("backing up {}", e.display()))
+                        one_file(root, e, store, &tmp_dir, &reflink, &mut dirs)
+                            .with_context(|| format!("backing up {}", e.display()))
                     });
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
                     if let Ok(d) = &r {
-                        bytes.fetch_add(d.copied_bytes, Ordering::Relaxed);
+                        bytes.fetch_add(d.size, Ordering::Relaxed);
                     }
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_multiple_of(256) || n == total {
@@ -184,13 +150,12 @@ pub fn copy_files(
                     results
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((*i, r));
+                        .push((i, r));
                 }
             });
         }
     });
 
-    let mut stats = CopyStats::default();
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
@@ -199,14 +164,15 @@ pub fn copy_files(
         if let Some(fresh) = d.refreshed {
             *e = fresh;
         }
-        e.hash = Some(d.hash);
+        e.hash = Some(d.hash.clone());
         e.sparse = d.sparse;
-        if d.shared {
-            stats.shared_files += 1;
-            stats.shared_bytes += e.size;
-        } else {
+        if d.new_object {
             stats.copied_files += 1;
-            stats.copied_bytes += d.copied_bytes;
+            stats.copied_bytes += d.size;
+            stats.new_objects.push(d.hash);
+        } else {
+            stats.shared_files += 1;
+            stats.shared_bytes += d.size;
         }
         if d.reflinked {
             stats.reflinked_files += 1;
@@ -214,7 +180,7 @@ pub fn copy_files(
     }
     anyhow::ensure!(!failed.load(Ordering::Relaxed), "backup stopped");
 
-    // Hardlink group members share their first member's stored copy.
+    // Hardlink group members carry their first member's content.
     for i in 0..entries.len() {
         let owner = content_owner(entries, i);
         if entries[i].kind != Kind::File || owner == i {
@@ -225,10 +191,6 @@ pub fn copy_files(
             entries[owner].sparse,
             entries[owner].size,
         );
-        let from = files_dir.join(stored_rel(entries[owner].path_bytes()));
-        let to = files_dir.join(stored_rel(entries[i].path_bytes()));
-        std::fs::hard_link(&from, &to)
-            .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
         let e = &mut entries[i];
         e.hash = hash;
         e.sparse = sparse;
@@ -239,16 +201,12 @@ pub fn copy_files(
     Ok(stats)
 }
 
-fn libc_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
-}
-
 struct Done {
     hash: String,
+    size: u64,
     sparse: bool,
-    shared: bool,
+    new_object: bool,
     reflinked: bool,
-    copied_bytes: u64,
     refreshed: Option<Entry>,
 }
 
@@ -269,37 +227,17 @@ impl DirCache {
     }
 }
 
+static TMP: AtomicU64 = AtomicU64::new(0);
+
 fn one_file(
     root: &Path,
     e: &Entry,
-    job: &Job,
-    files_dir: &Path,
-    prev_files: Option<&Path>,
+    store: &Store,
+    tmp_dir: &Path,
     reflink: &ReflinkState,
     dirs: &mut DirCache,
 ) -> Result<Done> {
-    let rel = stored_rel(e.path_bytes());
-    let dst_path = files_dir.join(rel);
-    if let Job::Share { prev_hash, sparse } = job {
-        let prev = prev_files
-            .expect("sharing needs a previous generation")
-            .join(rel);
-        match std::fs::hard_link(&prev, &dst_path) {
-            Ok(()) => {
-                return Ok(Done {
-                    hash: prev_hash.clone(),
-                    sparse: *sparse,
-                    shared: true,
-                    reflinked: false,
-                    copied_bytes: 0,
-                    refreshed: None,
-                });
-            }
-            // Too many links, or the previous copy is gone: copy instead.
-            Err(err) => tracing::debug!("cannot share {}: {err}", prev.display()),
-        }
-    }
-    let node_path = Path::new("/").join(rel);
+    let node_path = Path::new("/").join(stored_rel(e.path_bytes()));
     let parent = node_path.parent().unwrap_or(Path::new("/"));
     let name = node_path.file_name().context("entry has no file name")?;
     let dir = dirs.open(root, parent)?;
@@ -309,8 +247,14 @@ fn one_file(
         Kind::of(&st) == Kind::File,
         "changed from a regular file while the backup ran; take the backup again"
     );
-    // Replaced since the walk (an editor's atomic rename): record what we actually copy.
-    let refreshed = if st.st_ino != e.source.ino || st.st_dev != e.source.dev {
+    // Changed since the walk (an editor's atomic rename, an in-place write): record what is
+    // actually copied, so that the manifest's metadata and hash describe the same content.
+    let refreshed = if st.st_ino != e.source.ino
+        || st.st_dev != e.source.dev
+        || st.st_size as u64 != e.size
+        || st.st_mtime != e.mtime.0
+        || st.st_mtime_nsec as u32 != e.mtime.1
+    {
         let mut fresh = Entry::from_stat(e.path_bytes(), &st);
         fresh.xattrs = fsx::xattrs_fd(src.as_fd())?;
         fresh.hardlink = e.hardlink;
@@ -318,47 +262,35 @@ fn one_file(
     } else {
         None
     };
+    let tmp = tmp_dir.join(format!(
+        "{}.{}",
+        std::process::id(),
+        TMP.fetch_add(1, Ordering::Relaxed)
+    ));
     let dst: OwnedFd = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc_nofollow())
-        .open(&dst_path)
-        .with_context(|| format!("creating {}", dst_path.display()))?
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?
         .into();
-    let copied = copy_and_hash(src, &dst, reflink, None)?;
-    drop(dst);
-    if let (
-        Job::Copy {
-            doubt: Some(prev_hash),
-        },
-        Some(prev_files),
-    ) = (job, prev_files)
-        && *prev_hash == copied.hash
-    {
-        // Same content as before: keep one copy.
-        let prev = prev_files.join(rel);
-        static N: AtomicU64 = AtomicU64::new(0);
-        let staging = files_dir.parent().unwrap_or(files_dir);
-        let tmp = staging.join(format!(".share-{}", N.fetch_add(1, Ordering::Relaxed)));
-        if std::fs::hard_link(&prev, &tmp).is_ok() {
-            std::fs::rename(&tmp, &dst_path)?;
-            return Ok(Done {
-                hash: copied.hash,
-                sparse: copied.sparse,
-                shared: true,
-                reflinked: false,
-                copied_bytes: 0,
-                refreshed,
-            });
+    let copied = match copy_and_hash(src, &dst, reflink, None) {
+        Ok(c) => c,
+        Err(err) => {
+            drop(dst);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err.into());
         }
-    }
+    };
+    drop(dst);
+    let new_object = store.put_object(&tmp, &copied.hash)?;
     Ok(Done {
         hash: copied.hash,
+        size: copied.size,
         sparse: copied.sparse,
-        shared: false,
+        new_object,
         reflinked: copied.reflinked,
-        copied_bytes: copied.size,
         refreshed,
     })
 }

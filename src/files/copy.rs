@@ -49,10 +49,39 @@ fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
     }
 }
 
-/// Hash a whole file.
+/// Hash a whole file. Holes of a sparse file are hashed as zeros without being read.
 pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
+    let st = rustix::fs::fstat(src)?;
+    let size = st.st_size as u64;
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF.min(size.max(4096) as usize)];
+    if (st.st_blocks as u64) * 512 < size {
+        let mut pos = 0u64;
+        while pos < size {
+            let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(size),
+                Err(rustix::io::Errno::NXIO) => size,
+                Err(e) => return Err(e.into()),
+            };
+            hash_zeros(&mut h, data - pos);
+            if data >= size {
+                break;
+            }
+            let hole = rustix::fs::seek(src, SeekFrom::Hole(data))?.min(size);
+            let mut off = data;
+            while off < hole {
+                let want = ((hole - off) as usize).min(buf.len());
+                let n = src.read_at(&mut buf[..want], off)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            pos = hole;
+        }
+        return Ok((h.finalize().to_hex().to_string(), size));
+    }
     let mut total = 0u64;
     let mut r = src;
     loop {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -117,9 +117,13 @@ pub fn restore(
     let mut dry = Restorer::new(root, generation, manifest, false, &quiet)?;
     dry.run(selection)?;
     let mut problems = Vec::new();
+    let mut checked = std::collections::HashSet::new();
     for &i in &dry.to_copy {
         let e = &manifest.entries[i];
-        let stored = generation.files_dir().join(stored_rel(e.path_bytes()));
+        if !checked.insert(e.hash.clone()) {
+            continue;
+        }
+        let stored = generation.object(e.hash.as_deref().unwrap_or_default());
         match std::fs::File::open(&stored).and_then(|f| hash_file(&f)) {
             Ok((hash, size)) if Some(&hash) == e.hash.as_ref() && size == e.size => {}
             Ok(_) => problems.push(format!(
@@ -624,7 +628,9 @@ impl<'a> Restorer<'a> {
         }
         let tmp = tmp_name();
         let r = (|| -> Result<()> {
-            let stored = self.generation.files_dir().join(stored_rel(path));
+            let stored = self
+                .generation
+                .object(e.hash.as_deref().unwrap_or_default());
             let src: OwnedFd = std::fs::File::open(&stored)
                 .with_context(|| format!("opening {}", stored.display()))?
                 .into();
@@ -860,9 +866,4 @@ pub fn metadata_diffs(e: &Entry, st: &Stat, live_xattrs: &[(Vec<u8>, Vec<u8>)]) 
         d.push(format!("xattrs {}", names.join(" ")));
     }
     d
-}
-
-/// Where the stored copy of a node file lives in a generation.
-pub fn stored_path(generation: &Generation, e: &Entry) -> PathBuf {
-    generation.files_dir().join(stored_rel(e.path_bytes()))
 }

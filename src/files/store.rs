@@ -1,14 +1,23 @@
-//! Generations on disk: `<state_dir>/generations/<id>/`, built in `.staging-<id>/`.
+//! Generations on disk, and the content objects they share.
 //!
 //! ```text
-//! generations/
-//!   20261125T121846Z/      committed: generation.json, manifest, files/, cluster/, images/
-//!   .staging-20261126T...  being written; removed by the next run if it was abandoned
-//!   .trash-...             being deleted (retention); removed by the next run
+//! <state_dir>/
+//!   objects/ab/cdef...     file content, named by its BLAKE3 hash, shared by every generation
+//!   objects/tmp/           content being written (removed by the next run if abandoned)
+//!   generations/
+//!     20261125T121846Z/    committed: generation.json, manifest, cluster/, images/
+//!     .staging-2026...     being written; removed by the next run if it was abandoned
+//!     .trash-...           being deleted (retention); removed by the next run
 //! ```
-//! A generation is committed by `syncfs` + `rename` + `fsync` of the parent: a directory without
-//! the `.staging-` prefix is complete and durable. The previous generation is never touched
-//! before the new one is committed.
+//! Content is stored once per distinct hash: a file unchanged since the previous backup costs
+//! no file-system operation at all, identical files share one object, and a hardlink group is
+//! one object by construction. The manifest says which object each node path has; objects no
+//! committed generation refers to are removed by retention (`gc`).
+//!
+//! A generation is committed by `syncfs` (which also flushes the objects, on the same file
+//! system) + `rename` + `fsync` of the parent: a directory without the `.staging-` prefix is
+//! complete and durable, and every object it refers to was flushed before it existed. The
+//! previous generation is never touched before the new one is committed.
 
 use std::ffi::OsStr;
 use std::io;
@@ -24,8 +33,8 @@ use super::manifest::{Manifest, TreeInfo};
 
 pub const INFO_FILE: &str = "generation.json";
 pub const MANIFEST_FILE: &str = "manifest";
-/// Node files are stored beneath this directory at their node path (`files/etc/hosts`).
-pub const FILES_DIR: &str = "files";
+/// Content objects, beside `generations/` in the state directory.
+pub const OBJECTS_DIR: &str = "objects";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 
@@ -50,6 +59,14 @@ pub struct GenerationInfo {
 pub struct Generation {
     pub info: GenerationInfo,
     pub dir: PathBuf,
+    /// The store's object directory.
+    pub objects: PathBuf,
+}
+
+/// Where the object with this content hash lives.
+pub fn object_path(objects: &Path, hash: &str) -> PathBuf {
+    let split = hash.len().min(2);
+    objects.join(&hash[..split]).join(hash)
 }
 
 impl Generation {
@@ -57,8 +74,35 @@ impl Generation {
         self.dir.join(MANIFEST_FILE)
     }
 
-    pub fn files_dir(&self) -> PathBuf {
-        self.dir.join(FILES_DIR)
+    /// The stored content of a file with this hash.
+    pub fn object(&self, hash: &str) -> PathBuf {
+        object_path(&self.objects, hash)
+    }
+
+    /// Move a fully written temporary file into place as the object `hash`. Returns false if
+    /// the object already existed (the temporary file is then removed).
+    pub fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
+        let object = self.object(hash);
+        if object.exists() {
+            std::fs::remove_file(tmp)?;
+            return Ok(false);
+        }
+        match std::fs::rename(tmp, &object) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                // First object of this fan-out directory.
+                let dir = object.parent().expect("objects have a parent");
+                match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(e).with_context(|| format!("creating {}", dir.display()));
+                    }
+                    _ => {}
+                }
+                std::fs::rename(tmp, &object)
+                    .with_context(|| format!("storing {}", object.display()))?;
+            }
+            r => r.with_context(|| format!("storing {}", object.display()))?,
+        }
+        Ok(true)
     }
 
     /// Read the manifest, checking it against the hash in `generation.json`.
@@ -73,6 +117,15 @@ impl Generation {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    objects: PathBuf,
+}
+
+/// What a garbage collection of objects did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcStats {
+    pub removed: u64,
+    pub bytes: u64,
+    pub kept: u64,
 }
 
 impl Store {
@@ -80,6 +133,7 @@ impl Store {
     pub fn new(state_path: &Path) -> Store {
         Store {
             dir: state_path.join("generations"),
+            objects: state_path.join(OBJECTS_DIR),
         }
     }
 
@@ -87,12 +141,115 @@ impl Store {
         &self.dir
     }
 
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects
+    }
+
+    /// Where content is written before it is renamed to its object name.
+    pub fn objects_tmp(&self) -> PathBuf {
+        self.objects.join("tmp")
+    }
+
+    pub fn object(&self, hash: &str) -> PathBuf {
+        object_path(&self.objects, hash)
+    }
+
+    /// Move a fully written temporary file into place as the object `hash`. Returns false if
+    /// the object already existed (the temporary file is then removed).
+    pub fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
+        let object = self.object(hash);
+        if object.exists() {
+            std::fs::remove_file(tmp)?;
+            return Ok(false);
+        }
+        match std::fs::rename(tmp, &object) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                // First object of this fan-out directory.
+                let dir = object.parent().expect("objects have a parent");
+                match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(e).with_context(|| format!("creating {}", dir.display()));
+                    }
+                    _ => {}
+                }
+                std::fs::rename(tmp, &object)
+                    .with_context(|| format!("storing {}", object.display()))?;
+            }
+            r => r.with_context(|| format!("storing {}", object.display()))?,
+        }
+        Ok(true)
+    }
+
     pub fn ensure(&self) -> Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        b.create(self.objects_tmp())
+            .with_context(|| format!("creating {}", self.objects.display()))?;
+        Ok(())
+    }
+
+    /// The hashes of every object present (one directory listing per fan-out directory).
+    pub fn present_objects(&self) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for i in 0..=255u8 {
+            let d = self.objects.join(format!("{i:02x}"));
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
+            };
+            for e in rd {
+                out.insert(e?.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every object hash some committed generation refers to.
+    pub fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for g in self.list()? {
+            let m = g.manifest().with_context(|| {
+                format!(
+                    "reading the manifest of generation {} to keep its objects",
+                    g.info.id
+                )
+            })?;
+            out.extend(m.entries.into_iter().filter_map(|e| e.hash));
+        }
+        Ok(out)
+    }
+
+    /// Remove objects no committed generation refers to (left by pruned generations and by
+    /// failed backups). Refuses to run if any committed manifest cannot be read, since its
+    /// objects would look unreferenced.
+    pub fn gc(&self) -> Result<GcStats> {
+        let referenced = self.referenced_objects()?;
+        let mut stats = GcStats::default();
+        for i in 0..=255u8 {
+            let d = self.objects.join(format!("{i:02x}"));
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
+            };
+            for e in rd {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if referenced.contains(&name) {
+                    stats.kept += 1;
+                    continue;
+                }
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing object {}", e.path().display()))?;
+                stats.removed += 1;
+                stats.bytes += len;
+            }
+        }
+        Ok(stats)
     }
 
     /// A new generation id: the UTC time, unique within the store.
@@ -127,15 +284,23 @@ impl Store {
             .mode(0o700)
             .create(&p)
             .with_context(|| format!("creating {}", p.display()))?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(p.join(FILES_DIR))?;
         Ok(p)
     }
 
-    /// Remove abandoned staging and trash directories (an interrupted backup or prune).
+    /// Remove abandoned staging and trash directories and half-written objects (an
+    /// interrupted backup or prune).
     pub fn clean_abandoned(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.objects_tmp()) {
+            let mut n = 0;
+            for e in rd {
+                std::fs::remove_file(e?.path())?;
+                n += 1;
+            }
+            if n > 0 {
+                removed.push(format!("{n} half-written objects"));
+            }
+        }
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
@@ -178,6 +343,7 @@ impl Store {
         Ok(Generation {
             info: info.clone(),
             dir: final_path,
+            objects: self.objects.clone(),
         })
     }
 
@@ -226,7 +392,11 @@ impl Store {
             info_path.display(),
             info.id
         );
-        Ok(Generation { info, dir })
+        Ok(Generation {
+            info,
+            dir,
+            objects: self.objects.clone(),
+        })
     }
 
     /// The newest committed generation.
@@ -276,7 +446,7 @@ fn write_json_synced<T: Serialize>(p: &Path, v: &T) -> Result<()> {
         .with_context(|| format!("flushing {}", p.display()))
 }
 
-/// The node path of a stored file inside a generation's `files/` directory.
+/// A node path (manifest form, no leading `/`) as a relative path.
 pub fn stored_rel(entry_path: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
     Path::new(OsStr::from_bytes(entry_path))

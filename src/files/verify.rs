@@ -1,10 +1,10 @@
-//! Verifying a generation against its manifest: every stored file re-hashed, every missing,
-//! extra or changed file reported by path.
+//! Verifying a generation against its manifest: every stored object re-hashed, every missing,
+//! extra or changed file reported by node path.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
-use super::store::{FILES_DIR, Generation, INFO_FILE, MANIFEST_FILE, stored_rel};
+use super::store::{Generation, INFO_FILE, MANIFEST_FILE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,14 +37,24 @@ pub struct VerifyReport {
     pub ok: bool,
     pub files_checked: u64,
     pub bytes_checked: u64,
+    /// Objects written by earlier backups, checked for presence only (incremental check).
+    pub shared_unchanged: u64,
     pub problems: Vec<Problem>,
 }
 
 impl VerifyReport {
     pub fn summary(&self) -> String {
         if self.ok {
+            let shared = if self.shared_unchanged > 0 {
+                format!(
+                    ", {} objects of earlier backups checked for presence",
+                    self.shared_unchanged
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "generation {}: ok ({} files, {} bytes re-hashed)",
+                "generation {}: ok ({} objects, {} bytes re-hashed{shared})",
                 self.generation, self.files_checked, self.bytes_checked
             )
         } else {
@@ -64,19 +74,26 @@ impl VerifyReport {
     }
 }
 
+/// One piece of content to check.
 struct Expect {
-    /// Path inside the generation directory.
-    rel: PathBuf,
-    /// How to name it to a person.
-    shown: String,
+    file: PathBuf,
+    /// The node paths (or artifact name) that have this content.
+    shown: Vec<String>,
     size: u64,
     hash: String,
+    /// Check presence only.
+    presence_only: bool,
 }
 
-/// Verify `generation`. `journal_hash` is the manifest hash the journal recorded, if any.
+/// Verify `generation`; `journal_hash` is the manifest hash the journal recorded, if any.
+///
+/// With `only_rehash`, only the objects in that set (those the backup just wrote) are
+/// re-hashed; the others, written and verified by earlier backups, are checked for presence.
+/// Without it (`recoveryctl verify`, the recovery's check) every byte is re-hashed.
 pub fn verify(
     generation: &Generation,
     journal_hash: Option<&str>,
+    only_rehash: Option<&HashSet<String>>,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<VerifyReport> {
@@ -85,6 +102,7 @@ pub fn verify(
         ok: false,
         files_checked: 0,
         bytes_checked: 0,
+        shared_unchanged: 0,
         problems: Vec::new(),
     };
     if let Some(j) = journal_hash
@@ -110,30 +128,44 @@ pub fn verify(
             return Ok(report);
         }
     };
-    let mut expect: Vec<Expect> = Vec::new();
-    for e in &manifest.entries {
-        if e.kind == Kind::File {
-            expect.push(Expect {
-                rel: Path::new(FILES_DIR).join(stored_rel(e.path_bytes())),
-                shown: e.display(),
-                size: e.size,
-                hash: e.hash.clone().unwrap_or_default(),
+    let mut objects: BTreeMap<String, Expect> = BTreeMap::new();
+    for e in manifest.entries.iter().filter(|e| e.kind == Kind::File) {
+        let Some(hash) = e.hash.clone() else {
+            report.problems.push(Problem {
+                path: e.display(),
+                problem: ProblemKind::Manifest,
+                detail: "regular file without a content hash".into(),
             });
-        }
+            continue;
+        };
+        objects
+            .entry(hash.clone())
+            .or_insert_with(|| Expect {
+                file: generation.object(&hash),
+                shown: Vec::new(),
+                size: e.size,
+                presence_only: only_rehash.is_some_and(|n| !n.contains(&hash)),
+                hash,
+            })
+            .shown
+            .push(e.display());
     }
+    let mut expect: Vec<Expect> = objects.into_values().collect();
     for a in &manifest.artifacts {
         expect.push(Expect {
-            rel: PathBuf::from(&a.artifact),
-            shown: a.artifact.clone(),
+            file: generation.dir.join(&a.artifact),
+            shown: vec![a.artifact.clone()],
             size: a.size,
             hash: a.hash.clone(),
+            presence_only: false,
         });
     }
 
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
+    let presence = AtomicU64::new(0);
     let problems = Mutex::new(Vec::new());
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| {
@@ -144,8 +176,7 @@ pub fn verify(
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
-                    let p = generation.dir.join(&x.rel);
-                    let problem = match std::fs::symlink_metadata(&p) {
+                    let problem = match std::fs::symlink_metadata(&x.file) {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             Some((ProblemKind::Missing, "stored copy is missing".to_string()))
                         }
@@ -156,9 +187,13 @@ pub fn verify(
                         )),
                         Ok(m) if m.len() != x.size => Some((
                             ProblemKind::Changed,
-                            format!("size {} instead of {}", m.len(), x.size),
+                            format!("stored copy has {} bytes instead of {}", m.len(), x.size),
                         )),
-                        Ok(_) => match std::fs::File::open(&p).and_then(|f| hash_file(&f)) {
+                        Ok(_) if x.presence_only => {
+                            presence.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Ok(_) => match std::fs::File::open(&x.file).and_then(|f| hash_file(&f)) {
                             Err(e) => Some((ProblemKind::Unreadable, e.to_string())),
                             Ok((h, n)) => {
                                 bytes.fetch_add(n, Ordering::Relaxed);
@@ -172,14 +207,14 @@ pub fn verify(
                         },
                     };
                     if let Some((problem, detail)) = problem {
-                        problems
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Problem {
-                                path: x.shown.clone(),
+                        let mut p = problems.lock().unwrap_or_else(|p| p.into_inner());
+                        for shown in &x.shown {
+                            p.push(Problem {
+                                path: shown.clone(),
                                 problem,
-                                detail,
+                                detail: detail.clone(),
                             });
+                        }
                     }
                 }
             });
@@ -193,41 +228,41 @@ pub fn verify(
         .problems
         .extend(problems.into_inner().unwrap_or_else(|p| p.into_inner()));
 
-    // Anything stored that the manifest does not know about.
-    let known: HashSet<&Path> = expect.iter().map(|x| x.rel.as_path()).collect();
-    for top in [FILES_DIR, "cluster", "images"] {
-        let base = generation.dir.join(top);
-        if !base.exists() {
-            continue;
-        }
-        let mut stack = vec![base];
-        while let Some(d) = stack.pop() {
-            for ent in std::fs::read_dir(&d)? {
-                let ent = ent?;
-                let p = ent.path();
-                let ft = ent.file_type()?;
-                if ft.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                let rel = p.strip_prefix(&generation.dir).unwrap_or(&p);
-                if !known.contains(rel) {
-                    let shown = match rel.strip_prefix(FILES_DIR) {
-                        Ok(r) => format!("/{}", r.display()),
-                        Err(_) => rel.display().to_string(),
-                    };
-                    report.problems.push(Problem {
-                        path: shown,
-                        problem: ProblemKind::Extra,
-                        detail: "stored but not in the manifest".into(),
-                    });
-                }
+    // Anything in the generation directory that the manifest does not account for.
+    let known: HashSet<PathBuf> = manifest
+        .artifacts
+        .iter()
+        .map(|a| generation.dir.join(&a.artifact))
+        .collect();
+    let top_level = [INFO_FILE, MANIFEST_FILE, crate::plans::backup::NEW_OBJECTS];
+    let mut stack = vec![generation.dir.clone()];
+    while let Some(d) = stack.pop() {
+        for ent in std::fs::read_dir(&d)? {
+            let ent = ent?;
+            let p = ent.path();
+            if ent.file_type()?.is_dir() {
+                stack.push(p);
+                continue;
             }
+            let name = ent.file_name();
+            if (d == generation.dir && top_level.iter().any(|t| name == *t)) || known.contains(&p) {
+                continue;
+            }
+            report.problems.push(Problem {
+                path: p
+                    .strip_prefix(&generation.dir)
+                    .unwrap_or(&p)
+                    .display()
+                    .to_string(),
+                problem: ProblemKind::Extra,
+                detail: "in the generation but not in its manifest".into(),
+            });
         }
     }
     report.problems.sort_by(|a, b| a.path.cmp(&b.path));
     report.files_checked = expect.len() as u64;
     report.bytes_checked = bytes.load(Ordering::Relaxed);
+    report.shared_unchanged = presence.load(Ordering::Relaxed);
     report.ok = report.problems.is_empty();
     Ok(report)
 }

@@ -10,7 +10,7 @@ use super::blocking;
 use super::context::PlanContext;
 use crate::cli::render::human_bytes;
 use crate::engine::{Cleanup, Outcome, PreviewContext, Step, StepContext};
-use crate::files::backup::{Hooks, Previous, bytes_to_copy, copy_files};
+use crate::files::backup::{Hooks, bytes_to_copy, copy_files};
 use crate::files::manifest::{Artifact, FORMAT, Header, Manifest, VERSION};
 use crate::files::store::{GenerationInfo, MANIFEST_FILE};
 use crate::files::walk::Walker;
@@ -18,6 +18,8 @@ use crate::files::{bytetext::ByteText, copy::hash_file, fsx, verify};
 use crate::journal::{GenerationRecord, RunKind, RunState};
 
 const PARTIAL: &str = "files.partial";
+/// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
+pub const NEW_OBJECTS: &str = "new-objects";
 
 fn generation_id(cx: &StepContext) -> Result<String> {
     cx.var("generation")?
@@ -93,7 +95,13 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     p.store.ensure()?;
     let removed = p.store.clean_abandoned()?;
     if !removed.is_empty() {
-        notes.push(format!("removed abandoned {}", removed.join(", ")));
+        // An interrupted backup may also have left objects nothing refers to.
+        let gc = p.store.gc()?;
+        notes.push(format!(
+            "removed abandoned {} and {} unreferenced objects",
+            removed.join(", "),
+            gc.removed
+        ));
     }
     super::reconcile(&cx.journal, &p.store)?;
 
@@ -104,6 +112,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         root: &p.config.root,
         excludes: &excludes,
         checkpoint: &checkpoint,
+        sizes_only: true,
     }
     .scan(&p.config.backup.paths, &extras)?;
     let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
@@ -185,16 +194,13 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         "staging directory {} is missing",
         staging.display()
     );
-    // A retried attempt starts the copy over.
-    for leftover in [PARTIAL, crate::files::store::FILES_DIR] {
+    // A retried attempt starts the copy over (objects already written are reused).
+    for leftover in [PARTIAL, NEW_OBJECTS] {
         let l = staging.join(leftover);
-        if l.is_dir() {
-            std::fs::remove_dir_all(&l)?;
-        } else if l.exists() {
+        if l.exists() {
             std::fs::remove_file(&l)?;
         }
     }
-    std::fs::create_dir(staging.join(crate::files::store::FILES_DIR))?;
 
     let excludes = p.excludes()?;
     let extras = p.extras()?;
@@ -203,6 +209,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         root: &p.config.root,
         excludes: &excludes,
         checkpoint: &checkpoint,
+        sizes_only: false,
     }
     .scan(&p.config.backup.paths, &extras)?;
     let prev_gen = p.store.latest()?;
@@ -219,13 +226,6 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         },
         None => None,
     };
-    let previous = match (&prev_gen, &prev_manifest) {
-        (Some(g), Some(m)) => Some(Previous {
-            manifest: m,
-            files_dir: g.files_dir(),
-        }),
-        _ => None,
-    };
     let progress = |done: u64, total: u64, _bytes: u64| cx.progress(done, total, "files copied");
     let hooks = Hooks {
         checkpoint: &checkpoint,
@@ -234,11 +234,13 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let stats = copy_files(
         &p.config.root,
         &mut scan.entries,
-        &staging,
-        previous,
+        &p.store,
+        prev_manifest.as_ref(),
         p.config.backup.workers,
         &hooks,
     )?;
+    // The objects this backup wrote: the verify step re-reads exactly these.
+    std::fs::write(staging.join(NEW_OBJECTS), stats.new_objects.join("\n"))?;
     let mut m = Manifest::new(Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -252,7 +254,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     m.entries = scan.entries;
     m.write_file(&staging.join(PARTIAL))?;
     let mut detail = format!(
-        "{} entries; {} files copied ({}), {} shared with the previous generation ({}), {} hardlinks",
+        "{} entries; {} files stored ({}), {} already stored ({}), {} hardlinks",
         m.entries.len(),
         stats.copied_files,
         human_bytes(stats.copied_bytes),
@@ -421,7 +423,19 @@ impl Step for VerifyGeneration {
                 progress: &progress,
             };
             let jh = PlanContext::journal_hash(&cx.journal, &id);
-            let r = verify::verify(&g, jh.as_deref(), p.config.backup.workers, &hooks)?;
+            // Re-read what this backup wrote; objects of earlier backups were verified when
+            // they were written and are checked for presence.
+            let new: std::collections::HashSet<String> =
+                std::fs::read_to_string(g.dir.join(NEW_OBJECTS))
+                    .map(|t| t.lines().map(str::to_string).collect())
+                    .unwrap_or_default();
+            let r = verify::verify(
+                &g,
+                jh.as_deref(),
+                Some(&new),
+                p.config.backup.workers,
+                &hooks,
+            )?;
             if !r.ok {
                 bail!("{}", r.summary());
             }
