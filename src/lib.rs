@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod host;
 pub mod journal;
 pub mod logging;
 pub mod plans;

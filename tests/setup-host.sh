@@ -26,6 +26,13 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# policycoreutils (pulled in by selinux-policy-dev) writes /etc/selinux/config with
+# SELINUX=permissive even though this kernel has no SELinux; libostree then tries to label
+# files with a policy that does not exist and `ostree admin pin` fails. Say what is true.
+if [ ! -d /sys/fs/selinux ] && grep -qE '^SELINUX=(permissive|enforcing)' /etc/selinux/config 2>/dev/null; then
+  sed -i -E 's/^SELINUX=(permissive|enforcing)/SELINUX=disabled/' /etc/selinux/config
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup-host: cargo is missing; install a Rust toolchain (rustup) first" >&2
   exit 1

@@ -70,6 +70,7 @@ pub struct HostFragment {
     pub ostree_cli: Option<PathBuf>,
     pub command_timeout: Option<Seconds>,
     pub transaction_timeout: Option<Seconds>,
+    pub job_timeout: Option<Seconds>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

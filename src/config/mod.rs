@@ -107,6 +107,7 @@ pub struct HostConfig {
     pub ostree_cli: PathBuf,
     pub command_timeout: Duration,
     pub transaction_timeout: Duration,
+    pub job_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +323,7 @@ impl Config {
                 ostree_cli: h.ostree_cli.unwrap_or_else(|| "ostree".into()),
                 command_timeout: secs(h.command_timeout, 600),
                 transaction_timeout: secs(h.transaction_timeout, 600),
+                job_timeout: secs(h.job_timeout, 300),
             },
             engine: EngineConfig {
                 step_timeout: secs(e.step_timeout, 3600),

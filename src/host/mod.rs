@@ -1,0 +1,64 @@
+//! Every side effect on the host, each behind a narrow trait with one home:
+//! systemd units ([`systemd`]), reboots and inhibitors ([`power`]), rpm-ostree
+//! ([`rpmostree`]), ostree deployments ([`ostree`]), SELinux ([`selinux`]), external programs
+//! ([`command`]) and the cluster's tools built on them ([`cluster`]).
+//!
+//! `[host] systemd`, `ostree` and `cluster` switch integrations off for hosts that lack them;
+//! the steps that need one then end `skipped` with that reason in the journal.
+
+pub mod bus;
+pub mod cluster;
+pub mod command;
+pub mod ostree;
+pub mod power;
+pub mod rpmostree;
+pub mod selinux;
+pub mod systemd;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// The host as the plans see it.
+#[derive(Clone)]
+pub struct Host {
+    pub units: Arc<dyn systemd::Units>,
+    pub power: Arc<dyn power::Power>,
+    pub rpm_ostree: Arc<dyn rpmostree::RpmOstree>,
+    pub ostree: Arc<dyn ostree::Ostree>,
+    pub selinux: Arc<dyn selinux::Enforcement>,
+    pub programs: Arc<dyn command::Programs>,
+    pub cluster: Arc<cluster::Cluster>,
+}
+
+impl Host {
+    /// The real host described by `config` (nothing is connected until first used).
+    pub fn new(config: &Config) -> Host {
+        let bus = Arc::new(bus::SystemBus::new(Duration::from_secs(300)));
+        let programs: Arc<dyn command::Programs> = Arc::new(command::Runner);
+        let h = &config.host;
+        Host {
+            units: Arc::new(systemd::DbusUnits::new(bus.clone(), h.job_timeout)),
+            power: Arc::new(power::DbusPower::new(bus.clone())),
+            rpm_ostree: Arc::new(rpmostree::DbusRpmOstree::new(bus, h.transaction_timeout)),
+            ostree: Arc::new(ostree::OstreeCli {
+                program: h.ostree_cli.clone(),
+                sysroot: config.host_path(&h.sysroot),
+                timeout: h.command_timeout,
+                programs: programs.clone(),
+            }),
+            selinux: Arc::new(selinux::SelinuxFs::new(&config.root)),
+            cluster: Arc::new(cluster::Cluster {
+                programs: programs.clone(),
+                crictl: h.crictl.clone(),
+                crio: h.crio.clone(),
+                oc: h.oc.clone(),
+                podman: h.podman.clone(),
+                kubeconfig: config.host_path(&h.kubeconfig),
+                timeout: h.command_timeout,
+            }),
+            programs,
+        }
+    }
+}
