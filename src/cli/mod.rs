@@ -79,6 +79,21 @@ pub enum Command {
     RestoreFiles { generation: Option<String> },
     /// List the committed generations.
     Generations,
+    /// Recover the node from a generation: check, restore files, reboot, restore the cluster.
+    Recover {
+        /// Skip the deployment check, and accept a generation from another node.
+        #[arg(long)]
+        force: bool,
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+        /// Print every stage and step and what it would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The generation to recover from (default: the newest).
+        #[arg(long)]
+        generation: Option<String>,
+    },
     /// Continue the open recovery after its last completed step.
     Resume {
         /// Run by the boot unit: exit 0 when there is nothing to resume, and count toward the
@@ -178,6 +193,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
     let config = load_config(&cli.config)?;
     match &cli.command {
         Command::Backup { .. }
+        | Command::Recover { dry_run: false, .. }
         | Command::RestoreFiles { .. }
         | Command::Resume { .. }
         | Command::Restart { .. }
@@ -325,6 +341,68 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 );
             }
             Ok(exit::OK)
+        }
+        Command::Recover {
+            force,
+            step,
+            dry_run: true,
+            generation,
+        } => {
+            let plans = crate::plans::PlanContext::new(Arc::new(config.clone()));
+            let g = pick_generation(&plans.store, &generation)?;
+            let journal = Journal::open_existing(&config.state_path().join("journal.db"))
+                .ok()
+                .map(Arc::new);
+            let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
+            let plan = crate::plans::recovery_plan(&plans);
+            let pc = crate::engine::PreviewContext {
+                config: plans.config.clone(),
+                journal,
+                options,
+            };
+            let lines = runtime()?.block_on(async {
+                let mut out = Vec::new();
+                let mut stage = "";
+                for (i, s) in plan.steps.iter().enumerate() {
+                    if s.stage() != stage {
+                        stage = s.stage();
+                        out.push(format!("== stage {stage}"));
+                    }
+                    let text = s
+                        .preview(&pc)
+                        .await
+                        .unwrap_or_else(|e| format!("{} (preview failed: {e:#})", s.describe()));
+                    out.push(format!("  {:>2}. {:<22} {text}", i + 1, s.name()));
+                }
+                out
+            });
+            if cli.json {
+                print_json(&serde_json::json!({"generation": g.info.id, "plan": lines}))?;
+            } else {
+                println!(
+                    "dry run: recovery from generation {} (nothing is changed)",
+                    g.info.id
+                );
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Recover {
+            force,
+            step,
+            dry_run: false,
+            generation,
+        } => {
+            let off = offline::Offline::open(config)?;
+            let console = Arc::new(console::Console::new(cli.json));
+            let g = pick_generation(&off.plans.store, &generation)?;
+            let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
+            let plan = crate::plans::recovery_plan(&off.plans);
+            let report = runtime()?.block_on(off.run_new(plan, options, console))?;
+            print_report(cli.json, &report)?;
+            Ok(exit_for(&report))
         }
         Command::Resume { boot, step } => {
             let off = offline::Offline::open(config)?;

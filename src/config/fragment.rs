@@ -51,6 +51,7 @@ pub struct RecoveryFragment {
     pub undeploy_to_pinned: Option<bool>,
     pub reboot_delay: Option<Seconds>,
     pub boot_attempts: Option<u32>,
+    pub permissive: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -137,7 +138,8 @@ impl Fragment {
                     poll_interval,
                     undeploy_to_pinned,
                     reboot_delay,
-                    boot_attempts
+                    boot_attempts,
+                    permissive
                 ]
             );
         });

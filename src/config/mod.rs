@@ -89,6 +89,8 @@ pub struct RecoveryConfig {
     pub undeploy_to_pinned: bool,
     pub reboot_delay: Duration,
     pub boot_attempts: u32,
+    /// Switch SELinux to permissive while restoring (set back on every exit path).
+    pub permissive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +138,7 @@ pub const DEFAULT_CONTAINERS: [&str; 5] = [
     "etcd-operator",
     "kube-apiserver-operator",
     "kube-controller-manager-operator",
-    "kube-scheduler-operator",
+    "kube-scheduler-operator-container",
 ];
 pub const DEFAULT_OPERATORS: [&str; 4] = [
     "etcd",
@@ -302,6 +304,7 @@ impl Config {
                 undeploy_to_pinned: r.undeploy_to_pinned.unwrap_or(false),
                 reboot_delay: secs(r.reboot_delay, 0),
                 boot_attempts,
+                permissive: r.permissive.unwrap_or(false),
             },
             host: HostConfig {
                 systemd: h.systemd.unwrap_or(true),

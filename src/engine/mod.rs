@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 pub use messages::MessageId;
 pub use observer::{Event, Observer};
-pub use plan::{Cleanup, Plan};
+pub use plan::{Cleanup, Plan, Prologue};
 pub use step::{Outcome, PreviewContext, Step, StepContext};
 
 use crate::config::Config;
@@ -344,6 +344,22 @@ impl Engine {
     ) -> Result<Report> {
         let deadline = plan.deadline.map(|d| Instant::now() + d);
         let total = plan.steps.len();
+        if let Some(prologue) = &plan.prologue {
+            let cx = self.context(
+                run,
+                kind,
+                "prologue",
+                "prologue",
+                &options,
+                CancellationToken::new(),
+            );
+            if let Err(e) = prologue.prologue(&cx).await {
+                let message = format!("could not prepare the run: {e:#}");
+                return self
+                    .end(run, kind, plan, RunState::Failed, message, &options)
+                    .await;
+            }
+        }
         let mut stage_of_this_invocation: Option<&'static str> = None;
         let mut current_stage: Option<&'static str> = None;
         let mut progress_reset = false;
@@ -605,6 +621,30 @@ impl Engine {
             .await
     }
 
+    fn context(
+        &self,
+        run: i64,
+        kind: RunKind,
+        step: &'static str,
+        stage: &'static str,
+        options: &serde_json::Value,
+        cancel: CancellationToken,
+    ) -> StepContext {
+        StepContext {
+            run,
+            kind,
+            step,
+            stage,
+            attempt: 1,
+            boot_id: self.boot_id.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            cancel,
+            observer: self.observer.clone(),
+            options: options.clone(),
+        }
+    }
+
     fn note_progress(&self, run: i64, reset: &mut bool) -> Result<()> {
         if !*reset {
             self.journal.set_no_progress_boots(run, 0)?;
@@ -627,19 +667,14 @@ impl Engine {
         if state != RunState::Succeeded
             && let Some(cleanup) = &plan.cleanup
         {
-            let cx = StepContext {
+            let cx = self.context(
                 run,
                 kind,
-                step: "cleanup",
-                stage: "cleanup",
-                attempt: 1,
-                boot_id: self.boot_id.clone(),
-                journal: self.journal.clone(),
-                config: self.config.clone(),
-                cancel: CancellationToken::new(),
-                observer: self.observer.clone(),
-                options: options.clone(),
-            };
+                "cleanup",
+                "cleanup",
+                options,
+                CancellationToken::new(),
+            );
             if let Err(e) = cleanup.cleanup(&cx, state).await {
                 warn!(recovery_run = run, "cleanup after {state} failed: {e:#}");
             }

@@ -15,6 +15,13 @@ pub trait Cleanup: Send + Sync {
     async fn cleanup(&self, cx: &StepContext, state: RunState) -> anyhow::Result<()>;
 }
 
+/// Called when a run starts or resumes, before its first step (e.g. repair what a crash in the
+/// previous process left behind). An error fails the run.
+#[async_trait]
+pub trait Prologue: Send + Sync {
+    async fn prologue(&self, cx: &StepContext) -> anyhow::Result<()>;
+}
+
 #[derive(Clone)]
 pub struct Plan {
     pub kind: RunKind,
@@ -22,6 +29,7 @@ pub struct Plan {
     /// The whole run must finish within this time, or it ends in `timeout`.
     pub deadline: Option<Duration>,
     pub cleanup: Option<Arc<dyn Cleanup>>,
+    pub prologue: Option<Arc<dyn Prologue>>,
 }
 
 impl Plan {
@@ -31,6 +39,7 @@ impl Plan {
             steps: Vec::new(),
             deadline: None,
             cleanup: None,
+            prologue: None,
         }
     }
 

@@ -117,10 +117,11 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     .scan(&p.config.backup.paths, &extras)?;
     let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
     let files = bytes_to_copy(&scan.entries, previous.as_ref());
-    let extra: u64 = cx
-        .var("space-extra")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let extra = if p.config.host.cluster {
+        cluster_backup_size(&p.config.root)
+    } else {
+        0
+    };
     let need = files + extra + scan.entries.len() as u64 * 512;
     let free = fsx::free_bytes(&state)?;
     let margin = p.config.backup.space_margin;
@@ -152,6 +153,36 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         ),
     );
     Ok(Outcome::Done(notes.join("; ")))
+}
+
+/// What `cluster-backup.sh` will write, measured as the existing script does: the etcd
+/// database and the static pod resources (without their `bin/`).
+fn cluster_backup_size(root: &Path) -> u64 {
+    let db = std::fs::metadata(crate::config::under_root(
+        root,
+        Path::new("/var/lib/etcd/member/snap/db"),
+    ))
+    .map(|m| m.len())
+    .unwrap_or(0);
+    let res = crate::config::under_root(root, Path::new("/etc/kubernetes/static-pod-resources"));
+    let mut total = 0;
+    let mut stack = vec![res.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                if e.path() != res.join("bin") {
+                    stack.push(e.path());
+                }
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    db + total
 }
 
 /// Copy the trees and the machine-config files into the staging generation.

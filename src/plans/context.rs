@@ -9,18 +9,31 @@ use crate::config::Config;
 use crate::engine::StepContext;
 use crate::files::exclude::{self, Excludes};
 use crate::files::store::{Generation, Store};
+use crate::host::Host;
 use crate::journal::Journal;
 
 /// Shared by every step of a plan.
 pub struct PlanContext {
     pub config: Arc<Config>,
     pub store: Store,
+    pub host: Host,
 }
 
 impl PlanContext {
+    /// Plans for the real host the configuration describes.
     pub fn new(config: Arc<Config>) -> Arc<PlanContext> {
+        let host = Host::new(&config);
+        Self::with_host(config, host)
+    }
+
+    /// Plans for a given host (tests pass adapters of their own).
+    pub fn with_host(config: Arc<Config>, host: Host) -> Arc<PlanContext> {
         let store = Store::new(&config.state_path());
-        Arc::new(PlanContext { config, store })
+        Arc::new(PlanContext {
+            config,
+            store,
+            host,
+        })
     }
 
     pub fn root(&self) -> PathBuf {
@@ -47,7 +60,9 @@ impl PlanContext {
     /// The generation a run works with: the one named in its options or variables, else the
     /// newest committed one.
     pub fn generation_for(&self, cx: &StepContext) -> Result<Generation> {
-        if let Some(id) = cx.var("generation")? {
+        if let Some(id) = cx.var("generation")?
+            && !id.is_empty()
+        {
             return self.store.open(&id);
         }
         if let Some(id) = cx.option_str("generation") {

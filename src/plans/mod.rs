@@ -1,8 +1,13 @@
 //! The procedures as data: plans of named steps for the engine.
 
 pub mod backup;
+pub mod check;
+pub mod cluster;
 pub mod context;
+pub mod deployment;
+pub mod recovery;
 pub mod restore;
+pub mod units;
 
 use std::sync::Arc;
 
@@ -25,11 +30,16 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
+pub use recovery::recovery_plan;
+
 /// The backup plan.
 pub fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
     let mut p = Plan::new(RunKind::Backup)
         .step(backup::Preflight(cx.clone()))
+        .step(deployment::PinDeployment(cx.clone()))
+        .step(cluster::ClusterBackup(cx.clone()))
         .step(backup::CopyFiles(cx.clone()))
+        .step(cluster::SaveImages(cx.clone()))
         .step(backup::Commit(cx.clone()))
         .step(backup::VerifyGeneration(cx.clone()))
         .step(backup::Prune(cx.clone()));
@@ -46,6 +56,7 @@ pub fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
         stage: "restore-files",
         trees: restore::Trees::All,
         extras: true,
+        critical: false,
     })
 }
 
@@ -55,7 +66,7 @@ pub fn plan_for(kind: RunKind, options: &serde_json::Value, cx: &Arc<PlanContext
         RunKind::Backup => backup_plan(cx),
         RunKind::Recovery => match options.get("plan").and_then(|v| v.as_str()) {
             Some("restore-files") => restore_files_plan(cx),
-            _ => restore_files_plan(cx),
+            _ => recovery_plan(cx),
         },
     }
 }
@@ -64,6 +75,7 @@ pub fn plan_for(kind: RunKind, options: &serde_json::Value, cx: &Arc<PlanContext
 pub fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
     let mut v = backup_plan(cx).step_names();
     v.extend(restore_files_plan(cx).step_names());
+    v.extend(recovery_plan(cx).step_names());
     v.sort();
     v.dedup();
     v

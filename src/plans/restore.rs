@@ -44,7 +44,36 @@ pub struct RestoreStep {
     pub stage: &'static str,
     pub trees: Trees,
     pub extras: bool,
+    /// Hold a logind shutdown inhibitor while restoring, and apply `[recovery] permissive`.
+    pub critical: bool,
 }
+
+/// Run `f` under the configured SELinux policy for restores: enforcing by default (labels are
+/// restored exactly); with `[recovery] permissive = true`, permissive for the duration, with
+/// the previous mode put back on every exit path. The previous mode is also kept in the
+/// journal, so that a crash in between is repaired when the run resumes.
+pub async fn with_selinux_policy<T>(
+    p: &PlanContext,
+    cx: &StepContext,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if !p.config.recovery.permissive {
+        return f.await;
+    }
+    let guard = crate::host::selinux::PermissiveGuard::enter(p.host.selinux.clone())?;
+    if guard.previous() == Some(true) {
+        cx.set_var(SELINUX_WAS_ENFORCING, "1")?;
+    }
+    let r = f.await;
+    drop(guard);
+    if cx.var(SELINUX_WAS_ENFORCING)?.is_some() {
+        cx.journal.set_var(cx.run, SELINUX_WAS_ENFORCING, "")?;
+    }
+    r
+}
+
+/// Journal variable: SELinux was enforcing before a step made it permissive.
+pub const SELINUX_WAS_ENFORCING: &str = "selinux-was-enforcing";
 
 /// A one-paragraph account of a restore or diff.
 pub fn summarize(r: &RestoreReport) -> String {
@@ -102,18 +131,17 @@ impl Step for RestoreStep {
         self.stage
     }
     fn describe(&self) -> String {
-        let what = match &self.trees {
-            Trees::All => "every tree".to_string(),
-            Trees::Except(x) => format!("every tree but {}", x.join(", ")),
-            Trees::Only(o) => o.join(", "),
+        let mut what = match &self.trees {
+            Trees::All => vec!["every tree".to_string()],
+            Trees::Except(x) => vec![format!("every other tree than {}", x.join(", "))],
+            Trees::Only(o) => o.clone(),
         };
+        if self.extras {
+            what.push("the machine-config files outside the trees".into());
+        }
         format!(
-            "restore {what}{} exactly as backed up, removing what was added",
-            if self.extras {
-                " and the machine-config files"
-            } else {
-                ""
-            }
+            "restore {} exactly as backed up, removing what was added",
+            what.join(" and ")
         )
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
@@ -121,7 +149,13 @@ impl Step for RestoreStep {
         let cx = cx.clone();
         let trees = self.trees.clone();
         let extras = self.extras;
-        blocking(move || {
+        let inhibitor = if self.critical && self.cx.config.host.systemd {
+            Some(self.cx.host.power.inhibit("restoring node files").await?)
+        } else {
+            None
+        };
+        let policy_cx = cx.clone();
+        let work = blocking(move || {
             let g = p.generation_for(&cx)?;
             let m = trusted_manifest(&g, Some(&cx.journal))?;
             let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
@@ -136,17 +170,26 @@ impl Step for RestoreStep {
                 checkpoint: &checkpoint,
                 progress: &progress,
             };
+            if selection.trees.is_empty() && !selection.extras {
+                return Ok(Outcome::Skipped("no such tree in this generation".into()));
+            }
             let r = restore::restore(&p.config.root, &g, &m, &selection, &hooks)?;
             Ok(Outcome::Done(format!(
                 "from generation {}: {}",
                 g.info.id,
                 summarize(&r)
             )))
-        })
-        .await
+        });
+        let r = if self.critical {
+            with_selinux_policy(&self.cx, &policy_cx, work).await
+        } else {
+            work.await
+        };
+        drop(inhibitor);
+        r
     }
     async fn preview(&self, pc: &PreviewContext) -> Result<String> {
-        let p = PlanContext::new(pc.config.clone());
+        let p = self.cx.clone();
         let trees = self.trees.clone();
         let extras = self.extras;
         let wanted = pc

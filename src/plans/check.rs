@@ -1,0 +1,144 @@
+//! The recovery's first checks: the backup is intact, and it belongs to this node.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+
+use super::blocking;
+use super::context::PlanContext;
+use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use crate::files::backup::Hooks;
+use crate::files::verify;
+
+/// Re-hash the whole generation against its manifest before anything is changed.
+pub struct VerifyBackup(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for VerifyBackup {
+    fn name(&self) -> &'static str {
+        "verify-backup"
+    }
+    fn stage(&self) -> &'static str {
+        "check"
+    }
+    fn describe(&self) -> String {
+        "verify every file of the backup against its manifest".into()
+    }
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(format!("{} (read only)", self.describe()))
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || {
+            let g = p.generation_for(&cx)?;
+            let checkpoint = || cx.checkpoint();
+            let progress =
+                |done: u64, total: u64, _: u64| cx.progress(done, total, "objects verified");
+            let hooks = Hooks {
+                checkpoint: &checkpoint,
+                progress: &progress,
+            };
+            let jh = PlanContext::journal_hash(&cx.journal, &g.info.id);
+            let r = verify::verify(&g, jh.as_deref(), None, p.config.backup.workers, &hooks)?;
+            if !r.ok {
+                bail!(
+                    "the backup cannot be trusted; nothing was changed. {}",
+                    r.summary()
+                );
+            }
+            Ok(Outcome::Done(r.summary()))
+        })
+        .await
+    }
+}
+
+/// Refuse a generation taken on another node or another cluster (unless `--force`).
+pub struct CheckIdentity(pub Arc<PlanContext>);
+
+fn read(root: &Path, p: &str) -> Option<String> {
+    std::fs::read_to_string(crate::config::under_root(root, Path::new(p)))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[async_trait]
+impl Step for CheckIdentity {
+    fn name(&self) -> &'static str {
+        "check-identity"
+    }
+    fn stage(&self) -> &'static str {
+        "check"
+    }
+    fn describe(&self) -> String {
+        "check that the backup was taken on this node and this cluster".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let g = self.0.generation_for(cx)?;
+        let id = &g.info.identity;
+        let root = &self.0.config.root;
+        let mut mismatches = Vec::new();
+        let mut checked = Vec::new();
+        let node_name = super::cluster::node_name(root);
+        if let Some(h) = id.get("hostname").and_then(|v| v.as_str()) {
+            checked.push("hostname");
+            if h != node_name {
+                mismatches.push(format!("hostname {h} (this node: {node_name})"));
+            }
+        }
+        if let (Some(m), Some(now)) = (
+            id.get("machine_id").and_then(|v| v.as_str()),
+            read(root, "/etc/machine-id"),
+        ) {
+            checked.push("machine-id");
+            if m != now {
+                mismatches.push(format!("machine-id {m} (this node: {now})"));
+            }
+        }
+        if let Some(cluster) = id
+            .get("cluster")
+            .and_then(|c| c.get("id"))
+            .and_then(|v| v.as_str())
+            && self.0.config.host.cluster
+        {
+            match self.0.host.cluster.cluster_version().await {
+                Ok(v) => {
+                    checked.push("cluster id");
+                    if v.spec.cluster_id != cluster {
+                        mismatches.push(format!(
+                            "cluster {cluster} (this cluster: {})",
+                            v.spec.cluster_id
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "the cluster id cannot be checked now (the API does not answer): {e:#}"
+                ),
+            }
+        }
+        if mismatches.is_empty() {
+            return Ok(Outcome::Done(format!(
+                "generation {} belongs to this node ({} checked)",
+                g.info.id,
+                if checked.is_empty() {
+                    "nothing recorded".to_string()
+                } else {
+                    checked.join(", ")
+                }
+            )));
+        }
+        let what = format!(
+            "generation {} was taken elsewhere: {}",
+            g.info.id,
+            mismatches.join("; ")
+        );
+        if cx.option_bool("force") {
+            tracing::warn!(recovery_run = cx.run, "{what}; going on because of --force");
+            return Ok(Outcome::Done(format!("{what} (accepted with --force)")));
+        }
+        bail!("{what}. Nothing was changed; use --force only if you are sure it belongs here")
+    }
+}

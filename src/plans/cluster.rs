@@ -1,0 +1,549 @@
+//! Steps that use the cluster's tools: etcd backup and restore, pods, CRI-O, images,
+//! containers and operator redeployments.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+use super::context::PlanContext;
+use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use crate::host::cluster::running_id;
+
+/// The reason a cluster step does nothing, if the integration is off.
+pub fn cluster_off(cx: &PlanContext) -> Option<Outcome> {
+    (!cx.config.host.cluster).then(|| Outcome::Skipped("[host] cluster = false".into()))
+}
+
+fn preview_cluster(cx: &PlanContext, describe: String) -> String {
+    if cx.config.host.cluster {
+        describe
+    } else {
+        format!("{describe} (skipped: [host] cluster = false)")
+    }
+}
+
+/// `cluster-backup.sh` into the staging generation: etcd snapshot and static pod resources.
+pub struct ClusterBackup(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for ClusterBackup {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "cluster-backup"
+    }
+    fn stage(&self) -> &'static str {
+        "cluster"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "run {} into the generation (etcd snapshot, static pod resources)",
+            self.0.config.backup.cluster_backup.display()
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let id = cx.var("generation")?.context("the run has no generation")?;
+        let dir = self.0.store.staging_path(&id).join("cluster");
+        // A retried attempt starts from an empty directory.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let script = self
+            .0
+            .config
+            .host_path(&self.0.config.backup.cluster_backup);
+        let timeout = self.0.config.step_limits(self.name()).timeout;
+        let out = self
+            .0
+            .host
+            .cluster
+            .script(&script, &[&dir.display().to_string()], timeout)
+            .await?;
+        let produced: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let has = |prefix: &str| produced.iter().any(|n| n.starts_with(prefix));
+        if !has("snapshot_") || !has("static_kuberesources_") {
+            bail!(
+                "{} succeeded but did not write an etcd snapshot and the static pod resources (found: {})",
+                script.display(),
+                produced.join(", ")
+            );
+        }
+        // Who the cluster is, if its API answers.
+        match self.0.host.cluster.cluster_version().await {
+            Ok(v) => {
+                let mut identity: serde_json::Value = cx
+                    .var("identity")?
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
+                identity["cluster"] = serde_json::json!({
+                    "id": v.spec.cluster_id,
+                    "version": v.status.map(|s| s.desired.version),
+                });
+                cx.set_var("identity", &identity.to_string())?;
+            }
+            Err(e) => tracing::warn!("the cluster version is not recorded: {e:#}"),
+        }
+        Ok(Outcome::Done(format!(
+            "{} ({})",
+            produced.join(", "),
+            out.summary()
+        )))
+    }
+}
+
+/// Save the images in use, so that a restore needs no registry.
+pub struct SaveImages(pub Arc<PlanContext>);
+
+pub const IMAGES_ARCHIVE: &str = "images/images.tar";
+
+#[async_trait]
+impl Step for SaveImages {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "save-images"
+    }
+    fn stage(&self) -> &'static str {
+        "images"
+    }
+    fn describe(&self) -> String {
+        "save the container images in use into the generation".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if !self.0.config.backup.images {
+            return Ok(Outcome::Skipped("[backup] images = false".into()));
+        }
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let id = cx.var("generation")?.context("the run has no generation")?;
+        let archive = self.0.store.staging_path(&id).join(IMAGES_ARCHIVE);
+        std::fs::create_dir_all(archive.parent().expect("has a parent"))?;
+        if archive.exists() {
+            std::fs::remove_file(&archive)?;
+        }
+        let images = self.0.host.cluster.images().await?;
+        let refs: Vec<String> = images
+            .iter()
+            .filter_map(|i| i.reference())
+            .map(str::to_string)
+            .collect();
+        if refs.is_empty() {
+            return Ok(Outcome::Skipped("no images in use".into()));
+        }
+        let out = self.0.host.cluster.save_images(&refs, &archive).await?;
+        Ok(Outcome::Done(format!(
+            "{} images saved ({})",
+            refs.len(),
+            out.summary()
+        )))
+    }
+}
+
+/// `crictl rmp -fa`.
+pub struct RemovePods(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for RemovePods {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "remove-pods"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-files"
+    }
+    fn describe(&self) -> String {
+        "remove every pod (crictl rmp -fa)".into()
+    }
+    async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        match self.0.host.cluster.remove_pods().await {
+            Ok(out) => Ok(Outcome::Done(out.summary())),
+            Err(e) => {
+                // On a broken node CRI-O may not answer; the wipe that follows removes the
+                // pods' state anyway. Only a CRI-O that runs and refuses is an error.
+                if self.0.config.host.systemd {
+                    let crio = &self.0.config.host.crio_unit;
+                    if let Ok(state) = self.0.host.units.active_state(crio).await
+                        && state != "active"
+                    {
+                        return Ok(Outcome::Skipped(format!(
+                            "{crio} is {state}, so there are no pods to remove ({e:#})"
+                        )));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `crio wipe -f`.
+pub struct WipeCrio(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for WipeCrio {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "wipe-crio"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-files"
+    }
+    fn describe(&self) -> String {
+        "wipe CRI-O's containers and images (crio wipe -f)".into()
+    }
+    async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let out = self.0.host.cluster.wipe().await?;
+        Ok(Outcome::Done(out.summary()))
+    }
+}
+
+/// Load the images saved with the generation.
+pub struct LoadImages(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for LoadImages {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "load-images"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-cluster"
+    }
+    fn describe(&self) -> String {
+        "load the images saved with the backup, if any".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let g = self.0.generation_for(cx)?;
+        let archive = g.dir.join(IMAGES_ARCHIVE);
+        if !archive.exists() {
+            return Ok(Outcome::Skipped("the backup holds no images".into()));
+        }
+        let out = self.0.host.cluster.load_images(&archive).await?;
+        Ok(Outcome::Done(out.summary()))
+    }
+}
+
+/// Note the ids of the control-plane containers, to know when they have been recreated.
+pub struct RecordContainers(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for RecordContainers {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "record-containers"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-cluster"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "note the ids of {}",
+            self.0.config.recovery.containers.join(", ")
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let running = self.0.host.cluster.containers().await?;
+        let ids: BTreeMap<String, String> = self
+            .0
+            .config
+            .recovery
+            .containers
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    running_id(&running, n).unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        cx.set_var("containers-before", &serde_json::to_string(&ids)?)?;
+        let shown: Vec<String> = ids
+            .iter()
+            .map(|(n, id)| {
+                format!(
+                    "{n}={}",
+                    if id.is_empty() {
+                        "-"
+                    } else {
+                        &id[..id.len().min(13)]
+                    }
+                )
+            })
+            .collect();
+        Ok(Outcome::Done(shown.join(" ")))
+    }
+}
+
+/// `cluster-restore.sh` on the generation's etcd backup.
+pub struct ClusterRestore(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for ClusterRestore {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "cluster-restore"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-cluster"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "run {} on the backup's etcd snapshot",
+            self.0.config.recovery.cluster_restore.display()
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let g = self.0.generation_for(cx)?;
+        let dir = g.dir.join("cluster");
+        anyhow::ensure!(
+            dir.is_dir(),
+            "generation {} holds no cluster backup",
+            g.info.id
+        );
+        let script = self
+            .0
+            .config
+            .host_path(&self.0.config.recovery.cluster_restore);
+        let timeout = self.0.config.step_limits(self.name()).timeout;
+        let out = super::restore::with_selinux_policy(&self.0, cx, async {
+            self.0
+                .host
+                .cluster
+                .script(&script, &[&dir.display().to_string()], timeout)
+                .await
+        })
+        .await?;
+        Ok(Outcome::Done(out.summary()))
+    }
+}
+
+/// Wait for each control-plane container to run again with a new id.
+pub struct WaitContainers(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for WaitContainers {
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    fn name(&self) -> &'static str {
+        "wait-containers"
+    }
+    fn stage(&self) -> &'static str {
+        "restore-cluster"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "wait (up to {}s each) for {} to run again with new ids",
+            self.0.config.recovery.container_timeout.as_secs(),
+            self.0.config.recovery.containers.join(", ")
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let before: BTreeMap<String, String> = cx
+            .var("containers-before")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?
+            .unwrap_or_default();
+        let r = &self.0.config.recovery;
+        let mut done = Vec::new();
+        for name in &r.containers {
+            let key = format!("container-ready-{name}");
+            if let Some(id) = cx.var(&key)? {
+                done.push(format!("{name}={}", &id[..id.len().min(13)]));
+                continue;
+            }
+            let old = before.get(name).cloned().unwrap_or_default();
+            let deadline = Instant::now() + r.container_timeout;
+            let id = loop {
+                if let Ok(list) = self.0.host.cluster.containers().await
+                    && let Some(id) = running_id(&list, name)
+                    && id != old
+                {
+                    break id.to_string();
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "{name} did not run again with a new id within {}s; {}",
+                        r.container_timeout.as_secs(),
+                        node_state(&self.0).await
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(r.poll_interval) => {}
+                    _ = cx.cancel.cancelled() => bail!("cancelled while waiting for {name}"),
+                }
+            };
+            cx.set_var(&key, &id)?;
+            done.push(format!("{name}={}", &id[..id.len().min(13)]));
+        }
+        Ok(Outcome::Done(format!("running again: {}", done.join(" "))))
+    }
+}
+
+/// The state of kubelet and CRI-O, for error messages an operator acts on.
+pub async fn node_state(cx: &PlanContext) -> String {
+    if !cx.config.host.systemd {
+        return "unit states unknown ([host] systemd = false)".into();
+    }
+    let mut parts = Vec::new();
+    for unit in [&cx.config.host.kubelet_unit, &cx.config.host.crio_unit] {
+        let active = cx
+            .host
+            .units
+            .active_state(unit)
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e:#})"));
+        let file = cx
+            .host
+            .units
+            .unit_file_state(unit)
+            .await
+            .unwrap_or_else(|_| "unknown".into());
+        parts.push(format!("{unit} is {active} and {file}"));
+    }
+    parts.join(", ")
+}
+
+/// Force a new revision of each control-plane operator and wait for the node to run it.
+pub struct RedeployOperators(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for RedeployOperators {
+    fn name(&self) -> &'static str {
+        "redeploy-operators"
+    }
+    fn stage(&self) -> &'static str {
+        "post-restore"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "force a redeployment of {} and wait (up to {}s each) for the node to reach it",
+            self.0.config.recovery.operators.join(", "),
+            self.0.config.recovery.revision_timeout.as_secs()
+        )
+    }
+    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
+        Ok(preview_cluster(&self.0, self.describe()))
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        if let Some(skip) = cluster_off(&self.0) {
+            return Ok(skip);
+        }
+        let r = &self.0.config.recovery;
+        let node = node_name(&self.0.config.root);
+        let mut report = Vec::new();
+        for op in &r.operators {
+            let done_key = format!("redeployed-{op}");
+            if let Some(rev) = cx.var(&done_key)? {
+                report.push(format!("{op} at revision {rev}"));
+                continue;
+            }
+            // The target is recorded before the patch, so that a crash after the patch does
+            // not ask for (and wait on) a second revision.
+            let target_key = format!("redeploy-target-{op}");
+            let target: i64 = match cx.var(&target_key)? {
+                Some(t) => t.parse()?,
+                None => {
+                    let s = self.0.host.cluster.operator(op).await?;
+                    let t = s.latest_available_revision + 1;
+                    cx.set_var(&target_key, &t.to_string())?;
+                    t
+                }
+            };
+            let latest = self
+                .0
+                .host
+                .cluster
+                .operator(op)
+                .await?
+                .latest_available_revision;
+            if latest < target {
+                let reason = format!(
+                    "recovery-{}-run-{}",
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                    cx.run
+                );
+                self.0.host.cluster.force_redeployment(op, &reason).await?;
+            }
+            let deadline = Instant::now() + r.revision_timeout;
+            let reached = loop {
+                match self.0.host.cluster.operator(op).await {
+                    Ok(s) => match s.current_revision(&node) {
+                        Some(cur) if cur >= target => break cur,
+                        _ => {}
+                    },
+                    Err(e) => tracing::info!("reading {op} (the API may be restarting): {e:#}"),
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "{op} did not reach revision {target} on node {node} within {}s",
+                        r.revision_timeout.as_secs()
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(r.poll_interval) => {}
+                    _ = cx.cancel.cancelled() => bail!("cancelled while waiting for {op}"),
+                }
+            };
+            cx.set_var(&done_key, &reached.to_string())?;
+            report.push(format!("{op} at revision {reached}"));
+        }
+        Ok(Outcome::Done(report.join(", ")))
+    }
+}
+
+/// The node's name as the cluster knows it (its hostname).
+pub fn node_name(root: &Path) -> String {
+    std::fs::read_to_string(crate::config::under_root(root, Path::new("/etc/hostname")))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+}

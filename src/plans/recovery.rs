@@ -1,0 +1,187 @@
+//! The recovery plan: check, restore files, reboot, restore the cluster, post-restore.
+//! The parity list is in `docs/architecture.md` and `../talm-procedure.md`'s recovery section.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use async_trait::async_trait;
+
+use super::check::{CheckIdentity, VerifyBackup};
+use super::cluster::{
+    ClusterRestore, LoadImages, RecordContainers, RedeployOperators, RemovePods, WaitContainers,
+    WipeCrio, node_state,
+};
+use super::context::PlanContext;
+use super::deployment::{CheckDeployment, ROLLED_BACK};
+use super::restore::{RestoreStep, SELINUX_WAS_ENFORCING, Trees};
+use super::units::{DaemonReload, NodeUnit, Reboot, UnitStep, UnitVerb};
+use crate::engine::{Cleanup, Plan, Prologue, StepContext};
+use crate::journal::{RunKind, RunState};
+
+pub const KUBELET_TREE: &str = "/var/lib/kubelet";
+
+pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
+    let unit = |name, stage, verb, unit| UnitStep {
+        cx: cx.clone(),
+        name,
+        stage,
+        verb,
+        unit,
+    };
+    let restore = |name, stage, trees, extras| RestoreStep {
+        cx: cx.clone(),
+        name,
+        stage,
+        trees,
+        extras,
+        critical: true,
+    };
+    let mut p = Plan::new(RunKind::Recovery)
+        // 1. check
+        .step(VerifyBackup(cx.clone()))
+        .step(CheckIdentity(cx.clone()))
+        .step(CheckDeployment(cx.clone()))
+        .step(Reboot {
+            cx: cx.clone(),
+            name: "reboot-after-rollback",
+            stage: "check",
+            only_if_var: Some(ROLLED_BACK),
+        })
+        // 2. restore files
+        .step(unit(
+            "stop-kubelet",
+            "restore-files",
+            UnitVerb::Stop,
+            NodeUnit::Kubelet,
+        ))
+        .step(RemovePods(cx.clone()))
+        .step(unit(
+            "stop-crio",
+            "restore-files",
+            UnitVerb::Stop,
+            NodeUnit::Crio,
+        ))
+        .step(WipeCrio(cx.clone()))
+        .step(restore(
+            "restore-usr-local",
+            "restore-files",
+            Trees::Only(vec!["/usr/local".into()]),
+            false,
+        ))
+        .step(restore(
+            "restore-etc",
+            "restore-files",
+            Trees::Only(vec!["/etc".into()]),
+            false,
+        ))
+        .step(restore(
+            "restore-other-trees",
+            "restore-files",
+            Trees::Except(vec![
+                "/etc".into(),
+                "/usr/local".into(),
+                KUBELET_TREE.into(),
+            ]),
+            false,
+        ))
+        .step(restore(
+            "restore-extras",
+            "restore-files",
+            Trees::Only(Vec::new()),
+            true,
+        ))
+        .step(DaemonReload(cx.clone()))
+        .step(unit(
+            "disable-kubelet",
+            "restore-files",
+            UnitVerb::Disable,
+            NodeUnit::Kubelet,
+        ))
+        // 3. reboot
+        .step(Reboot {
+            cx: cx.clone(),
+            name: "reboot",
+            stage: "reboot",
+            only_if_var: None,
+        })
+        // 4. restore cluster (resumed at boot)
+        .step(restore(
+            "restore-kubelet",
+            "restore-cluster",
+            Trees::Only(vec![KUBELET_TREE.into()]),
+            false,
+        ))
+        .step(unit(
+            "start-crio",
+            "restore-cluster",
+            UnitVerb::Start,
+            NodeUnit::Crio,
+        ))
+        .step(LoadImages(cx.clone()))
+        .step(RecordContainers(cx.clone()))
+        .step(ClusterRestore(cx.clone()))
+        .step(unit(
+            "enable-kubelet",
+            "restore-cluster",
+            UnitVerb::Enable,
+            NodeUnit::Kubelet,
+        ))
+        .step(unit(
+            "restart-kubelet",
+            "restore-cluster",
+            UnitVerb::Restart,
+            NodeUnit::Kubelet,
+        ))
+        .step(unit(
+            "restart-crio",
+            "restore-cluster",
+            UnitVerb::Restart,
+            NodeUnit::Crio,
+        ))
+        .step(WaitContainers(cx.clone()))
+        // 5. post-restore
+        .step(RedeployOperators(cx.clone()));
+    p.prologue = Some(Arc::new(RepairSelinux(cx.clone())));
+    p.cleanup = Some(Arc::new(ReportNodeState(cx.clone())));
+    p
+}
+
+/// A crash while a step had SELinux permissive leaves it so until the next boot: put it back.
+pub struct RepairSelinux(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Prologue for RepairSelinux {
+    async fn prologue(&self, cx: &StepContext) -> Result<()> {
+        if cx.var(SELINUX_WAS_ENFORCING)?.is_some_and(|v| v == "1") {
+            if self.0.host.selinux.enforcing()? == Some(false) {
+                self.0.host.selinux.set_enforcing(true)?;
+                tracing::warn!(
+                    recovery_run = cx.run,
+                    "SELinux was left permissive by an interrupted step; set back to enforcing"
+                );
+            }
+            cx.set_var(SELINUX_WAS_ENFORCING, "")?;
+        }
+        Ok(())
+    }
+}
+
+/// When a recovery fails, record the state it leaves the node in, for the operator.
+pub struct ReportNodeState(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Cleanup for ReportNodeState {
+    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<()> {
+        let units = node_state(&self.0).await;
+        let selinux = match self.0.host.selinux.enforcing() {
+            Ok(Some(true)) => "SELinux enforcing",
+            Ok(Some(false)) => "SELinux permissive",
+            Ok(None) => "SELinux absent",
+            Err(_) => "SELinux unknown",
+        };
+        let text = format!("after the recovery ended {state}: {units}; {selinux}");
+        tracing::warn!(recovery_run = cx.run, "{text}");
+        cx.set_var("node-state-at-end", &text)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+#!/bin/bash
+. "$(dirname "$0")/common.sh"
+record "$@"
+fail_if restore
+dir=$1
+ls "$dir"/snapshot_*.db >/dev/null 2>&1 || { echo "no snapshot in $dir" >&2; exit 1; }
+ls "$dir"/static_kuberesources_*.tar.gz >/dev/null 2>&1 || { echo "no static resources in $dir" >&2; exit 1; }
+touch "$STATE/restored"
+rm -f "$STATE/containers-down"
+[ -e "$STATE/never-restart" ] || echo $(( $(gen) + 1 )) > "$STATE/container-gen"
+echo "restore complete"

@@ -1,0 +1,10 @@
+# Shared by the fake cluster programs: they live in <dir>/bin, keep their state in
+# <dir>/state and append every call to <dir>/calls.log (one line: program and arguments).
+# Faults are files in <dir>/state: see README in this directory.
+FAKE_DIR=$(cd "$(dirname "$0")/.." && pwd)
+STATE=$FAKE_DIR/state
+mkdir -p "$STATE"
+record() { printf '%s\n' "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"; }
+fail_if() { if [ -e "$STATE/fail-$1" ]; then echo "fake $(basename "$0"): injected failure ($1)" >&2; exit 1; fi; }
+# The "generation" of the running containers: bumped when they are recreated.
+gen() { cat "$STATE/container-gen" 2>/dev/null || echo 1; }
