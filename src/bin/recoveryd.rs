@@ -1,1 +1,5 @@
-fn main() {}
+//! `recoveryd`: see `recoveryd::daemon`.
+
+fn main() -> std::process::ExitCode {
+    recoveryd::daemon::main()
+}

@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod offline;
+pub mod remote;
 pub mod render;
 
 use std::path::PathBuf;
@@ -46,8 +47,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Run the engine in this process instead of asking the daemon (rescue shells, tests).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "socket")]
     pub offline: bool,
+    /// Talk to the daemon over this Unix socket instead of D-Bus (the backup Job's way).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -189,51 +193,218 @@ fn pick_generation(
     }
 }
 
+/// `status` from the journal, without the daemon.
+fn local_status(config: &Config, json: bool) -> Result<u8> {
+    let journal = match open_journal(config) {
+        Ok(j) => j,
+        Err(e)
+            if e.downcast_ref::<crate::journal::JournalError>()
+                .is_some_and(|e| matches!(e, crate::journal::JournalError::Missing(_))) =>
+        {
+            if json {
+                print_json(
+                    &serde_json::json!({"state": "idle", "current_run": null, "generations": []}),
+                )?;
+            } else {
+                println!(
+                    "state: idle (no journal yet at {})",
+                    config.state_path().join("journal.db").display()
+                );
+            }
+            return Ok(exit::OK);
+        }
+        Err(e) => return Err(e),
+    };
+    let status = Status::read(&journal)?;
+    if json {
+        print_json(&status)?;
+    } else {
+        print!("{}", status.human());
+    }
+    Ok(exit::OK)
+}
+
+/// The daemon's status JSON for a person.
+fn print_remote_status(v: &serde_json::Value) {
+    println!("state: {}", v["state"].as_str().unwrap_or("unknown"));
+    if let Some(step) = v["current_step"].as_str() {
+        println!("step: {step} ({}% of the run)", v["progress"]);
+    }
+    let run = |label: &str, r: &serde_json::Value| {
+        if r.is_object() {
+            println!(
+                "{label}: run {} {} {} ({}), {}/{} steps, started {}",
+                r["id"],
+                r["kind"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                r["phase"].as_str().unwrap_or(""),
+                r["steps_done"],
+                r["steps_total"],
+                r["started"].as_str().unwrap_or("")
+            );
+            if let Some(e) = r["error"].as_str() {
+                println!("    error: {e}");
+            }
+        }
+    };
+    run("current", &v["current_run"]);
+    run("last backup", &v["last_backup"]);
+    run("last recovery", &v["last_recovery"]);
+    match v["generations"].as_array() {
+        Some(g) if !g.is_empty() => {
+            println!("generations:");
+            for g in g {
+                println!(
+                    "  {}  committed {}  {} entries",
+                    g["id"].as_str().unwrap_or(""),
+                    g["committed"].as_str().unwrap_or(""),
+                    g["entries"]
+                );
+            }
+        }
+        _ => println!("generations: none"),
+    }
+}
+
+/// How a mutating command reaches the engine.
+enum Transport {
+    Offline,
+    Socket(PathBuf),
+    Bus,
+}
+
+fn transport(cli: &Cli) -> Transport {
+    match (&cli.socket, cli.offline) {
+        (_, true) => Transport::Offline,
+        (Some(p), false) => Transport::Socket(p.clone()),
+        (None, false) => Transport::Bus,
+    }
+}
+
+/// Start a run through the daemon (socket or D-Bus) and follow it.
+fn remote_start(cli: &Cli, start: remote::Start, wait: bool) -> Result<u8> {
+    let console = console::Console::new(cli.json);
+    let rt = runtime()?;
+    match transport(cli) {
+        Transport::Socket(path) => {
+            let request = match &start {
+                remote::Start::Backup => serde_json::json!({"op": "backup", "wait": wait}),
+                remote::Start::Recover {
+                    force,
+                    step,
+                    generation,
+                } => serde_json::json!({
+                    "op": "recover", "force": force, "step": step, "generation": generation, "wait": wait}),
+                remote::Start::Resume { boot } => {
+                    serde_json::json!({"op": "resume", "boot": boot, "wait": wait})
+                }
+                remote::Start::Restart => serde_json::json!({"op": "restart", "wait": wait}),
+            };
+            let result = rt.block_on(remote::socket_request(&path, request, cli.json, &console))?;
+            if cli.json {
+                println!("{result}");
+            } else if let Some(err) = result.get("error") {
+                eprintln!(
+                    "recoveryctl: {}",
+                    err["message"].as_str().unwrap_or("error")
+                );
+            } else if let Some(m) = result.get("message").and_then(|m| m.as_str()) {
+                console.say(&format!(
+                    "run {} {}: {m}",
+                    result["run"],
+                    result["state"].as_str().unwrap_or("")
+                ));
+            } else {
+                console.say(&format!(
+                    "run {} {}",
+                    result["run"],
+                    result["state"].as_str().unwrap_or("")
+                ));
+            }
+            Ok(remote::socket_exit(&result))
+        }
+        Transport::Bus => rt.block_on(remote::dbus_start(start, wait, cli.json, &console)),
+        Transport::Offline => unreachable!("offline runs are handled by the caller"),
+    }
+}
+
+/// Continue the open recovery in this process.
+fn resume_offline(config: Config, json: bool, boot: bool, step: bool) -> Result<u8> {
+    let off = offline::Offline::open(config)?;
+    let Some(run) = off.journal.open_run(crate::journal::RunKind::Recovery)? else {
+        if boot {
+            tracing::info!("no interrupted recovery to resume");
+            if !json {
+                println!("nothing to resume");
+            }
+            return Ok(exit::OK);
+        }
+        anyhow::bail!("there is no open recovery to resume");
+    };
+    if boot
+        && matches!(
+            run.state,
+            crate::journal::RunState::Paused | crate::journal::RunState::Failed
+        )
+    {
+        let msg = format!(
+            "recovery run {} is {}; an operator continues it with `recoveryctl resume`",
+            run.id, run.state
+        );
+        tracing::warn!(recovery_run = run.id, "{msg}");
+        println!("{msg}");
+        return Ok(exit::OK);
+    }
+    let console = Arc::new(console::Console::new(json));
+    let plan = crate::plans::plan_for(run.kind, &run.options, &off.plans);
+    let trigger = if boot {
+        crate::engine::Trigger::Boot
+    } else {
+        crate::engine::Trigger::Operator
+    };
+    let engine = off.engine(console)?;
+    let prepared = engine.prepare_resume(run.id, plan, trigger, step.then_some(true))?;
+    let report = runtime()?
+        .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
+    print_report(json, &report)?;
+    Ok(exit_for(&report))
+}
+
 fn dispatch(cli: Cli) -> Result<u8> {
     let config = load_config(&cli.config)?;
-    match &cli.command {
-        Command::Backup { .. }
-        | Command::Recover { dry_run: false, .. }
-        | Command::RestoreFiles { .. }
-        | Command::Resume { .. }
-        | Command::Restart { .. }
-        | Command::Cancel
-            if !cli.offline =>
-        {
-            anyhow::bail!("talking to the daemon is not available in this build; use --offline")
-        }
-        _ => {}
-    }
     match cli.command {
-        Command::Status => {
-            let journal = match open_journal(&config) {
-                Ok(j) => j,
-                Err(e)
-                    if e.downcast_ref::<crate::journal::JournalError>()
-                        .is_some_and(|e| matches!(e, crate::journal::JournalError::Missing(_))) =>
-                {
+        Command::Status if !cli.offline => {
+            let rt = runtime()?;
+            let remote = match &cli.socket {
+                Some(path) => {
+                    let console = console::Console::new(true);
+                    rt.block_on(remote::socket_request(
+                        path,
+                        serde_json::json!({"op": "status"}),
+                        true,
+                        &console,
+                    ))
+                }
+                None => rt.block_on(remote::dbus_status()),
+            };
+            match remote {
+                Ok(v) => {
                     if cli.json {
-                        print_json(
-                            &serde_json::json!({"state": "idle", "current_run": null, "generations": []}),
-                        )?;
+                        print_json(&v)?;
                     } else {
-                        println!(
-                            "state: idle (no journal yet at {})",
-                            config.state_path().join("journal.db").display()
-                        );
+                        print_remote_status(&v);
                     }
                     return Ok(exit::OK);
                 }
-                Err(e) => return Err(e),
-            };
-            let status = Status::read(&journal)?;
-            if cli.json {
-                print_json(&status)?;
-            } else {
-                print!("{}", status.human());
+                Err(e) => {
+                    eprintln!(
+                        "recoveryctl: the daemon does not answer ({e:#}); reading the journal directly"
+                    );
+                }
             }
-            Ok(exit::OK)
+            local_status(&config, cli.json)
         }
+        Command::Status => local_status(&config, cli.json),
         Command::Journal { run, limit } => {
             let journal = open_journal(&config)?;
             match run {
@@ -265,6 +436,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(exit::OK)
         }
+        Command::Backup { wait } if !cli.offline => remote_start(&cli, remote::Start::Backup, wait),
         Command::Backup { .. } => {
             let off = offline::Offline::open(config)?;
             let console = Arc::new(console::Console::new(cli.json));
@@ -393,6 +565,20 @@ fn dispatch(cli: Cli) -> Result<u8> {
             force,
             step,
             dry_run: false,
+            ref generation,
+        } if !cli.offline => remote_start(
+            &cli,
+            remote::Start::Recover {
+                force,
+                step,
+                generation: generation.clone(),
+            },
+            true,
+        ),
+        Command::Recover {
+            force,
+            step,
+            dry_run: false,
             generation,
         } => {
             let off = offline::Offline::open(config)?;
@@ -404,46 +590,39 @@ fn dispatch(cli: Cli) -> Result<u8> {
             print_report(cli.json, &report)?;
             Ok(exit_for(&report))
         }
-        Command::Resume { boot, step } => {
-            let off = offline::Offline::open(config)?;
-            let Some(run) = off.journal.open_run(crate::journal::RunKind::Recovery)? else {
-                if boot {
-                    tracing::info!("no interrupted recovery to resume");
-                    if !cli.json {
-                        println!("nothing to resume");
-                    }
-                    return Ok(exit::OK);
+        Command::Resume { boot, step: false } if !cli.offline => {
+            let r = remote_start(&cli, remote::Start::Resume { boot }, !boot);
+            match r {
+                Err(e) if boot => {
+                    // At boot, a daemon that cannot start must not leave the node half
+                    // recovered: continue in this process.
+                    eprintln!(
+                        "recoveryctl: the daemon is not reachable ({e:#}); resuming in this process"
+                    );
+                    resume_offline(config, cli.json, true, false)
                 }
-                anyhow::bail!("there is no open recovery to resume");
-            };
-            if boot
-                && matches!(
-                    run.state,
-                    crate::journal::RunState::Paused | crate::journal::RunState::Failed
-                )
-            {
-                let msg = format!(
-                    "recovery run {} is {}; an operator continues it with `recoveryctl resume`",
-                    run.id, run.state
-                );
-                tracing::warn!(recovery_run = run.id, "{msg}");
-                println!("{msg}");
-                return Ok(exit::OK);
+                r => r,
             }
-            let console = Arc::new(console::Console::new(cli.json));
-            let plan = crate::plans::plan_for(run.kind, &run.options, &off.plans);
-            let trigger = if boot {
-                crate::engine::Trigger::Boot
-            } else {
-                crate::engine::Trigger::Operator
-            };
-            let engine = off.engine(console)?;
-            let prepared = engine.prepare_resume(run.id, plan, trigger, step.then_some(true))?;
-            let report = runtime()?
-                .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
-            print_report(cli.json, &report)?;
-            Ok(exit_for(&report))
         }
+        Command::Resume { step: true, .. } if !cli.offline => {
+            anyhow::bail!("resume --step runs one stage in this process: add --offline")
+        }
+        Command::Resume { boot, step } => resume_offline(config, cli.json, boot, step),
+        Command::Restart { .. } if !cli.offline => remote_start(&cli, remote::Start::Restart, true),
+        Command::Cancel if !cli.offline => match transport(&cli) {
+            Transport::Socket(path) => {
+                let console = console::Console::new(true);
+                let r = runtime()?.block_on(remote::socket_request(
+                    &path,
+                    serde_json::json!({"op": "cancel"}),
+                    cli.json,
+                    &console,
+                ))?;
+                println!("{r}");
+                Ok(remote::socket_exit(&r))
+            }
+            _ => runtime()?.block_on(remote::dbus_cancel()),
+        },
         Command::Restart { step } => {
             let off = offline::Offline::open(config)?;
             let run = off

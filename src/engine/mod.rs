@@ -32,6 +32,9 @@ use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState, StepState};
 
 /// How long a step gets to notice cancellation before the engine records it as ended.
 const CANCEL_GRACE: Duration = Duration::from_secs(30);
+/// How long a step may go on after a shutdown request (SIGTERM) before it is interrupted. Kept
+/// below systemd's default stop timeout (90 s) so that the journal is written before a SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(45);
 
 /// Errors callers tell apart (the daemon maps them to D-Bus error names).
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     observer: Arc<dyn Observer>,
     boot_id: String,
+    shutdown: CancellationToken,
 }
 
 /// A run that holds the lock and is ready to execute.
@@ -112,7 +116,16 @@ impl Engine {
             config,
             observer,
             boot_id,
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// When `shutdown` is cancelled (SIGTERM), the running step may finish within a grace
+    /// period; otherwise it is recorded as interrupted. Either way the run stays open and
+    /// resumes at the next start.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Engine {
+        self.shutdown = shutdown;
+        self
     }
 
     pub fn boot_id(&self) -> &str {
@@ -127,6 +140,27 @@ impl Engine {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Mark backups left open by a crash as failed (they are taken again, not continued).
+    pub fn abandon_stale_backups(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        self.fail_stale_backups()
+    }
+
+    fn fail_stale_backups(&self) -> Result<()> {
+        while let Some(stale) = self.journal.open_run(RunKind::Backup)? {
+            warn!(
+                recovery_run = stale.id,
+                "backup run {} was interrupted; marking it failed", stale.id
+            );
+            self.journal.set_run_state(
+                stale.id,
+                RunState::Failed,
+                Some("interrupted: the process ended before the backup finished"),
+            )?;
+        }
+        Ok(())
     }
 
     /// Create a new run of `plan` and take the lock for it.
@@ -367,6 +401,9 @@ impl Engine {
         for (index, step) in plan.steps.iter().enumerate() {
             let name = step.name();
             let stage = step.stage();
+            if self.shutdown.is_cancelled() {
+                return Ok(self.stopped_for_shutdown(run, kind, name));
+            }
             let last = self.journal.last_attempt(run, name)?;
             let mut attempt = last.as_ref().map(|l| l.attempt).unwrap_or(0);
             if let Some(l) = &last {
@@ -506,7 +543,21 @@ impl Engine {
                     observer: self.observer.clone(),
                     options: options.clone(),
                 };
-                let result = run_with_limits(step.clone(), cx, timeout, cancel).await;
+                let result =
+                    run_with_limits(step.clone(), cx, timeout, cancel, &self.shutdown).await;
+                if let Err(StepFailure::Shutdown) = &result {
+                    self.journal.step_finished(
+                        row,
+                        StepState::Interrupted,
+                        Some("interrupted by a shutdown; runs again when the run resumes"),
+                    )?;
+                    warn!(
+                        recovery_run = run,
+                        recovery_step = name,
+                        "step {name} interrupted by a shutdown"
+                    );
+                    return Ok(self.stopped_for_shutdown(run, kind, name));
+                }
                 let (state, detail) = match &result {
                     Ok(Outcome::Done(d)) => (StepState::Done, d.clone()),
                     Ok(Outcome::Skipped(d)) => (StepState::Skipped, d.clone()),
@@ -645,6 +696,18 @@ impl Engine {
         }
     }
 
+    fn stopped_for_shutdown(&self, run: i64, kind: RunKind, next: &str) -> Report {
+        let message =
+            format!("stopped for a shutdown before step {next}; the run resumes at the next start");
+        info!(recovery_run = run, "{kind} run {run} {message}");
+        Report {
+            run,
+            kind,
+            state: RunState::Running,
+            message,
+        }
+    }
+
     fn note_progress(&self, run: i64, reset: &mut bool) -> Result<()> {
         if !*reset {
             self.journal.set_no_progress_boots(run, 0)?;
@@ -739,6 +802,8 @@ enum StepFailure {
     Cancelled,
     #[error("panicked: {0}")]
     Panicked(String),
+    #[error("interrupted by a shutdown")]
+    Shutdown,
 }
 
 async fn run_with_limits(
@@ -746,6 +811,7 @@ async fn run_with_limits(
     cx: StepContext,
     timeout: Duration,
     run_cancel: &CancellationToken,
+    shutdown: &CancellationToken,
 ) -> Result<Outcome, StepFailure> {
     let step_cancel = cx.cancel.clone();
     let mut handle = tokio::spawn(async move { step.run(&cx).await });
@@ -778,6 +844,19 @@ async fn run_with_limits(
                 handle.abort();
             }
             Err(StepFailure::Cancelled)
+        }
+        _ = shutdown.cancelled() => {
+            // Let the step finish if it can; a short step then needs no repeating.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
+                Ok(r) => joined(r),
+                Err(_) => {
+                    step_cancel.cancel();
+                    if tokio::time::timeout(Duration::from_secs(10), &mut handle).await.is_err() {
+                        handle.abort();
+                    }
+                    Err(StepFailure::Shutdown)
+                }
+            }
         }
     }
 }

@@ -1,0 +1,319 @@
+//! Talking to the daemon: over D-Bus (the default) or over its Unix socket (`--socket`, what
+//! the backup Job uses from its pod). Both stream the run's progress and end with its outcome.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use zbus::{OwnedObjectPath, Variant};
+
+use super::console::Console;
+use super::exit;
+
+#[zbus::proxy(
+    interface = "org.recoveryd.Recovery1.Manager",
+    default_service = "org.recoveryd.Recovery1",
+    default_path = "/org/recoveryd/Recovery1"
+)]
+pub trait Recovery1 {
+    fn start_backup(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn start_recovery(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn resume(&self) -> zbus::Result<OwnedObjectPath>;
+    fn resume_at_boot(&self) -> zbus::Result<OwnedObjectPath>;
+    fn restart(&self) -> zbus::Result<OwnedObjectPath>;
+    fn cancel(&self) -> zbus::Result<()>;
+    fn verify(&self, generation: &str) -> zbus::Result<(bool, Vec<String>)>;
+    fn get_status(&self) -> zbus::Result<String>;
+    #[zbus(signal)]
+    fn step_started(&self, run: OwnedObjectPath, stage: String, step: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn step_finished(
+        &self,
+        run: OwnedObjectPath,
+        step: String,
+        state: String,
+        detail: String,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn run_finished(
+        &self,
+        run: OwnedObjectPath,
+        success: bool,
+        message: String,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.recoveryd.Recovery1.Run",
+    default_service = "org.recoveryd.Recovery1"
+)]
+pub trait Run {
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<String>;
+}
+
+/// A request to the daemon that starts (or continues) a run.
+#[derive(Debug, Clone)]
+pub enum Start {
+    Backup,
+    Recover {
+        force: bool,
+        step: bool,
+        generation: Option<String>,
+    },
+    Resume {
+        boot: bool,
+    },
+    Restart,
+}
+
+/// The exit code for a run's final state (the backup Job maps it to TALM's states).
+pub fn exit_for_state(kind: &str, state: &str) -> u8 {
+    match state {
+        "succeeded" | "paused" | "awaiting_reboot" | "running" => exit::OK,
+        "timeout" => exit::TIMEOUT,
+        _ if kind.is_empty() => exit::FAILED,
+        _ => exit::FAILED,
+    }
+}
+
+fn dbus_error_exit(e: &zbus::Error) -> u8 {
+    match crate::host::bus::error_name(e).as_deref() {
+        Some("org.recoveryd.Recovery1.Error.Busy") => exit::BUSY,
+        Some("org.recoveryd.Recovery1.Error.Corrupted") => exit::CORRUPTED,
+        _ => exit::ERROR,
+    }
+}
+
+fn dbus_message(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(m), _) => {
+            format!(
+                "{m} ({})",
+                name.as_str().rsplit('.').next().unwrap_or(name.as_str())
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+pub async fn connect() -> Result<Recovery1Proxy<'static>> {
+    let conn = zbus::Connection::system()
+        .await
+        .context("connecting to the system D-Bus (use --offline to run without the daemon)")?;
+    Ok(Recovery1Proxy::new(&conn).await?)
+}
+
+/// Start a run through D-Bus; with `wait`, follow it to its end. Returns the exit code.
+pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console) -> Result<u8> {
+    let proxy = connect().await?;
+    // Subscribe before the call, so that a fast run's signals are not missed.
+    let mut started = proxy.receive_step_started().await?;
+    let mut finished = proxy.receive_step_finished().await?;
+    let mut done = proxy.receive_run_finished().await?;
+    let result = match &start {
+        Start::Backup => proxy.start_backup(HashMap::new()).await,
+        Start::Recover {
+            force,
+            step,
+            generation,
+        } => {
+            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+            o.insert("force", Variant::from(*force));
+            o.insert("step", Variant::from(*step));
+            if let Some(g) = generation {
+                o.insert("generation", Variant::from(g.as_str()));
+            }
+            proxy.start_recovery(o).await
+        }
+        Start::Resume { boot: true } => proxy.resume_at_boot().await,
+        Start::Resume { boot: false } => proxy.resume().await,
+        Start::Restart => proxy.restart().await,
+    };
+    let path = match result {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("recoveryctl: {}", dbus_message(&e));
+            return Ok(dbus_error_exit(&e));
+        }
+    };
+    if path.as_str() == "/" {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"run": null, "message": "nothing to resume"})
+            );
+        } else {
+            println!("nothing to resume");
+        }
+        return Ok(exit::OK);
+    }
+    let run_id = path
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !wait {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"run": run_id.parse::<i64>().ok(), "path": path.as_str()})
+            );
+        } else {
+            println!("run {run_id} started ({})", path.as_str());
+        }
+        return Ok(exit::OK);
+    }
+    let message = loop {
+        tokio::select! {
+            Some(s) = started.next() => {
+                if let Ok(a) = s.args() && a.run == path {
+                    console.say(&format!("  {} / {} ...", a.stage, a.step));
+                }
+            }
+            Some(s) = finished.next() => {
+                if let Ok(a) = s.args() && a.run == path {
+                    console.say(&format!("      {}: {}: {}", a.step, a.state, a.detail));
+                }
+            }
+            Some(s) = done.next() => {
+                if let Ok(a) = s.args() && a.run == path {
+                    break a.message;
+                }
+            }
+            else => bail!("the daemon went away before run {run_id} ended"),
+        }
+    };
+    let run = RunProxy::builder(proxy.inner().connection())
+        .path(path.clone())
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let state = run.state().await.unwrap_or_default();
+    let kind = run.kind().await.unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"run": run_id.parse::<i64>().ok(), "kind": kind, "state": state,
+                "phase": phase_of(&kind, &state), "message": message})
+        );
+    } else {
+        console.say(&format!("{kind} run {run_id} {state}: {message}"));
+    }
+    Ok(exit_for_state(&kind, &state))
+}
+
+/// TALM's name for a backup outcome.
+pub fn phase_of(kind: &str, state: &str) -> String {
+    if kind != "backup" {
+        return state.to_string();
+    }
+    match state {
+        "succeeded" => "Succeeded",
+        "timeout" => "Timeout",
+        "failed" | "cancelled" => "Error",
+        _ => "Active",
+    }
+    .to_string()
+}
+
+pub async fn dbus_cancel() -> Result<u8> {
+    match connect().await?.cancel().await {
+        Ok(()) => {
+            println!("cancel requested");
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("recoveryctl: {}", dbus_message(&e));
+            Ok(dbus_error_exit(&e))
+        }
+    }
+}
+
+pub async fn dbus_status() -> Result<serde_json::Value> {
+    let s = connect()
+        .await?
+        .get_status()
+        .await
+        .map_err(|e| anyhow::anyhow!(dbus_message(&e)))?;
+    Ok(serde_json::from_str(&s)?)
+}
+
+pub async fn dbus_verify(generation: &str) -> Result<(bool, Vec<String>)> {
+    connect()
+        .await?
+        .verify(generation)
+        .await
+        .map_err(|e| anyhow::anyhow!(dbus_message(&e)))
+}
+
+/// One request over the socket; prints events as they come; returns the final line.
+pub async fn socket_request(
+    path: &Path,
+    request: serde_json::Value,
+    json: bool,
+    console: &Console,
+) -> Result<serde_json::Value> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    let (r, mut w) = stream.into_split();
+    w.write_all(format!("{request}\n").as_bytes()).await?;
+    w.flush().await?;
+    let mut lines = BufReader::new(r).lines();
+    let mut last = None;
+    while let Some(line) = lines.next_line().await? {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("bad line from the daemon: {line}"))?;
+        if v.get("event").is_some() {
+            if json {
+                println!("{line}");
+            } else {
+                console_event(console, &v);
+            }
+            continue;
+        }
+        last = Some(v);
+    }
+    last.context("the daemon closed the connection without a result")
+}
+
+fn console_event(console: &Console, v: &serde_json::Value) {
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    match v["event"].as_str() {
+        Some("step_started") => console.say(&format!("  {} / {} ...", s("stage"), s("step"))),
+        Some("step_finished") => console.say(&format!(
+            "      {}: {}: {}",
+            s("step"),
+            s("state"),
+            s("detail")
+        )),
+        Some("run_started") => console.say(&format!("{} run {} started", s("kind"), v["run"])),
+        _ => {}
+    }
+}
+
+/// Exit code for a socket result line.
+pub fn socket_exit(result: &serde_json::Value) -> u8 {
+    if let Some(err) = result.get("error") {
+        return match err["name"].as_str() {
+            Some("org.recoveryd.Recovery1.Error.Busy") => exit::BUSY,
+            Some("org.recoveryd.Recovery1.Error.Corrupted") => exit::CORRUPTED,
+            _ => exit::ERROR,
+        };
+    }
+    match result.get("state").and_then(|s| s.as_str()) {
+        Some(state) => exit_for_state("", state),
+        None => exit::OK,
+    }
+}

@@ -1,0 +1,10 @@
+//! `recoveryd`: the persistent node daemon. The backup Job, operators and the boot unit all go
+//! through it; it runs one run at a time.
+
+pub mod dbus;
+pub mod manager;
+pub mod notify;
+pub mod socket;
+
+mod main;
+pub use main::{DEFAULT_SOCKET, EXIT_CONFIG, main};
