@@ -111,10 +111,15 @@ pub async fn connect() -> Result<Recovery1Proxy<'static>> {
 /// Start a run through D-Bus; with `wait`, follow it to its end. Returns the exit code.
 pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console) -> Result<u8> {
     let proxy = connect().await?;
-    // Subscribe before the call, so that a fast run's signals are not missed.
-    let mut started = proxy.receive_step_started().await?;
-    let mut finished = proxy.receive_step_finished().await?;
-    let mut done = proxy.receive_run_finished().await?;
+    // Subscribe before the call, so that a fast run's signals are not missed; one stream keeps
+    // them in the order they were sent.
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.recoveryd.Recovery1")
+        .interface("org.recoveryd.Recovery1.Manager")
+        .build()?;
+    let mut signals =
+        zbus::MessageStream::for_match_rule(rule, proxy.inner().connection(), None).await?;
     let result = match &start {
         Start::Backup => proxy.start_backup(HashMap::new()).await,
         Start::Recover {
@@ -170,23 +175,37 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
         return Ok(exit::OK);
     }
     let message = loop {
-        tokio::select! {
-            Some(s) = started.next() => {
-                if let Ok(a) = s.args() && a.run == path {
-                    console.say(&format!("  {} / {} ...", a.stage, a.step));
+        let Some(msg) = signals.next().await else {
+            bail!("the daemon went away before run {run_id} ended");
+        };
+        let Ok(msg) = msg else { continue };
+        let body = msg.body();
+        match msg.header().member().map(|m| m.as_str()) {
+            Some("StepStarted") => {
+                if let Ok((run, stage, step)) =
+                    body.deserialize::<(OwnedObjectPath, String, String)>()
+                    && run == path
+                {
+                    console.say(&format!("  {stage} / {step} ..."));
                 }
             }
-            Some(s) = finished.next() => {
-                if let Ok(a) = s.args() && a.run == path {
-                    console.say(&format!("      {}: {}: {}", a.step, a.state, a.detail));
+            Some("StepFinished") => {
+                if let Ok((run, step, state, detail)) =
+                    body.deserialize::<(OwnedObjectPath, String, String, String)>()
+                    && run == path
+                {
+                    console.say(&format!("      {step}: {state}: {detail}"));
                 }
             }
-            Some(s) = done.next() => {
-                if let Ok(a) = s.args() && a.run == path {
-                    break a.message;
+            Some("RunFinished") => {
+                if let Ok((run, _ok, message)) =
+                    body.deserialize::<(OwnedObjectPath, bool, String)>()
+                    && run == path
+                {
+                    break message;
                 }
             }
-            else => bail!("the daemon went away before run {run_id} ended"),
+            _ => {}
         }
     };
     let run = RunProxy::builder(proxy.inner().connection())

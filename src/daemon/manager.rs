@@ -377,12 +377,22 @@ impl RunManager {
         Ok(run)
     }
 
+    /// Refuse early when a run executes (the slot is checked again when the run is launched).
+    fn ensure_idle(&self) -> Result<(), ApiError> {
+        match self.current() {
+            Some((run, kind)) => Err(ApiError::Busy(format!("{kind} run {run} is in progress"))),
+            None => Ok(()),
+        }
+    }
+
     pub fn start_backup(self: &Arc<Self>) -> Result<i64, ApiError> {
+        self.ensure_idle()?;
         let plan = crate::plans::backup_plan(&self.plans);
         self.launch(|e| e.prepare_new(plan, serde_json::json!({})))
     }
 
     pub fn start_recovery(self: &Arc<Self>, o: RecoverOptions) -> Result<i64, ApiError> {
+        self.ensure_idle()?;
         let generation = match &o.generation {
             Some(g) => self
                 .plans

@@ -31,10 +31,14 @@ impl Notifier {
         self.addr.is_some()
     }
 
-    /// Send one notification; failures are logged, never fatal.
+    /// Send one notification; failures are logged, never fatal. The send never blocks: a
+    /// manager that does not read its socket must not stall a recovery.
     pub fn send(&self, state: &str) {
         let Some(addr) = &self.addr else { return };
-        let r = UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), addr));
+        let r = UnixDatagram::unbound().and_then(|s| {
+            s.set_nonblocking(true)?;
+            s.send_to_addr(state.as_bytes(), addr)
+        });
         if let Err(e) = r {
             tracing::debug!("sd_notify failed: {e}");
         }

@@ -25,6 +25,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node whose config is built from several TOML snippets (sections may repeat).
+    pub fn with(parts: &[&str]) -> Node {
+        let n = Node::new("");
+        let root = n.root();
+        let mut all = vec![format!("root = \"{}\"\n", root.display())];
+        all.extend(parts.iter().map(|p| p.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        std::fs::write(&n.config, merge_toml(&refs)).unwrap();
+        n
+    }
+
     pub fn new(extra_config: &str) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("recoveryd-node-")
@@ -105,4 +116,58 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Install the fake cluster programs in `<root>/opt/fake-cluster/bin` (outside the backed-up
+/// trees) and return the config lines that point recoveryd at them.
+pub fn install_cluster_fakes(root: &Path) -> String {
+    let dir = root.join("opt/fake-cluster");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/cluster-bin");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bin.join(e.file_name())).unwrap();
+    }
+    let b = bin.display();
+    format!(
+        "[host]\ncrictl = \"{b}/crictl\"\ncrio = \"{b}/crio\"\noc = \"{b}/oc\"\npodman = \"{b}/podman\"\n\
+         [backup]\ncluster_backup = \"/opt/fake-cluster/bin/cluster-backup.sh\"\n\
+         [recovery]\ncluster_restore = \"/opt/fake-cluster/bin/cluster-restore.sh\"\npoll_interval = 0.2\n"
+    )
+}
+
+/// The calls the fake cluster programs recorded, one per line (`crictl rmp -fa`, ...).
+pub fn cluster_calls(root: &Path) -> Vec<String> {
+    std::fs::read_to_string(root.join("opt/fake-cluster/calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.replace(&format!("--kubeconfig={}", root.display()), "--kubeconfig="))
+        .collect()
+}
+
+/// Merge TOML snippets that may repeat section headers (later keys win) into one document.
+pub fn merge_toml(parts: &[&str]) -> String {
+    let mut root = toml_table(parts[0]);
+    for p in &parts[1..] {
+        merge_into(&mut root, toml_table(p));
+    }
+    root.to_string()
+}
+
+fn toml_table(s: &str) -> toml::Table {
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad TOML in test: {e}\n{s}"))
+}
+
+fn merge_into(a: &mut toml::Table, b: toml::Table) {
+    for (k, v) in b {
+        match (a.get_mut(&k), v) {
+            (Some(toml::Value::Table(at)), toml::Value::Table(bt)) => merge_into(at, bt),
+            (_, v) => {
+                a.insert(k, v);
+            }
+        }
+    }
 }

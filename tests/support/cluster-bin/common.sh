@@ -8,3 +8,5 @@ record() { printf '%s\n' "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"; }
 fail_if() { if [ -e "$STATE/fail-$1" ]; then echo "fake $(basename "$0"): injected failure ($1)" >&2; exit 1; fi; }
 # The "generation" of the running containers: bumped when they are recreated.
 gen() { cat "$STATE/container-gen" 2>/dev/null || echo 1; }
+# Sleep this many seconds first when state/slow-<what> exists (to catch a run in the act).
+slow_if() { if [ -e "$STATE/slow-$1" ]; then sleep "$(cat "$STATE/slow-$1")"; fi; }

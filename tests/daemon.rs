@@ -1,0 +1,564 @@
+//! The daemon on a private bus with the shipped policy file: introspection, root-only methods,
+//! single flight, the socket API with bad input, sd_notify, and SIGTERM in the middle of a run.
+
+#[path = "common/bus.rs"]
+mod bus;
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus::TestBus;
+use common::{Node, install_cluster_fakes, run};
+
+const HOST_OFF: &str =
+    "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
+
+fn policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/org.recoveryd.Recovery1.conf")
+}
+
+/// A running `recoveryd` with a notify socket the test reads (continuously, from a thread:
+/// the kernel queues only a few datagrams).
+struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    notes: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(bus: &TestBus, node: &Node, extra_env: &[(&str, &str)]) -> Daemon {
+        let dir = node.dir.path();
+        let notify_path = dir.join(format!("notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let sink = notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let socket = dir.join("recoveryd.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoveryd"));
+        cmd.arg("--config")
+            .arg(&node.config)
+            .arg("--socket")
+            .arg(&socket)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("RECOVERYD_FAILPOINTS")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("recoveryd.log")).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut d = Daemon {
+            child,
+            socket,
+            notes,
+        };
+        d.wait_note("READY=1", Duration::from_secs(15));
+        d
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// Wait until a notification contains `what`.
+    fn wait_note(&mut self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(n) = self.notes().into_iter().find(|n| n.contains(what)) {
+                return n;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "recoveryd exited ({status}) before `{what}`; notes: {:?}",
+                    self.notes()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no `{what}` from recoveryd within {timeout:?}; notes: {:?}",
+            self.notes()
+        )
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recoveryd did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctl(bus: &TestBus, node: &Node, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env_remove("RECOVERYD_FAILPOINTS"))
+}
+
+/// `busctl` against the private bus, optionally as another user.
+fn busctl(bus: &TestBus, uid: Option<u32>, args: &[&str]) -> (i32, String, String) {
+    let mut c = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={u}"))
+                .arg(format!("--regid={u}"))
+                .arg("--clear-groups")
+                .arg("busctl");
+            c
+        }
+        None => Command::new("busctl"),
+    };
+    c.arg(format!("--address={}", bus.address)).args(args);
+    run(&mut c)
+}
+
+/// One request over the socket, all response lines.
+fn socket(path: &Path, request: &[u8]) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _ = s.write_all(request);
+    let _ = s.flush();
+    BufReader::new(s)
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
+        .collect()
+}
+
+fn populate(node: &Node) {
+    for d in ["etc/ssh", "usr/local/bin", "var/lib/kubelet"] {
+        std::fs::create_dir_all(node.path(&format!("/{d}"))).unwrap();
+    }
+    std::fs::write(node.path("/etc/hostname"), "node\n").unwrap();
+    std::fs::write(node.path("/etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(node.path("/usr/local/bin/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::write(
+        node.path("/var/lib/kubelet/config.yaml"),
+        "kind: KubeletConfiguration\n",
+    )
+    .unwrap();
+}
+
+const MANAGER: &str = "org.recoveryd.Recovery1.Manager";
+const PATH: &str = "/org/recoveryd/Recovery1";
+const NAME: &str = "org.recoveryd.Recovery1";
+
+#[test]
+fn introspection_root_only_methods_and_open_status() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let _d = Daemon::start(&bus, &node, &[]);
+
+    let (code, out, err) = busctl(&bus, None, &["introspect", NAME, PATH]);
+    assert_eq!(code, 0, "{err}");
+    for m in [
+        ".StartBackup",
+        ".StartRecovery",
+        ".Resume",
+        ".Restart",
+        ".Cancel",
+        ".Verify",
+        ".GetStatus",
+        ".State",
+        ".Progress",
+        ".RunFinished",
+    ] {
+        assert!(out.contains(m), "introspection lacks {m}:\n{out}");
+    }
+    // Everyone may read the status and the properties.
+    let (code, out, err) = busctl(
+        &bus,
+        Some(65534),
+        &["call", NAME, PATH, MANAGER, "GetStatus"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("idle"), "{out}");
+    let (code, out, err) = busctl(
+        &bus,
+        Some(65534),
+        &["get-property", NAME, PATH, MANAGER, "State"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("idle"), "{out}");
+    // Nobody but root may change anything.
+    for call in [
+        vec!["StartBackup", "a{sv}", "0"],
+        vec!["StartRecovery", "a{sv}", "0"],
+        vec!["Resume"],
+        vec!["ResumeAtBoot"],
+        vec!["Restart"],
+        vec!["Cancel"],
+        vec!["Verify", "s", ""],
+    ] {
+        let mut args = vec!["call", NAME, PATH, MANAGER];
+        args.extend(call.iter().copied());
+        let (code, _, err) = busctl(&bus, Some(65534), &args);
+        assert_ne!(code, 0, "{call:?} was allowed for uid 65534");
+        assert!(
+            err.contains("Access denied") || err.contains("AccessDenied"),
+            "{call:?}: {err}"
+        );
+    }
+    // Root may: a backup over D-Bus, waited for.
+    let (code, out, err) = ctl(&bus, &node, &["backup", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("backup run 1 succeeded"), "{err}");
+    let (code, out, _) = busctl(
+        &bus,
+        Some(65534),
+        &["get-property", NAME, PATH, MANAGER, "LastBackup"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("(ss) \"20"), "{out}");
+}
+
+#[test]
+fn the_daemon_checks_the_caller_itself_when_the_policy_lets_a_call_through() {
+    // A policy that lets everyone call everything: only the daemon's own check is left.
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.conf");
+    std::fs::write(
+        &open,
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><policy context="default"><allow own="*"/><allow send_destination="*"/></policy></busconfig>"#,
+    )
+    .unwrap();
+    let bus = TestBus::start(&[&open]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let _d = Daemon::start(&bus, &node, &[]);
+    for call in [
+        vec!["StartBackup", "a{sv}", "0"],
+        vec!["Cancel"],
+        vec!["Verify", "s", ""],
+    ] {
+        let mut args = vec!["call", NAME, PATH, MANAGER];
+        args.extend(call.iter().copied());
+        let (code, _, err) = busctl(&bus, Some(65534), &args);
+        assert_ne!(code, 0);
+        assert!(err.contains("for root only"), "{call:?}: {err}");
+    }
+    // Bad options are refused by name.
+    let (code, _, err) = busctl(
+        &bus,
+        None,
+        &[
+            "call",
+            NAME,
+            PATH,
+            MANAGER,
+            "StartRecovery",
+            "a{sv}",
+            "1",
+            "forse",
+            "b",
+            "true",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown option `forse`"), "{err}");
+    let (code, _, err) = busctl(
+        &bus,
+        None,
+        &[
+            "call",
+            NAME,
+            PATH,
+            MANAGER,
+            "StartRecovery",
+            "a{sv}",
+            "1",
+            "force",
+            "s",
+            "yes",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("must be a boolean"), "{err}");
+}
+
+fn slow_cluster_node(seconds: u32) -> Node {
+    let node = Node::new("");
+    let fakes = install_cluster_fakes(&node.root());
+    let cfg = common::merge_toml(&[
+        &format!("root = \"{}\"\n", node.root().display()),
+        &fakes,
+        "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\n",
+    ]);
+    std::fs::write(&node.config, cfg).unwrap();
+    std::fs::write(
+        node.path("/opt/fake-cluster/state/slow-backup"),
+        seconds.to_string(),
+    )
+    .unwrap();
+    populate(&node);
+    node
+}
+
+#[test]
+fn one_run_at_a_time_and_runs_outlive_their_client() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = slow_cluster_node(3);
+    let d = Daemon::start(&bus, &node, &[]);
+    let (code, out, err) = ctl(&bus, &node, &["backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("run 1 started"), "{out}");
+    // A second mutating request while the first runs: Busy, naming the run.
+    let (code, _, err) = ctl(&bus, &node, &["backup"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("backup run 1 is in progress") && err.contains("Busy"),
+        "{err}"
+    );
+    let r = socket(&d.socket, b"{\"op\":\"recover\"}\n");
+    assert_eq!(
+        r[0]["error"]["name"], "org.recoveryd.Recovery1.Error.Busy",
+        "{r:?}"
+    );
+    // A client that waits, then goes away: the run goes on.
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = ctl(&bus, &node, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["last_backup"]["phase"] == "Succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup did not finish: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let d = Daemon::start(&bus, &node, &[]);
+    let sock = d.socket.to_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::metadata(&d.socket)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap(),
+        0o600
+    );
+    // What the Job runs.
+    let (code, out, err) = ctl(&bus, &node, &["--socket", &sock, "backup", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("succeeded"), "{err}");
+    let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
+    let last = lines.last().unwrap();
+    assert_eq!(last["ok"], true, "{lines:?}");
+    assert_eq!(last["phase"], "Succeeded");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "step_finished" && l["step"] == "commit"),
+        "{lines:?}"
+    );
+
+    let big = {
+        let mut b = vec![b'{'; 10 << 20];
+        b.push(b'\n');
+        b
+    };
+    for (request, expect) in [
+        (&b"{this is not json\n"[..], "bad request"),
+        (&b"{\"op\":\"reformat-disk\"}\n"[..], "unknown variant"),
+        (
+            &b"{\"op\":\"backup\",\"wait\":\"yes\"}\n"[..],
+            "bad request",
+        ),
+        (&b"{\"op\":\"backup\",\"colour\":1}\n"[..], "unknown field"),
+        (&b"\n"[..], "empty request"),
+        (&big[..], "longer than 65536 bytes"),
+    ] {
+        let r = socket(&d.socket, request);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["ok"], false);
+        assert_eq!(
+            r[0]["error"]["name"],
+            "org.recoveryd.Recovery1.Error.InvalidArgs"
+        );
+        assert!(
+            r[0]["error"]["message"].as_str().unwrap().contains(expect),
+            "{expect}: {r:?}"
+        );
+    }
+    // A peer that is not root (the socket opened up for the test) is refused.
+    let mode: std::fs::Permissions = std::os::unix::fs::PermissionsExt::from_mode(0o666);
+    std::fs::set_permissions(&d.socket, mode).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket; s=socket.socket(socket.AF_UNIX); s.connect('{sock}'); s.sendall(b'{{\"op\":\"backup\"}}\\n'); print(s.makefile().readline())"
+        ))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("AccessDenied") && line.contains("uid 65534"),
+        "{line}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon is still serving.
+    let r = socket(&d.socket, b"{\"op\":\"status\"}\n");
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    assert_eq!(r[0]["state"], "idle");
+}
+
+#[test]
+fn sd_notify_ready_status_and_watchdog() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let mut d = Daemon::start(&bus, &node, &[("WATCHDOG_USEC", "400000")]);
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n.contains("READY=1") && n.contains("STATUS=")),
+        "{:?}",
+        d.notes()
+    );
+    d.wait_note("WATCHDOG=1", Duration::from_secs(5));
+    let (code, _, err) = ctl(&bus, &node, &["backup", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    d.wait_note("STATUS=backup run 1 succeeded", Duration::from_secs(10));
+    for expected in [
+        "STATUS=backup run 1 started",
+        "STATUS=run 1: stage copy",
+        "STATUS=run 1: copy: copy-files",
+    ] {
+        assert!(
+            d.notes().iter().any(|n| n.contains(expected)),
+            "no `{expected}` in {:?}",
+            d.notes()
+        );
+    }
+    let status = d.terminate();
+    assert!(status.success(), "{status}");
+    d.wait_note("STOPPING=1", Duration::from_secs(2));
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new("");
+    let fakes = install_cluster_fakes(&node.root());
+    std::fs::write(
+        &node.config,
+        common::merge_toml(&[
+            &format!("root = \"{}\"\n", node.root().display()),
+            &fakes,
+            "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\n",
+        ]),
+    )
+    .unwrap();
+    populate(&node);
+    let mut d = Daemon::start(&bus, &node, &[]);
+    let (code, _, err) = ctl(&bus, &node, &["backup", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(node.path("/etc/hosts"), "broken by an upgrade\n").unwrap();
+    // The recovery stops at its reboot (systemd integration is off here): "reboot" the node.
+    let (code, _, err) = ctl(&bus, &node, &["recover"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("awaiting_reboot"), "{err}");
+    assert!(d.terminate().success());
+    node.set_boot_id("boot-2");
+    std::fs::write(node.path("/opt/fake-cluster/state/slow-restore"), "3").unwrap();
+    let mut d = Daemon::start(&bus, &node, &[]);
+    // The daemon resumes by itself; stop it while cluster-restore.sh runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::cluster_calls(&node.root())
+        .iter()
+        .any(|c| c.starts_with("cluster-restore.sh"))
+    {
+        assert!(Instant::now() < deadline, "cluster-restore.sh never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.terminate().success(), "a clean exit after SIGTERM");
+    let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
+    let r = j.run(2).unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        recoveryd::journal::RunState::Running,
+        "left open to resume"
+    );
+    let restore = j.last_attempt(2, "cluster-restore").unwrap().unwrap();
+    assert_eq!(
+        restore.state,
+        recoveryd::journal::StepState::Done,
+        "the step finished within the grace period"
+    );
+    drop(j);
+    std::fs::remove_file(node.path("/opt/fake-cluster/state/slow-restore")).unwrap();
+    let _d = Daemon::start(&bus, &node, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
+        if j.run(2).unwrap().unwrap().state == recoveryd::journal::RunState::Succeeded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed recovery did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    let calls = common::cluster_calls(&node.root());
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("cluster-restore.sh"))
+            .count(),
+        1,
+        "{calls:?}"
+    );
+}
