@@ -363,7 +363,9 @@ fn resume_offline(config: Config, json: bool, boot: bool, step: bool) -> Result<
         crate::engine::Trigger::Operator
     };
     let engine = off.engine(console)?;
-    let prepared = engine.prepare_resume(run.id, plan, trigger, step.then_some(true))?;
+    // An operator's resume runs to the end unless --step; the boot unit keeps the run's mode.
+    let one_stage = if boot { None } else { Some(step) };
+    let prepared = engine.prepare_resume(run.id, plan, trigger, one_stage)?;
     let report = runtime()?
         .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
     print_report(json, &report)?;
@@ -632,7 +634,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let console = Arc::new(console::Console::new(cli.json));
             let plan = crate::plans::plan_for(run.kind, &run.options, &off.plans);
             let engine = off.engine(console)?;
-            let prepared = engine.prepare_restart(run.id, plan, step.then_some(true))?;
+            let prepared = engine.prepare_restart(run.id, plan, Some(step))?;
             let report = runtime()?
                 .block_on(engine.execute(prepared, tokio_util::sync::CancellationToken::new()))?;
             print_report(cli.json, &report)?;

@@ -468,7 +468,7 @@ impl RunManager {
             .map_err(|e| ApiError::Failed(e.to_string()))?
             .ok_or_else(|| ApiError::NotFound("there is no open recovery to restart".into()))?;
         let plan = crate::plans::plan_for(run.kind, &run.options, &self.plans);
-        self.launch(|e| e.prepare_restart(run.id, plan, step))
+        self.launch(|e| e.prepare_restart(run.id, plan, step.or(Some(false))))
     }
 
     /// Cancel the executing run, or else the open recovery.

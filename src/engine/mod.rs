@@ -238,18 +238,25 @@ impl Engine {
             .into());
         }
         describe_lock(&mut lock, record.kind, run);
-        let one_stage = one_stage.unwrap_or_else(|| {
-            record
-                .options
-                .get("step")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false)
-        });
+        let stored = record
+            .options
+            .get("step")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        // An operator's explicit choice becomes the run's mode, for later automatic resumes too.
+        let mut options = record.options.clone();
+        if let Some(explicit) = one_stage
+            && explicit != stored
+        {
+            options["step"] = explicit.into();
+            self.journal.set_run_options(run, &options)?;
+        }
+        let one_stage = one_stage.unwrap_or(stored);
         let mut prepared = Prepared {
             run,
             kind: record.kind,
             plan,
-            options: record.options.clone(),
+            options,
             one_stage,
             lock,
             stopped: None,

@@ -134,6 +134,16 @@ impl Journal {
         Ok(())
     }
 
+    pub fn set_run_options(&self, id: i64, options: &serde_json::Value) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET options = ?2 WHERE id = ?1",
+                params![id, options.to_string()],
+            )
+            .map_err(|e| self.sql_err(e))?;
+        Ok(())
+    }
+
     pub fn set_run_stage(&self, id: i64, stage: &str) -> Result<()> {
         self.conn()
             .execute(

@@ -143,7 +143,12 @@ pub fn cluster_calls(root: &Path) -> Vec<String> {
     std::fs::read_to_string(root.join("opt/fake-cluster/calls.log"))
         .unwrap_or_default()
         .lines()
-        .map(|l| l.replace(&format!("--kubeconfig={}", root.display()), "--kubeconfig="))
+        .map(|l| {
+            l.split(' ')
+                .filter(|w| !w.starts_with("--kubeconfig="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect()
 }
 

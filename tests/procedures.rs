@@ -1,0 +1,773 @@
+//! The backup and recovery procedures end to end, in-process (`recoveryctl --offline`), with
+//! fake systemd/logind and rpm-ostree on a private bus, a real ostree sysroot, and fake cluster
+//! programs: every call checked in order, the trees compared with what was backed up, and the
+//! failure modes an operator meets.
+
+#[path = "common/bus.rs"]
+mod bus;
+mod common;
+#[path = "common/sysroot.rs"]
+mod sysroot;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bus::{Fake, TestBus, start_fake};
+use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run};
+use recoveryd::journal::{Journal, RunState, StepState};
+use serde_json::{Value, json};
+
+/// A node with everything a recovery touches.
+struct World {
+    bus: TestBus,
+    node: Node,
+    sysroot: sysroot::Sysroot,
+    systemd: Fake,
+    rpm: Option<Fake>,
+    /// (checksum, serial) of the deployment booted at backup time ("old") and of the upgrade.
+    old: (String, u32),
+    new: (String, u32),
+    rpm_args: Vec<String>,
+}
+
+const TREES: [&str; 3] = ["etc", "usr/local", "var/lib/kubelet"];
+
+fn sh(script: &str) {
+    let (code, out, err) = run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script));
+    assert_eq!(code, 0, "{script}\n{out}{err}");
+}
+
+impl World {
+    fn new(extra: &str) -> World {
+        let bus = TestBus::start(&[]);
+        let node = Node::new("");
+        let root = node.root();
+        let fakes = install_cluster_fakes(&root);
+        let sr = sysroot::Sysroot::build(&root.join("sysroot"), node.dir.path());
+        let deps = sr.deployments();
+        // ostree lists the newer commit first; the node boots the older one at backup time.
+        let (new, old) = (deps[0].clone(), deps[1].clone());
+        let cfg = merge_toml(&[
+            &format!("root = \"{}\"\n", root.display()),
+            &fakes,
+            "[host]\nsysroot = \"/sysroot\"\n[backup]\nspace_margin = 0\n[recovery]\ncontainer_timeout = 20\nrevision_timeout = 20\n[engine]\nretry_delay = 0\n",
+            extra,
+        ]);
+        std::fs::write(&node.config, cfg).unwrap();
+        sh(&format!(
+            r#"cd {r}
+mkdir -p etc/ssh etc/machine-config-daemon etc/kubernetes/manifests usr/local/bin var/lib/kubelet/pods usr/lib/mco sys/fs/selinux
+echo node1 > etc/hostname; echo 0123456789abcdef0123456789abcdef > etc/machine-id
+echo 127.0.0.1 localhost > etc/hosts; echo key > etc/ssh/key; chmod 600 etc/ssh/key
+echo 'apiVersion: v1' > etc/kubernetes/manifests/etcd.yaml
+printf '#!/bin/sh\necho hi\n' > usr/local/bin/helper; chmod 755 usr/local/bin/helper
+echo 'kind: KubeletConfiguration' > var/lib/kubelet/config.yaml; echo pod > var/lib/kubelet/pods/p1
+echo 'extra=1' > usr/lib/mco/extra.conf
+echo '{{"spec":{{"config":{{"storage":{{"files":[{{"path":"/usr/lib/mco/extra.conf"}},{{"path":"/etc/hosts"}}]}}}}}}}}' > etc/machine-config-daemon/currentconfig
+echo 1 > sys/fs/selinux/enforce
+"#,
+            r = root.display()
+        ));
+        let systemd = start_fake(&bus, "fake-systemd", &[]);
+        let mut w = World {
+            rpm_args: vec![
+                "--state".into(),
+                bus.dir.path().join("rpm.json").display().to_string(),
+                "--log".into(),
+                bus.dir.path().join("rpm.log").display().to_string(),
+                "--txn-socket".into(),
+                bus.dir.path().join("rpm.sock").display().to_string(),
+                "--sysroot".into(),
+                sr.path.display().to_string(),
+            ],
+            bus,
+            node,
+            sysroot: sr,
+            systemd,
+            rpm: None,
+            old,
+            new,
+        };
+        w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+        w.start_rpm();
+        w
+    }
+
+    fn deployment(&self, d: &(String, u32)) -> Value {
+        let version = if *d == self.old { "1.0" } else { "2.0" };
+        json!({"checksum": d.0, "serial": d.1, "version": version, "timestamp": 0,
+               "origin": "testos/stable", "pinned": false, "staged": false})
+    }
+
+    fn rpm_state_path(&self) -> PathBuf {
+        PathBuf::from(&self.rpm_args[1])
+    }
+
+    fn write_rpm_state(&self, order: &[(String, u32)], booted: &(String, u32), boot_default: bool) {
+        let state = json!({
+            "osname": "testos",
+            "deployments": order.iter().map(|d| self.deployment(d)).collect::<Vec<_>>(),
+            "booted": format!("{}.{}", booted.0, booted.1),
+            "boot_default": boot_default,
+            "faults": {"busy": false, "no_rollback": false, "hang": false, "crash_mid_txn": false, "finish_error": null, "txn_delay_ms": 50},
+        });
+        std::fs::write(
+            self.rpm_state_path(),
+            serde_json::to_vec_pretty(&state).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn start_rpm(&mut self) {
+        let args: Vec<&str> = self.rpm_args.iter().map(String::as_str).collect();
+        self.rpm = Some(start_fake(&self.bus, "fake-rpm-ostreed", &args));
+    }
+
+    fn rpm(&self) -> &Fake {
+        self.rpm.as_ref().unwrap()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.node.root()
+    }
+
+    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctl_env(args, None)
+    }
+
+    fn ctl_env(&self, args: &[&str], failpoints: Option<&str>) -> (i32, String, String) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
+        c.arg("--config")
+            .arg(&self.node.config)
+            .arg("--offline")
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus.address)
+            .env_remove("RECOVERYD_FAILPOINTS");
+        if let Some(fp) = failpoints {
+            c.env("RECOVERYD_FAILPOINTS", fp);
+        }
+        run(&mut c)
+    }
+
+    /// Take the backup, keep an independent copy of the trees, then break the node the way a
+    /// failed upgrade does.
+    fn backup_then_break(&self) -> PathBuf {
+        let (code, out, err) = self.ctl(&["backup"]);
+        assert_eq!(code, 0, "backup: {out}{err}");
+        let reference = self.node.dir.path().join("reference");
+        for t in TREES {
+            std::fs::create_dir_all(reference.join(t)).unwrap();
+            sh(&format!(
+                "rsync -aAXH --numeric-ids {}/{t}/ {}/{t}/",
+                self.root().display(),
+                reference.display()
+            ));
+        }
+        std::fs::create_dir_all(reference.join("extra")).unwrap();
+        std::fs::copy(
+            self.root().join("usr/lib/mco/extra.conf"),
+            reference.join("extra/extra.conf"),
+        )
+        .unwrap();
+        // The upgrade: a new deployment boots, the old one is the rollback target.
+        self.write_rpm_state(
+            &[self.new.clone(), self.old.clone()],
+            &self.new.clone(),
+            false,
+        );
+        sh(&format!(
+            r#"cd {r}
+echo 10.0.0.9 upgraded >> etc/hosts; rm etc/ssh/key; echo new > etc/added.conf
+echo changed > usr/local/bin/helper; echo added > usr/local/bin/new-tool
+echo 'kind: Changed' > var/lib/kubelet/config.yaml; rm var/lib/kubelet/pods/p1; echo x > var/lib/kubelet/pods/p2
+echo 'extra=2' > usr/lib/mco/extra.conf
+echo manifest-from-upgrade > etc/kubernetes/manifests/etcd.yaml
+"#,
+            r = self.root().display()
+        ));
+        reference
+    }
+
+    /// The node reboots: a new boot id, and rpm-ostree boots its default deployment.
+    fn reboot(&mut self, boot: &str) {
+        self.node.set_boot_id(boot);
+        if let Some(mut f) = self.rpm.take() {
+            f.stop();
+        }
+        let mut state: Value =
+            serde_json::from_slice(&std::fs::read(self.rpm_state_path()).unwrap()).unwrap();
+        state["boot_default"] = json!(true);
+        std::fs::write(
+            self.rpm_state_path(),
+            serde_json::to_vec_pretty(&state).unwrap(),
+        )
+        .unwrap();
+        self.start_rpm();
+    }
+
+    fn booted(&self) -> String {
+        self.rpm().read_state()["booted"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// rsync's differences between the reference and the live trees (empty when equal).
+    fn differences(&self, reference: &Path) -> String {
+        let mut all = String::new();
+        for t in TREES {
+            let out = Command::new("rsync")
+                .args([
+                    "-naAXHc",
+                    "--delete",
+                    "--numeric-ids",
+                    "--itemize-changes",
+                    "--exclude",
+                    "/kubernetes/manifests",
+                ])
+                .arg(format!("{}/{t}/", reference.display()))
+                .arg(format!("{}/{t}/", self.root().display()))
+                .output()
+                .unwrap();
+            all.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        if std::fs::read(reference.join("extra/extra.conf")).unwrap()
+            != std::fs::read(self.root().join("usr/lib/mco/extra.conf")).unwrap()
+        {
+            all.push_str("extra.conf differs\n");
+        }
+        all
+    }
+
+    /// The unit and reboot calls systemd and logind received, in order.
+    fn unit_calls(&self) -> Vec<String> {
+        self.systemd
+            .calls()
+            .into_iter()
+            .filter_map(|c| {
+                let call = c["call"].as_str()?.to_string();
+                let arg = c["args"].get(0).map(|a| match a {
+                    Value::String(s) => s.clone(),
+                    Value::Array(v) => v
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                });
+                match call.as_str() {
+                    "StopUnit" | "StartUnit" | "RestartUnit" | "EnableUnitFiles"
+                    | "DisableUnitFiles" => Some(format!("{call} {}", arg.unwrap_or_default())),
+                    "Reload" | "RebootWithFlags" | "ScheduleShutdown" => Some(call),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    fn unit(&self, name: &str) -> Value {
+        self.systemd.read_state()["units"][name].clone()
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::open_existing(&self.node.journal_path()).unwrap()
+    }
+}
+
+fn subsequence(haystack: &[String], needles: &[&str]) -> bool {
+    let mut it = haystack.iter();
+    needles.iter().all(|n| it.any(|h| h.starts_with(n)))
+}
+
+#[test]
+fn backup_then_recovery_with_rollback_and_reboots_restores_everything() {
+    let mut w = World::new("");
+    let reference = w.backup_then_break();
+    // The backup pinned the booted deployment through ostree; rpm-ostree reports it pinned.
+    assert!(
+        w.sysroot.pinned(&w.old.0, w.old.1),
+        "{}",
+        w.sysroot.status()
+    );
+    let calls = cluster_calls(&w.root());
+    assert!(
+        calls.iter().any(|c| c.starts_with("cluster-backup.sh ")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.starts_with("oc get clusterversion")),
+        "{calls:?}"
+    );
+    let (_, out, _) = w.ctl(&["generations", "--json"]);
+    let gens: Value = serde_json::from_str(&out).unwrap();
+    let identity = &gens[0]["info"]["identity"];
+    assert_eq!(
+        identity["deployment"]["checksum"],
+        json!(w.old.0),
+        "{identity}"
+    );
+    assert_eq!(
+        identity["cluster"]["id"],
+        "3c9d7f1e-2b4a-4c8d-9e6f-5a1b2c3d4e5f"
+    );
+    assert_eq!(identity["hostname"], "node1");
+
+    // Recovery: the pinned deployment is the rollback target -> rollback, then a reboot.
+    let (code, out, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("awaiting_reboot"), "{err}");
+    let rpm_calls: Vec<String> = w
+        .rpm()
+        .calls()
+        .iter()
+        .filter_map(|c| c["call"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        subsequence(
+            &rpm_calls,
+            &["RegisterClient", "Rollback", "Start", "UnregisterClient"]
+        ),
+        "{rpm_calls:?}"
+    );
+    assert_eq!(
+        w.unit_calls(),
+        ["RebootWithFlags"],
+        "nothing stopped before the rollback reboot"
+    );
+    assert_ne!(w.differences(&reference), "", "files not touched yet");
+
+    w.reboot("boot-2");
+    assert_eq!(
+        w.booted(),
+        format!("{}.{}", w.old.0, w.old.1),
+        "the rolled-back deployment booted"
+    );
+    let (code, out, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("awaiting_reboot"), "{err}");
+    assert_eq!(
+        w.unit_calls(),
+        [
+            "RebootWithFlags",
+            "StopUnit kubelet.service",
+            "StopUnit crio.service",
+            "Reload",
+            "DisableUnitFiles kubelet.service",
+            "Reload",
+            "RebootWithFlags"
+        ]
+    );
+    assert_eq!(w.unit("kubelet.service")["unit_file_state"], "disabled");
+    assert_eq!(w.unit("kubelet.service")["active"], "inactive");
+
+    w.reboot("boot-3");
+    let (code, out, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("recovery run 2 succeeded"), "{err}");
+    assert_eq!(w.differences(&reference), "", "the trees equal the backup");
+    assert_eq!(
+        std::fs::read_to_string(w.root().join("etc/kubernetes/manifests/etcd.yaml")).unwrap(),
+        "manifest-from-upgrade\n",
+        "excluded paths are left alone"
+    );
+    let units = w.unit_calls();
+    assert_eq!(
+        &units[7..],
+        [
+            "StartUnit crio.service",
+            "EnableUnitFiles kubelet.service",
+            "Reload",
+            "RestartUnit kubelet.service",
+            "RestartUnit crio.service"
+        ]
+    );
+    assert_eq!(w.unit("kubelet.service")["active"], "active");
+    assert_eq!(w.unit("kubelet.service")["unit_file_state"], "enabled");
+    assert_eq!(w.unit("crio.service")["active"], "active");
+    let calls = cluster_calls(&w.root());
+    assert!(
+        subsequence(
+            &calls,
+            &[
+                "crictl rmp -fa",
+                "crio wipe -f",
+                "crictl ps",
+                "cluster-restore.sh",
+                "crictl ps",
+                "oc patch etcd",
+                "oc patch kubeapiserver",
+                "oc patch kubecontrollermanager",
+                "oc patch kubescheduler"
+            ]
+        ),
+        "{calls:?}"
+    );
+    // The inhibitor was held while files were restored, and released.
+    let inhibits = w.systemd.calls_named("Inhibit").len();
+    assert!(inhibits >= 5, "{inhibits}");
+    assert_eq!(w.systemd.calls_named("InhibitorReleased").len(), inhibits);
+    // The journal: every step, in three boots.
+    let j = w.journal();
+    let steps = j.steps(2).unwrap();
+    let boots: std::collections::BTreeSet<&str> =
+        steps.iter().map(|s| s.boot_id.as_str()).collect();
+    assert_eq!(boots.len(), 3, "{boots:?}");
+    assert_eq!(j.run(2).unwrap().unwrap().state, RunState::Succeeded);
+    assert_eq!(
+        std::fs::read_to_string(w.root().join("sys/fs/selinux/enforce"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn when_the_pinned_deployment_is_booted_there_is_no_rollback() {
+    let mut w = World::new("");
+    let reference = w.backup_then_break();
+    // No OS upgrade happened after all: the old deployment is still booted.
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let (code, out, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(w.rpm().calls_named("Rollback").is_empty());
+    let j = w.journal();
+    assert_eq!(
+        j.last_attempt(2, "check-deployment")
+            .unwrap()
+            .unwrap()
+            .state,
+        StepState::Done
+    );
+    assert_eq!(
+        j.last_attempt(2, "reboot-after-rollback")
+            .unwrap()
+            .unwrap()
+            .state,
+        StepState::Skipped
+    );
+    assert_eq!(
+        w.unit_calls()[0],
+        "StopUnit kubelet.service",
+        "straight to restoring files"
+    );
+    w.reboot("boot-2");
+    let (code, out, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(w.differences(&reference), "");
+}
+
+#[test]
+fn without_a_pinned_deployment_nothing_changes() {
+    let w = World::new("");
+    let reference = w.backup_then_break();
+    sh(&format!(
+        "ostree admin pin -u --sysroot={} 1",
+        w.sysroot.path.display()
+    ));
+    let before = w.differences(&reference);
+    let (code, _, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no deployment is pinned") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(w.unit_calls().is_empty());
+    assert_eq!(
+        w.differences(&reference),
+        before,
+        "the node was not touched"
+    );
+    // --force skips the deployment check (after the failed run is cancelled).
+    assert_eq!(w.ctl(&["cancel"]).0, 0);
+    let (code, _, err) = w.ctl(&["recover", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--force: deployment check skipped"), "{err}");
+}
+
+#[test]
+fn a_corrupted_generation_stops_the_recovery_before_anything_changes() {
+    let w = World::new("");
+    let reference = w.backup_then_break();
+    let (_, out, _) = w.ctl(&["generations", "--json"]);
+    let gens: Value = serde_json::from_str(&out).unwrap();
+    let gdir = PathBuf::from(gens[0]["dir"].as_str().unwrap());
+    let snapshot = std::fs::read_dir(gdir.join("cluster"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("snapshot_"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let before = w.differences(&reference);
+    let (code, _, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("cannot be trusted") && err.contains("snapshot_"),
+        "{err}"
+    );
+    assert!(w.unit_calls().is_empty() && w.rpm().calls_named("Rollback").is_empty());
+    assert_eq!(w.differences(&reference), before);
+}
+
+#[test]
+fn a_generation_from_another_node_needs_force() {
+    let w = World::new("");
+    w.backup_then_break();
+    std::fs::write(
+        w.root().join("etc/machine-id"),
+        "ffffffffffffffffffffffffffffffff\n",
+    )
+    .unwrap();
+    let (code, _, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("taken elsewhere") && err.contains("machine-id"),
+        "{err}"
+    );
+    assert!(w.unit_calls().is_empty());
+    assert_eq!(w.ctl(&["cancel"]).0, 0);
+    let (code, _, err) = w.ctl(&["recover", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("accepted with --force"), "{err}");
+}
+
+#[test]
+fn a_unit_that_fails_to_stop_fails_the_run_and_a_resume_finishes_it() {
+    let mut w = World::new("");
+    let reference = w.backup_then_break();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let mut s = w.systemd.read_state();
+    s["units"]["kubelet.service"]["stop_result"] = json!("failed");
+    w.systemd.write_state(&s);
+    let (code, _, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("stopping kubelet.service: systemd job ended `failed`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kubelet.service is"),
+        "the node's state is reported: {err}"
+    );
+    assert_ne!(w.differences(&reference), "");
+    assert!(
+        cluster_calls(&w.root())
+            .iter()
+            .all(|c| !c.starts_with("crio wipe")),
+        "stopped before the wipe"
+    );
+    // Fixed: the operator resumes.
+    let mut s = w.systemd.read_state();
+    s["units"]["kubelet.service"]["stop_result"] = json!("done");
+    s["units"]["kubelet.service"]["active"] = json!("active");
+    w.systemd.write_state(&s);
+    let (code, _, err) = w.ctl(&["resume"]);
+    assert_eq!(code, 0, "{err}");
+    w.reboot("boot-2");
+    let (code, _, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(w.differences(&reference), "");
+}
+
+#[test]
+fn a_container_that_never_restarts_fails_the_run_with_selinux_enforcing_again() {
+    let mut w = World::new("[recovery]\ncontainer_timeout = 2\npermissive = true\n");
+    w.backup_then_break();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    std::fs::write(w.root().join("opt/fake-cluster/state/never-restart"), "").unwrap();
+    let (code, _, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 0, "{err}");
+    w.reboot("boot-2");
+    let (code, _, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("step wait-containers failed: etcd did not run again with a new id within 2s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kubelet.service is active and enabled"),
+        "kubelet state reported: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.root().join("sys/fs/selinux/enforce"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    // permissive = true: the restore steps ran permissive, and put enforcing back.
+    let j = w.journal();
+    let r = j.run(2).unwrap().unwrap();
+    assert_eq!(r.state, RunState::Failed);
+    let end = j.var(2, "node-state-at-end").unwrap().unwrap();
+    assert!(end.contains("SELinux enforcing"), "{end}");
+}
+
+#[test]
+fn step_mode_resume_and_restart() {
+    let mut w = World::new("");
+    let reference = w.backup_then_break();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let (code, _, err) = w.ctl(&["recover", "--step"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("paused") && err.contains("stopped after stage check"),
+        "{err}"
+    );
+    assert!(w.unit_calls().is_empty(), "only the check stage ran");
+    // Boot resumes leave a paused run to the operator.
+    let (code, out, _) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("is paused"), "{out}");
+    let (code, _, err) = w.ctl(&["resume", "--step"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped after stage restore-files"), "{err}");
+    // Start over: every step again from the first.
+    let (code, _, err) = w.ctl(&["restart", "--step"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped after stage check"), "{err}");
+    let (code, _, err) = w.ctl(&["resume"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("awaiting_reboot"), "{err}");
+    w.reboot("boot-2");
+    let (code, _, err) = w.ctl(&["resume", "--boot"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(w.differences(&reference), "");
+    let j = w.journal();
+    assert_eq!(j.run(2).unwrap().unwrap().state, RunState::Succeeded);
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_changes_nothing() {
+    let w = World::new("");
+    let reference = w.backup_then_break();
+    let before = w.differences(&reference);
+    let systemd_before = w.unit_calls();
+    let (code, out, err) = w.ctl(&["recover", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "== stage check",
+        "would roll back from testos-",
+        "== stage restore-files",
+        "stop kubelet.service through systemd's D-Bus API (now active)",
+        "content  /etc/hosts",
+        "added    /etc/added.conf",
+        "removed  /etc/ssh/key",
+        "== stage reboot",
+        "== stage restore-cluster",
+        "content  /var/lib/kubelet/config.yaml",
+        "== stage post-restore",
+    ] {
+        assert!(out.contains(expected), "dry run lacks `{expected}`:\n{out}");
+    }
+    assert_eq!(w.differences(&reference), before);
+    assert_eq!(w.unit_calls(), systemd_before);
+    assert!(w.rpm().calls_named("Rollback").is_empty());
+    let j = w.journal();
+    assert_eq!(j.runs(10).unwrap().len(), 1, "no recovery run was created");
+}
+
+fn err_has_succeeded(err: &str) -> bool {
+    err.contains("recovery run") && err.contains("succeeded")
+}
+
+#[test]
+fn crash_matrix_over_the_recovery_plan() {
+    // One world, set up once; each crash point starts from a copy of the broken node.
+    let mut w = World::new("");
+    let reference = w.backup_then_break();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let template = w.node.dir.path().join("template");
+    sh(&format!(
+        "cp -a {} {}",
+        w.root().display(),
+        template.display()
+    ));
+    let rpm_template = std::fs::read(w.rpm_state_path()).unwrap();
+    let systemd_template = w.systemd.read_state();
+    let steps: Vec<String> = {
+        let (_, out, _) = w.ctl(&["recover", "--dry-run", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.as_str())
+            .filter(|l| !l.starts_with("=="))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(steps.len(), 25, "{steps:?}");
+    let mut points: Vec<String> = Vec::new();
+    for s in &steps {
+        points.push(format!("{s}:before"));
+        points.push(format!("{s}:after"));
+    }
+    points.push("restore-etc:during@2".into());
+    points.push("restore-kubelet:during@2".into());
+    for fp in &points {
+        sh(&format!(
+            "rm -rf {r} && cp -a {t} {r}",
+            r = w.root().display(),
+            t = template.display()
+        ));
+        std::fs::write(w.rpm_state_path(), &rpm_template).unwrap();
+        w.systemd.write_state(&systemd_template);
+        w.node.set_boot_id("boot-1");
+        // The failpoint stays armed until it has killed the process once (a step after a reboot
+        // is only reached by a resume); then the run is resumed to its end, rebooting whenever
+        // it waits for a reboot or was killed.
+        let (mut code, out, err) = w.ctl_env(&["recover"], Some(fp));
+        let mut crashed = code == -9;
+        assert!(crashed || code == 0, "{fp}: {code}: {out}{err}");
+        let mut boot = 1;
+        loop {
+            if !crashed && err_has_succeeded(&err) {
+                panic!("{fp}: the run finished without reaching the failpoint");
+            }
+            boot += 1;
+            assert!(boot < 10, "{fp}: too many reboots");
+            w.reboot(&format!("boot-{boot}"));
+            let (c, out, err) = w.ctl_env(&["resume", "--boot"], (!crashed).then_some(fp.as_str()));
+            code = c;
+            if code == -9 {
+                crashed = true;
+                continue;
+            }
+            assert_eq!(code, 0, "{fp}: {out}{err}");
+            if crashed && err_has_succeeded(&err) {
+                break;
+            }
+            if !crashed && err_has_succeeded(&err) {
+                panic!("{fp}: the run finished without reaching the failpoint");
+            }
+        }
+        assert_eq!(w.differences(&reference), "", "{fp}: trees");
+        assert_eq!(w.unit("kubelet.service")["active"], "active", "{fp}");
+        assert_eq!(
+            w.unit("kubelet.service")["unit_file_state"],
+            "enabled",
+            "{fp}"
+        );
+        assert_eq!(w.unit("crio.service")["active"], "active", "{fp}");
+        assert_eq!(w.booted(), format!("{}.{}", w.old.0, w.old.1), "{fp}");
+        let j = w.journal();
+        let run = j
+            .latest_run(recoveryd::journal::RunKind::Recovery)
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.state, RunState::Succeeded, "{fp}");
+        for s in &steps {
+            let a = j.last_attempt(run.id, s).unwrap().unwrap();
+            assert!(a.state.is_complete(), "{fp}: {s} is {}", a.state);
+        }
+    }
+    println!(
+        "recovery crash matrix: {} crash points, each resumed to the same end state",
+        points.len()
+    );
+}
