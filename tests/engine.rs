@@ -193,6 +193,29 @@ fn boot_loop_breaker_stops_after_n_resumes_without_progress() {
 }
 
 #[test]
+fn the_breaker_counts_boots_not_resume_attempts() {
+    let node = Node::new("[recovery]\nboot_attempts = 2\n");
+    let (code, ..) = probe(&node, "start", Some("many:before"), false);
+    assert_eq!(code, -9);
+    node.set_boot_id("boot-2");
+    // The daemon and the boot unit may both resume in one boot: that is one boot.
+    for _ in 0..3 {
+        let (code, out, err) = probe(&node, "boot-resume", Some("many:before"), false);
+        assert_eq!(code, -9, "{out}{err}");
+    }
+    let j = Journal::open_existing(&node.journal_path()).unwrap();
+    assert_eq!(j.run(1).unwrap().unwrap().no_progress_boots, 1);
+    drop(j);
+    node.set_boot_id("boot-3");
+    let (code, ..) = probe(&node, "boot-resume", Some("many:before"), false);
+    assert_eq!(code, -9);
+    node.set_boot_id("boot-4");
+    let (code, out, _) = probe(&node, "boot-resume", Some("many:before"), false);
+    assert_eq!(code, 0);
+    assert!(out.contains("boot-loop breaker"), "{out}");
+}
+
+#[test]
 fn progress_resets_the_breaker() {
     let node = Node::new("[recovery]\nboot_attempts = 2\n");
     // Each boot gets one step further before crashing: never stopped by the breaker.

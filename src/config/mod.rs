@@ -99,6 +99,8 @@ pub struct HostConfig {
     pub ostree: bool,
     pub cluster: bool,
     pub sysroot: PathBuf,
+    /// Where selinuxfs is mounted (its `enforce` file switches the mode).
+    pub selinuxfs: PathBuf,
     pub kubelet_unit: String,
     pub crio_unit: String,
     pub kubeconfig: PathBuf,
@@ -311,6 +313,10 @@ impl Config {
                 ostree: h.ostree.unwrap_or(true),
                 cluster: h.cluster.unwrap_or(true),
                 sysroot: abs("host.sysroot", h.sysroot.unwrap_or_else(|| "/".into()))?,
+                selinuxfs: abs(
+                    "host.selinuxfs",
+                    h.selinuxfs.unwrap_or_else(|| "/sys/fs/selinux".into()),
+                )?,
                 kubelet_unit: h.kubelet_unit.unwrap_or_else(|| "kubelet.service".into()),
                 crio_unit: h.crio_unit.unwrap_or_else(|| "crio.service".into()),
                 kubeconfig: abs(

@@ -36,6 +36,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(30);
 /// below systemd's default stop timeout (90 s) so that the journal is written before a SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(45);
 
+/// Run variable: the boot in which the breaker last counted an automatic resume.
+const BREAKER_BOOT: &str = "breaker-boot";
+
 /// Errors callers tell apart (the daemon maps them to D-Bus error names).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -286,8 +289,14 @@ impl Engine {
                         state: RunState::Failed,
                         message,
                     });
-                } else {
+                } else if self.journal.var(run, BREAKER_BOOT)?.as_deref()
+                    != Some(self.boot_id.as_str())
+                {
+                    // Counted once per boot: within one boot the daemon and the boot unit may
+                    // both resume, and a crash-looping daemon is stopped by systemd's start
+                    // limit; what the breaker stops is a node rebooting without progress.
                     self.journal.set_no_progress_boots(run, n + 1)?;
+                    self.journal.set_var(run, BREAKER_BOOT, &self.boot_id)?;
                 }
             }
             Trigger::Operator => self.journal.set_no_progress_boots(run, 0)?,

@@ -10,6 +10,8 @@ use zbus::DBusError;
 
 pub struct SystemBus {
     conn: OnceCell<zbus::Connection>,
+    /// A bus address to use instead of the system bus (tests: a private `dbus-daemon`).
+    address: Option<String>,
     method_timeout: Duration,
 }
 
@@ -17,18 +19,31 @@ impl SystemBus {
     pub fn new(method_timeout: Duration) -> SystemBus {
         SystemBus {
             conn: OnceCell::new(),
+            address: None,
             method_timeout,
         }
     }
 
-    /// The connection (`DBUS_SYSTEM_BUS_ADDRESS` when set, else the system bus).
+    /// A bus at `address` (e.g. `unix:path=/run/x/bus`) instead of the system bus, opened on
+    /// first use like [`SystemBus::new`]; `DBUS_SYSTEM_BUS_ADDRESS` is not consulted.
+    pub fn with_address(address: String, method_timeout: Duration) -> SystemBus {
+        SystemBus {
+            conn: OnceCell::new(),
+            address: Some(address),
+            method_timeout,
+        }
+    }
+
+    /// The connection (the address given to [`SystemBus::with_address`]; else
+    /// `DBUS_SYSTEM_BUS_ADDRESS` when set, else the system bus).
     pub async fn get(&self) -> Result<&zbus::Connection> {
         self.conn
             .get_or_try_init(|| async {
-                zbus::connection::Builder::system()
-                    .method_timeout(self.method_timeout)
-                    .build()
-                    .await
+                let builder = match &self.address {
+                    Some(address) => zbus::connection::Builder::address(address.as_str()),
+                    None => zbus::connection::Builder::system(),
+                };
+                builder.method_timeout(self.method_timeout).build().await
             })
             .await
             .context("connecting to the system D-Bus")

@@ -48,7 +48,7 @@ impl Host {
                 timeout: h.command_timeout,
                 programs: programs.clone(),
             }),
-            selinux: Arc::new(selinux::SelinuxFs::new(&config.root)),
+            selinux: Arc::new(selinux::SelinuxFs::at(&config.root, &h.selinuxfs)),
             cluster: Arc::new(cluster::Cluster {
                 programs: programs.clone(),
                 crictl: h.crictl.clone(),

@@ -124,6 +124,8 @@ impl Power for DbusPower {
             Ok(how) => Ok(how),
             Err(e) if service_absent(&e) => {
                 tracing::warn!("logind is not running; rebooting through systemd's reboot.target");
+                // reboot.target cannot be scheduled: wait out the delay here.
+                tokio::time::sleep(delay).await;
                 ManagerProxy::new(conn)
                     .await?
                     .start_unit("reboot.target", "replace-irreversibly")

@@ -318,12 +318,14 @@ impl RpmOstree for DbusRpmOstree {
 
     async fn rollback(&self) -> Result<String> {
         let sysroot = self.sysroot().await?;
+        // Read the starting point first: nothing can fail between registering and unregistering
+        // but the transaction itself.
+        let before = self.status().await?;
         let client = HashMap::from([("id", Variant::from("recoveryd"))]);
         match sysroot.register_client(client).await {
             Err(e) if service_absent(&e) => return Err(RollbackError::Absent(e.to_string()).into()),
             r => r.context("registering with rpm-ostree")?,
         }
-        let before = self.status().await?;
         let result = self.transaction(&sysroot).await;
         let _ = sysroot.unregister_client(HashMap::new()).await;
         let text = result?;

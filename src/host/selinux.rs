@@ -21,12 +21,15 @@ pub struct SelinuxFs {
 }
 
 impl SelinuxFs {
+    /// selinuxfs at its usual place beneath `root`.
     pub fn new(root: &std::path::Path) -> SelinuxFs {
+        Self::at(root, std::path::Path::new("/sys/fs/selinux"))
+    }
+
+    /// selinuxfs mounted at `selinuxfs` (a host path) beneath `root`.
+    pub fn at(root: &std::path::Path, selinuxfs: &std::path::Path) -> SelinuxFs {
         SelinuxFs {
-            enforce: crate::config::under_root(
-                root,
-                std::path::Path::new("/sys/fs/selinux/enforce"),
-            ),
+            enforce: crate::config::under_root(root, &selinuxfs.join("enforce")),
         }
     }
 }
