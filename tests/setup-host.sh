@@ -10,7 +10,7 @@ PACKAGES=(
   sqlite3         # reading the journal by hand, as operators do
   util-linux      # setpriv (non-root callers), mount
   systemd systemd-container mmdebstrap zstd  # real systemd as PID 1 in systemd-nspawn
-  rpm rpmlint cpio                           # building and checking the RPM
+  rpm rpmlint cpio python3-yaml               # building and checking the RPM; the Job manifest
   selinux-policy-dev checkpolicy semodule-utils  # compiling the SELinux module
   gcc make pkg-config time  # time: peak memory in bench/bench.py
 )
