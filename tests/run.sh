@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, and every test (unit, integration, real systemd).
+# The test command: formatting, lints, and every test (unit, integration, private D-Bus, real
+# ostree, packaging, and real systemd in systemd-nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
@@ -7,4 +8,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The packaging and end-to-end tests use the release binaries, as the RPM ships them.
+cargo build --release --bins --example fake-rpm-ostreed
 cargo test
