@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Node, run, tree_contents};
+use common::{Node, run, sh, tree_contents};
 
 const HOST_OFF: &str =
     "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
@@ -29,15 +29,6 @@ fn ctl_fp(node: &Node, fp: &str, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env("RECOVERYD_FAILPOINTS", fp);
     run(&mut c)
-}
-
-fn sh(script: &str) {
-    let (code, out, err) = run(Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script));
-    assert_eq!(code, 0, "{script}\n{out}{err}");
 }
 
 fn require_root() {

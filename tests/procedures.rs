@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bus::{Fake, TestBus, start_fake};
-use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run};
+use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run, sh};
 use recoveryd::journal::{Journal, RunState, StepState};
 use serde_json::{Value, json};
 
@@ -31,15 +31,6 @@ struct World {
 }
 
 const TREES: [&str; 3] = ["etc", "usr/local", "var/lib/kubelet"];
-
-fn sh(script: &str) {
-    let (code, out, err) = run(Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script));
-    assert_eq!(code, 0, "{script}\n{out}{err}");
-}
 
 impl World {
     fn new(extra: &str) -> World {
@@ -770,4 +761,62 @@ fn crash_matrix_over_the_recovery_plan() {
         "recovery crash matrix: {} crash points, each resumed to the same end state",
         points.len()
     );
+}
+
+#[test]
+fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation() {
+    // No bus needed: the cluster programs are fakes, the other integrations are off.
+    let node = Node::new("");
+    let root = node.root();
+    let fakes = install_cluster_fakes(&root);
+    std::fs::write(
+        &node.config,
+        merge_toml(&[
+            &format!("root = \"{}\"\n", root.display()),
+            &fakes,
+            "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\ndeadline = 2\n",
+        ]),
+    )
+    .unwrap();
+    sh(&format!(
+        "mkdir -p {r}/etc {r}/usr/local {r}/var/lib/kubelet && echo a > {r}/etc/a",
+        r = root.display()
+    ));
+    let ctl = |args: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+            .arg("--config")
+            .arg(&node.config)
+            .args(args)
+            .env_remove("RECOVERYD_FAILPOINTS"))
+    };
+    let (code, out, err) = ctl(&["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = ctl(&["generations", "--json"]);
+    let first: Value = serde_json::from_str(&out).unwrap();
+    let first_id = first[0]["info"]["id"].as_str().unwrap().to_string();
+    // etcd's snapshot takes longer than the backup's deadline.
+    std::fs::write(root.join("opt/fake-cluster/state/slow-backup"), "5").unwrap();
+    std::fs::write(root.join("etc/a"), "changed").unwrap();
+    let (code, out, err) = ctl(&["--offline", "--json", "backup"]);
+    assert_eq!(code, 3, "exit 3 is TALM's Timeout: {out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["state"], "timeout", "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 2s passed during step cluster-backup"),
+        "{report}"
+    );
+    let (_, out, _) = ctl(&["status", "--offline", "--json"]);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["last_backup"]["phase"], "Timeout", "{status}");
+    // The partial generation is gone; the previous one is the only one, and intact.
+    let names: Vec<String> = std::fs::read_dir(root.join("var/recovery/generations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, std::slice::from_ref(&first_id), "{names:?}");
+    let (code, out, _) = ctl(&["verify", &first_id]);
+    assert_eq!(code, 0, "{out}");
 }

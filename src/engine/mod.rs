@@ -174,19 +174,7 @@ impl Engine {
     pub fn prepare_new(&self, plan: Plan, options: serde_json::Value) -> Result<Prepared> {
         let mut lock = self.lock()?;
         match plan.kind {
-            RunKind::Backup => {
-                while let Some(stale) = self.journal.open_run(RunKind::Backup)? {
-                    warn!(
-                        recovery_run = stale.id,
-                        "backup run {} was interrupted; marking it failed", stale.id
-                    );
-                    self.journal.set_run_state(
-                        stale.id,
-                        RunState::Failed,
-                        Some("interrupted: the process ended before the backup finished"),
-                    )?;
-                }
-            }
+            RunKind::Backup => self.fail_stale_backups()?,
             RunKind::Recovery => {
                 if let Some(open) = self.journal.open_run(RunKind::Recovery)? {
                     return Err(EngineError::RecoveryOpen {

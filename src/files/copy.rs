@@ -49,6 +49,43 @@ fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
     }
 }
 
+/// Walk a sparse file's data extents (`SEEK_DATA`/`SEEK_HOLE`): holes are hashed as zeros
+/// without being read, data is read once, hashed, and handed to `data` with its offset.
+fn for_each_extent(
+    src: &File,
+    size: u64,
+    buf: &mut [u8],
+    h: &mut blake3::Hasher,
+    mut data: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(e) => return Err(e.into()),
+        };
+        hash_zeros(h, start - pos);
+        if start >= size {
+            break;
+        }
+        let hole = rustix::fs::seek(src, SeekFrom::Hole(start))?.min(size);
+        let mut off = start;
+        while off < hole {
+            let want = ((hole - off) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::other("file shrank while it was read"));
+            }
+            h.update(&buf[..n]);
+            data(&buf[..n], off)?;
+            off += n as u64;
+        }
+        pos = hole;
+    }
+    Ok(())
+}
+
 /// Hash a whole file. Holes of a sparse file are hashed as zeros without being read.
 pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
     let st = rustix::fs::fstat(src)?;
@@ -56,30 +93,7 @@ pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF.min(size.max(4096) as usize)];
     if (st.st_blocks as u64) * 512 < size {
-        let mut pos = 0u64;
-        while pos < size {
-            let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
-                Ok(d) => d.min(size),
-                Err(rustix::io::Errno::NXIO) => size,
-                Err(e) => return Err(e.into()),
-            };
-            hash_zeros(&mut h, data - pos);
-            if data >= size {
-                break;
-            }
-            let hole = rustix::fs::seek(src, SeekFrom::Hole(data))?.min(size);
-            let mut off = data;
-            while off < hole {
-                let want = ((hole - off) as usize).min(buf.len());
-                let n = src.read_at(&mut buf[..want], off)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                off += n as u64;
-            }
-            pos = hole;
-        }
+        for_each_extent(src, size, &mut buf, &mut h, |_, _| Ok(()))?;
         return Ok((h.finalize().to_hex().to_string(), size));
     }
     let mut total = 0u64;
@@ -175,34 +189,9 @@ fn copy_bytes(src: &File, dst: &OwnedFd, size: u64, blocks: u64) -> io::Result<C
     }
     // Extent by extent.
     let mut buf = vec![0u8; BUF];
-    let mut pos = 0u64;
-    while pos < size {
-        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
-            Ok(d) => d.min(size),
-            Err(rustix::io::Errno::NXIO) => size,
-            Err(e) => return Err(e.into()),
-        };
-        hash_zeros(&mut h, data - pos);
-        if data >= size {
-            break;
-        }
-        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
-            Ok(x) => x.min(size),
-            Err(e) => return Err(e.into()),
-        };
-        let mut off = data;
-        while off < hole {
-            let want = ((hole - off) as usize).min(buf.len());
-            let n = src.read_at(&mut buf[..want], off)?;
-            if n == 0 {
-                return Err(io::Error::other("file shrank while it was copied"));
-            }
-            h.update(&buf[..n]);
-            out.write_all_at(&buf[..n], off)?;
-            off += n as u64;
-        }
-        pos = hole;
-    }
+    for_each_extent(src, size, &mut buf, &mut h, |chunk, offset| {
+        out.write_all_at(chunk, offset)
+    })?;
     out.set_len(size)?;
     Ok(Copied {
         hash: h.finalize().to_hex().to_string(),

@@ -190,9 +190,8 @@ impl Store {
         Ok(())
     }
 
-    /// The hashes of every object present (one directory listing per fan-out directory).
-    pub fn present_objects(&self) -> Result<std::collections::HashSet<String>> {
-        let mut out = std::collections::HashSet::new();
+    /// Visit every stored object (one directory listing per fan-out directory).
+    fn for_each_object(&self, mut f: impl FnMut(std::fs::DirEntry) -> Result<()>) -> Result<()> {
         for i in 0..=255u8 {
             let d = self.objects.join(format!("{i:02x}"));
             let rd = match std::fs::read_dir(&d) {
@@ -201,9 +200,19 @@ impl Store {
                 Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
             };
             for e in rd {
-                out.insert(e?.file_name().to_string_lossy().into_owned());
+                f(e?)?;
             }
         }
+        Ok(())
+    }
+
+    /// The hashes of every object present.
+    pub fn present_objects(&self) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        self.for_each_object(|e| {
+            out.insert(e.file_name().to_string_lossy().into_owned());
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -228,27 +237,19 @@ impl Store {
     pub fn gc(&self) -> Result<GcStats> {
         let referenced = self.referenced_objects()?;
         let mut stats = GcStats::default();
-        for i in 0..=255u8 {
-            let d = self.objects.join(format!("{i:02x}"));
-            let rd = match std::fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
-            };
-            for e in rd {
-                let e = e?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if referenced.contains(&name) {
-                    stats.kept += 1;
-                    continue;
-                }
-                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(e.path())
-                    .with_context(|| format!("removing object {}", e.path().display()))?;
-                stats.removed += 1;
-                stats.bytes += len;
+        self.for_each_object(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if referenced.contains(&name) {
+                stats.kept += 1;
+                return Ok(());
             }
-        }
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing object {}", e.path().display()))?;
+            stats.removed += 1;
+            stats.bytes += len;
+            Ok(())
+        })?;
         Ok(stats)
     }
 
