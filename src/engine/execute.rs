@@ -1,0 +1,457 @@
+//! Executing a prepared run: each step journaled before and after its side effect, reboot
+//! barriers, interrupted steps, retries, step mode, the deadline and a shutdown.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::limits::{StepFailure, run_with_limits};
+use super::{Engine, Event, MessageId, Outcome, Plan, Prepared, Report, StepContext, failpoints};
+use crate::journal::{RunKind, RunState, StepState};
+
+impl Engine {
+    /// Run a prepared run until it ends, pauses, or waits for a reboot.
+    pub async fn execute(&self, prepared: Prepared, cancel: CancellationToken) -> Result<Report> {
+        if let Some(report) = prepared.stopped {
+            return Ok(report);
+        }
+        let Prepared {
+            run,
+            kind,
+            plan,
+            options,
+            one_stage,
+            lock,
+            ..
+        } = prepared;
+        let resumed =
+            self.journal.completed_steps(run)? > 0 || !self.journal.steps(run)?.is_empty();
+        self.journal.set_run_state(run, RunState::Running, None)?;
+        info!(
+            recovery_run = run,
+            message_id = MessageId::RunStarted.as_str(),
+            "{kind} run {run} {} (boot {})",
+            if resumed { "resumes" } else { "starts" },
+            self.boot_id
+        );
+        self.observer
+            .event(&Event::RunStarted { run, kind, resumed });
+
+        let report = self
+            .execute_steps(run, kind, &plan, options, one_stage, &cancel)
+            .await;
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                // The journal itself failed: nothing more can be recorded reliably.
+                error!(recovery_run = run, "{kind} run {run} stopped: {e:#}");
+                return Err(e);
+            }
+        };
+        drop(lock);
+        Ok(report)
+    }
+
+    async fn execute_steps(
+        &self,
+        run: i64,
+        kind: RunKind,
+        plan: &Plan,
+        options: serde_json::Value,
+        one_stage: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Report> {
+        let deadline = plan.deadline.map(|d| Instant::now() + d);
+        let total = plan.steps.len();
+        if let Some(prologue) = &plan.prologue {
+            let cx = self.context(
+                run,
+                kind,
+                "prologue",
+                "prologue",
+                &options,
+                CancellationToken::new(),
+            );
+            if let Err(e) = prologue.prologue(&cx).await {
+                let message = format!("could not prepare the run: {e:#}");
+                return self
+                    .end(run, kind, plan, RunState::Failed, message, &options)
+                    .await;
+            }
+        }
+        let mut stage_of_this_invocation: Option<&'static str> = None;
+        let mut current_stage: Option<&'static str> = None;
+        let mut progress_reset = false;
+
+        for (index, step) in plan.steps.iter().enumerate() {
+            let name = step.name();
+            let stage = step.stage();
+            if self.shutdown.is_cancelled() {
+                return Ok(self.stopped_for_shutdown(run, kind, name));
+            }
+            let last = self.journal.last_attempt(run, name)?;
+            let mut attempt = last.as_ref().map(|l| l.attempt).unwrap_or(0);
+            if let Some(l) = &last {
+                if l.state.is_complete() {
+                    continue;
+                }
+                if step.reboot_barrier()
+                    && matches!(l.state, StepState::Started | StepState::AwaitingReboot)
+                    && l.boot_id != self.boot_id
+                {
+                    let detail = format!("rebooted: boot {} -> {}", l.boot_id, self.boot_id);
+                    self.journal
+                        .step_finished(l.id, StepState::Done, Some(&detail))?;
+                    info!(
+                        recovery_run = run,
+                        recovery_stage = stage,
+                        recovery_step = name,
+                        "step {name}: {detail}"
+                    );
+                    self.observer.event(&Event::StepFinished {
+                        run,
+                        stage,
+                        step: name,
+                        state: StepState::Done,
+                        detail: &detail,
+                        index,
+                        total,
+                    });
+                    self.note_progress(run, &mut progress_reset)?;
+                    stage_of_this_invocation.get_or_insert(stage);
+                    continue;
+                }
+                if l.state == StepState::Started {
+                    let detail = format!(
+                        "interrupted: the process ended during attempt {} (boot {})",
+                        l.attempt, l.boot_id
+                    );
+                    self.journal
+                        .step_finished(l.id, StepState::Interrupted, Some(&detail))?;
+                    warn!(
+                        recovery_run = run,
+                        recovery_stage = stage,
+                        recovery_step = name,
+                        "step {name} was {detail}; running it again"
+                    );
+                }
+            }
+
+            if one_stage {
+                match stage_of_this_invocation {
+                    None => stage_of_this_invocation = Some(stage),
+                    Some(s) if s != stage => {
+                        let message = format!(
+                            "stopped after stage {s} (step mode); next: stage {stage}. Continue with `recoveryctl resume`"
+                        );
+                        self.journal.set_run_state(run, RunState::Paused, None)?;
+                        info!(recovery_run = run, "{kind} run {run} {message}");
+                        self.observer.event(&Event::RunFinished {
+                            run,
+                            kind,
+                            state: RunState::Paused,
+                            message: &message,
+                        });
+                        return Ok(Report {
+                            run,
+                            kind,
+                            state: RunState::Paused,
+                            message,
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            if current_stage != Some(stage) {
+                current_stage = Some(stage);
+                self.journal.set_run_stage(run, stage)?;
+                info!(recovery_run = run, recovery_stage = stage, "stage {stage}");
+                self.observer.event(&Event::StageStarted { run, stage });
+            }
+
+            let limits = self.config.step_limits(name);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                attempt += 1;
+                if cancel.is_cancelled() {
+                    return self
+                        .end(
+                            run,
+                            kind,
+                            plan,
+                            RunState::Cancelled,
+                            "cancelled by request".into(),
+                            &options,
+                        )
+                        .await;
+                }
+                let row = self.journal.step_started(
+                    run,
+                    index as u32,
+                    name,
+                    stage,
+                    attempt,
+                    &self.boot_id,
+                )?;
+                info!(
+                    recovery_run = run,
+                    recovery_stage = stage,
+                    recovery_step = name,
+                    "step {name} started (attempt {attempt}): {}",
+                    step.describe()
+                );
+                self.observer.event(&Event::StepStarted {
+                    run,
+                    stage,
+                    step: name,
+                    attempt,
+                    index,
+                    total,
+                });
+                failpoints::hit(name, failpoints::Point::Before);
+
+                let mut timeout = limits.timeout;
+                if let Some(d) = deadline {
+                    timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+                }
+                let cx = StepContext {
+                    run,
+                    kind,
+                    step: name,
+                    stage,
+                    attempt,
+                    boot_id: self.boot_id.clone(),
+                    journal: self.journal.clone(),
+                    config: self.config.clone(),
+                    cancel: cancel.child_token(),
+                    observer: self.observer.clone(),
+                    options: options.clone(),
+                };
+                let result =
+                    run_with_limits(step.clone(), cx, timeout, cancel, &self.shutdown).await;
+                if let Err(StepFailure::Shutdown) = &result {
+                    self.journal.step_finished(
+                        row,
+                        StepState::Interrupted,
+                        Some("interrupted by a shutdown; runs again when the run resumes"),
+                    )?;
+                    warn!(
+                        recovery_run = run,
+                        recovery_step = name,
+                        "step {name} interrupted by a shutdown"
+                    );
+                    return Ok(self.stopped_for_shutdown(run, kind, name));
+                }
+                let (state, detail) = match &result {
+                    Ok(Outcome::Done(d)) => (StepState::Done, d.clone()),
+                    Ok(Outcome::Skipped(d)) => (StepState::Skipped, d.clone()),
+                    Ok(Outcome::AwaitReboot(d)) => (StepState::AwaitingReboot, d.clone()),
+                    Err(e) => (StepState::Failed, e.to_string()),
+                };
+                if state != StepState::Failed {
+                    failpoints::hit(name, failpoints::Point::After);
+                }
+                if state == StepState::AwaitingReboot {
+                    self.journal.step_set_state(row, state, Some(&detail))?;
+                } else {
+                    self.journal.step_finished(row, state, Some(&detail))?;
+                }
+                let log_detail = if detail.is_empty() { "" } else { &detail };
+                match state {
+                    StepState::Failed => error!(
+                        recovery_run = run,
+                        recovery_stage = stage,
+                        recovery_step = name,
+                        "step {name} failed (attempt {attempt}): {log_detail}"
+                    ),
+                    _ => info!(
+                        recovery_run = run,
+                        recovery_stage = stage,
+                        recovery_step = name,
+                        "step {name} {state}: {log_detail}"
+                    ),
+                }
+                self.observer.event(&Event::StepFinished {
+                    run,
+                    stage,
+                    step: name,
+                    state,
+                    detail: &detail,
+                    index,
+                    total,
+                });
+                match result {
+                    Ok(Outcome::AwaitReboot(reason)) => {
+                        self.journal
+                            .set_run_state(run, RunState::AwaitingReboot, None)?;
+                        let message = format!(
+                            "waiting for the reboot ({reason}); the run resumes at the next boot"
+                        );
+                        info!(recovery_run = run, "{kind} run {run} is {message}");
+                        self.observer.event(&Event::RunFinished {
+                            run,
+                            kind,
+                            state: RunState::AwaitingReboot,
+                            message: &message,
+                        });
+                        return Ok(Report {
+                            run,
+                            kind,
+                            state: RunState::AwaitingReboot,
+                            message,
+                        });
+                    }
+                    Ok(_) => {
+                        self.note_progress(run, &mut progress_reset)?;
+                        break;
+                    }
+                    Err(failure) => {
+                        let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+                        if past_deadline {
+                            let message = format!(
+                                "deadline of {}s passed during step {name}",
+                                plan.deadline.unwrap_or_default().as_secs()
+                            );
+                            return self
+                                .end(run, kind, plan, RunState::Timeout, message, &options)
+                                .await;
+                        }
+                        if cancel.is_cancelled() {
+                            return self
+                                .end(
+                                    run,
+                                    kind,
+                                    plan,
+                                    RunState::Cancelled,
+                                    format!("cancelled during step {name}"),
+                                    &options,
+                                )
+                                .await;
+                        }
+                        if tries <= limits.retries {
+                            warn!(
+                                recovery_run = run,
+                                recovery_step = name,
+                                "retrying step {name} in {}s ({} of {} retries)",
+                                limits.retry_delay.as_secs(),
+                                tries,
+                                limits.retries
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(limits.retry_delay) => {}
+                                _ = cancel.cancelled() => {}
+                            }
+                            continue;
+                        }
+                        let message = format!("step {name} failed: {failure}");
+                        return self
+                            .end(run, kind, plan, RunState::Failed, message, &options)
+                            .await;
+                    }
+                }
+            }
+        }
+        let message = format!("all {total} steps done");
+        self.end(run, kind, plan, RunState::Succeeded, message, &options)
+            .await
+    }
+
+    fn context(
+        &self,
+        run: i64,
+        kind: RunKind,
+        step: &'static str,
+        stage: &'static str,
+        options: &serde_json::Value,
+        cancel: CancellationToken,
+    ) -> StepContext {
+        StepContext {
+            run,
+            kind,
+            step,
+            stage,
+            attempt: 1,
+            boot_id: self.boot_id.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            cancel,
+            observer: self.observer.clone(),
+            options: options.clone(),
+        }
+    }
+
+    fn stopped_for_shutdown(&self, run: i64, kind: RunKind, next: &str) -> Report {
+        let message =
+            format!("stopped for a shutdown before step {next}; the run resumes at the next start");
+        info!(recovery_run = run, "{kind} run {run} {message}");
+        Report {
+            run,
+            kind,
+            state: RunState::Running,
+            message,
+        }
+    }
+
+    fn note_progress(&self, run: i64, reset: &mut bool) -> Result<()> {
+        if !*reset {
+            self.journal.set_no_progress_boots(run, 0)?;
+            *reset = true;
+        }
+        Ok(())
+    }
+
+    async fn end(
+        &self,
+        run: i64,
+        kind: RunKind,
+        plan: &Plan,
+        state: RunState,
+        message: String,
+        options: &serde_json::Value,
+    ) -> Result<Report> {
+        let error = (state != RunState::Succeeded).then_some(message.as_str());
+        self.journal.set_run_state(run, state, error)?;
+        if state != RunState::Succeeded
+            && let Some(cleanup) = &plan.cleanup
+        {
+            let cx = self.context(
+                run,
+                kind,
+                "cleanup",
+                "cleanup",
+                options,
+                CancellationToken::new(),
+            );
+            if let Err(e) = cleanup.cleanup(&cx, state).await {
+                warn!(recovery_run = run, "cleanup after {state} failed: {e:#}");
+            }
+        }
+        match state {
+            RunState::Succeeded => info!(
+                recovery_run = run,
+                message_id = MessageId::RunSucceeded.as_str(),
+                "{kind} run {run} succeeded: {message}"
+            ),
+            _ => error!(
+                recovery_run = run,
+                message_id = MessageId::RunFailed.as_str(),
+                "{kind} run {run} ended {state}: {message}"
+            ),
+        }
+        self.observer.event(&Event::RunFinished {
+            run,
+            kind,
+            state,
+            message: &message,
+        });
+        Ok(Report {
+            run,
+            kind,
+            state,
+            message,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! One step attempt within its limits: a timeout, cancellation of the run, a shutdown, a panic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use super::{CANCEL_GRACE, Outcome, SHUTDOWN_GRACE, Step, StepContext};
+
+/// Why a step attempt did not produce an outcome.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StepFailure {
+    #[error("{0:#}")]
+    Error(anyhow::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("panicked: {0}")]
+    Panicked(String),
+    #[error("interrupted by a shutdown")]
+    Shutdown,
+}
+
+pub(super) async fn run_with_limits(
+    step: Arc<dyn Step>,
+    cx: StepContext,
+    timeout: Duration,
+    run_cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, StepFailure> {
+    let step_cancel = cx.cancel.clone();
+    let mut handle = tokio::spawn(async move { step.run(&cx).await });
+    let joined = |r: Result<Result<Outcome>, tokio::task::JoinError>| match r {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => Err(StepFailure::Error(e)),
+        Err(j) if j.is_panic() => {
+            let p = j.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StepFailure::Panicked(msg))
+        }
+        Err(_) => Err(StepFailure::Cancelled),
+    };
+    tokio::select! {
+        r = &mut handle => joined(r),
+        _ = tokio::time::sleep(timeout) => {
+            step_cancel.cancel();
+            if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
+                handle.abort();
+            }
+            Err(StepFailure::Timeout(timeout))
+        }
+        _ = run_cancel.cancelled() => {
+            step_cancel.cancel();
+            if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
+                handle.abort();
+            }
+            Err(StepFailure::Cancelled)
+        }
+        _ = shutdown.cancelled() => {
+            // Let the step finish if it can; a short step then needs no repeating.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
+                Ok(r) => joined(r),
+                Err(_) => {
+                    step_cancel.cancel();
+                    if tokio::time::timeout(Duration::from_secs(10), &mut handle).await.is_err() {
+                        handle.abort();
+                    }
+                    Err(StepFailure::Shutdown)
+                }
+            }
+        }
+    }
+}
