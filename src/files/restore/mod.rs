@@ -1,0 +1,280 @@
+//! Making the live trees equal to a generation (`restore`), or listing what that would change
+//! (`diff`). Both run the same comparison, so a diff is an exact dry run of a restore.
+//!
+//! Safety rules:
+//! - every path below a tree root is reached through directory handles without following a
+//!   symlink; a symlink where the generation has a directory is replaced, never entered;
+//! - a tree root that now resolves somewhere else than at backup time is refused;
+//! - excluded paths and mount points are neither changed nor removed;
+//! - before anything changes, the manifest's hash and the hash of every stored file the restore
+//!   will copy are checked; each copy is checked again while it is written, and only renamed into
+//!   place when it matches;
+//! - files are replaced by writing a temporary file in the same directory and renaming it.
+//!
+//! A live file that is unchanged since the backup (same size, mtime, device, inode and ctime)
+//! is not read; one with the same size but another identity is hashed and compared with the
+//! manifest; everything else is copied.
+
+mod extras;
+mod metadata;
+mod paths;
+mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rustix::fs::Stat;
+use serde::Serialize;
+
+use super::backup::Hooks;
+use super::copy::{ReflinkState, hash_file};
+use super::entry::{Entry, Time};
+use super::exclude::Excludes;
+use super::manifest::Manifest;
+use super::store::Generation;
+use paths::{node, parent_of};
+
+/// Prefix of the temporary files a restore writes next to their destination.
+pub const TMP_PREFIX: &str = ".recoveryd-tmp.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// In the live tree but not in the generation: removed by a restore.
+    Added,
+    /// In the generation but missing from the live tree: created by a restore.
+    Removed,
+    /// Different content.
+    Content,
+    /// A different kind of entry (a file became a directory, a directory a symlink, ...).
+    Type,
+    /// Same content, different mode, owner, mtime or xattrs.
+    Metadata,
+    /// Should be a hardlink of another entry and is not.
+    Link,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub path: String,
+    pub change: ChangeKind,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RestoreReport {
+    pub changes: Vec<Change>,
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub hashed_live_files: u64,
+    /// Mount points left alone.
+    pub mounts_left: Vec<String>,
+    /// Parts of the generation left alone, with the reason.
+    pub notes: Vec<String>,
+}
+
+/// What to restore from a generation.
+pub struct Selection<'a> {
+    /// Trees to restore, as configured (`/etc`). Trees absent from the generation are noted.
+    pub trees: &'a [String],
+    /// Also restore the machine-config files outside the trees.
+    pub extras: bool,
+}
+
+/// Error for a generation that cannot be trusted; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("generation {generation} is corrupted; nothing was changed: {}", problems.join("; "))]
+pub struct Corrupted {
+    pub generation: String,
+    pub problems: Vec<String>,
+}
+
+/// List what a restore of `selection` would change.
+pub fn diff(
+    root: &Path,
+    generation: &Generation,
+    manifest: &Manifest,
+    selection: &Selection<'_>,
+    hooks: &Hooks<'_>,
+) -> Result<RestoreReport> {
+    let mut r = Restorer::new(root, generation, manifest, false, hooks)?;
+    r.run(selection)?;
+    Ok(r.report)
+}
+
+/// Make the live trees of `selection` equal to the generation.
+pub fn restore(
+    root: &Path,
+    generation: &Generation,
+    manifest: &Manifest,
+    selection: &Selection<'_>,
+    hooks: &Hooks<'_>,
+) -> Result<RestoreReport> {
+    // 1. What would change, and can the generation supply it?
+    let quiet = Hooks::none();
+    let mut dry = Restorer::new(root, generation, manifest, false, &quiet)?;
+    dry.run(selection)?;
+    let mut problems = Vec::new();
+    let mut checked = std::collections::HashSet::new();
+    for &i in &dry.to_copy {
+        let e = &manifest.entries[i];
+        if !checked.insert(e.hash.clone()) {
+            continue;
+        }
+        let stored = generation.object(e.hash.as_deref().unwrap_or_default());
+        match std::fs::File::open(&stored).and_then(|f| hash_file(&f)) {
+            Ok((hash, size)) if Some(&hash) == e.hash.as_ref() && size == e.size => {}
+            Ok(_) => problems.push(format!(
+                "{}: stored copy does not match the manifest",
+                e.display()
+            )),
+            Err(err) => problems.push(format!("{}: stored copy unreadable: {err}", e.display())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Corrupted {
+            generation: generation.info.id.clone(),
+            problems,
+        }
+        .into());
+    }
+    // 2. Apply, reusing the dry run's content comparisons where the live file did not move.
+    let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
+    apply.content_cache = std::mem::take(&mut dry.content_cache);
+    apply.run(selection)?;
+    Ok(apply.report)
+}
+
+type StatKey = (u64, u64, u64, Time, Time);
+
+fn stat_key(st: &Stat) -> StatKey {
+    (
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        Time(st.st_mtime, st.st_mtime_nsec as u32),
+        Time(st.st_ctime, st.st_ctime_nsec as u32),
+    )
+}
+
+struct Restorer<'a> {
+    root: &'a Path,
+    generation: &'a Generation,
+    entries: &'a [Entry],
+    manifest: &'a Manifest,
+    children: HashMap<&'a [u8], Vec<usize>>,
+    excludes: Excludes,
+    skipped_mounts: HashSet<&'a [u8]>,
+    apply: bool,
+    hooks: &'a Hooks<'a>,
+    report: RestoreReport,
+    /// Dry run: entries whose content would be copied from the generation.
+    to_copy: Vec<usize>,
+    content_cache: HashMap<Vec<u8>, (StatKey, bool)>,
+    /// Hardlink group id -> the live inode of its first member after it was restored.
+    group_inode: HashMap<u64, (u64, u64)>,
+    /// Dry run: hardlink groups whose first member would be replaced.
+    group_changes: HashSet<u64>,
+    reflink: ReflinkState,
+    done: u64,
+    total: u64,
+}
+
+impl<'a> Restorer<'a> {
+    fn new(
+        root: &'a Path,
+        generation: &'a Generation,
+        manifest: &'a Manifest,
+        apply: bool,
+        hooks: &'a Hooks<'a>,
+    ) -> Result<Restorer<'a>> {
+        let entries = &manifest.entries[..];
+        let mut children: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            children
+                .entry(parent_of(e.path_bytes()))
+                .or_default()
+                .push(i);
+        }
+        for v in children.values_mut() {
+            v.sort_by(|a, b| entries[*a].path_bytes().cmp(entries[*b].path_bytes()));
+        }
+        Ok(Restorer {
+            root,
+            generation,
+            entries,
+            manifest,
+            children,
+            excludes: Excludes::new(manifest.header.exclude.clone())?,
+            skipped_mounts: manifest
+                .header
+                .skipped_mounts
+                .iter()
+                .map(|m| &m.0[..])
+                .collect(),
+            apply,
+            hooks,
+            report: RestoreReport::default(),
+            to_copy: Vec::new(),
+            content_cache: HashMap::new(),
+            group_inode: HashMap::new(),
+            group_changes: HashSet::new(),
+            reflink: ReflinkState::new(true),
+            done: 0,
+            total: entries.len() as u64,
+        })
+    }
+
+    fn change(&mut self, path: &[u8], change: ChangeKind, detail: impl Into<String>) {
+        self.report.changes.push(Change {
+            path: node(path),
+            change,
+            detail: detail.into(),
+        });
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        self.done += 1;
+        if self.apply {
+            (self.hooks.checkpoint)()?;
+            if self.done.is_multiple_of(512) {
+                (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, selection: &Selection<'_>) -> Result<()> {
+        for tree in selection.trees {
+            let Some(info) = self
+                .manifest
+                .header
+                .trees
+                .iter()
+                .find(|t| &t.path == tree)
+                .cloned()
+            else {
+                self.report
+                    .notes
+                    .push(format!("{tree}: not in this generation; left alone"));
+                continue;
+            };
+            if !info.present {
+                self.report
+                    .notes
+                    .push(format!("{tree}: did not exist at backup time; left alone"));
+                continue;
+            }
+            self.restore_tree(&info)
+                .with_context(|| format!("restoring {tree}"))?;
+        }
+        if selection.extras {
+            self.restore_extras()
+                .context("restoring machine-config files")?;
+        }
+        (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+        Ok(())
+    }
+}

@@ -1,0 +1,428 @@
+//! Making one tree equal to the generation: directories, files, hardlinks, removals.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rustix::fs::Stat;
+
+use super::metadata::kind_name;
+use super::paths::{base_of, join, node, parent_of, tmp_name};
+use super::{ChangeKind, Restorer, stat_key};
+use crate::files::copy::{copy_and_hash, hash_file};
+use crate::files::entry::{Entry, Kind};
+use crate::files::fsx::{self, Target};
+use crate::files::manifest::TreeInfo;
+use crate::files::store::stored_rel;
+use crate::files::walk::content_owner;
+
+impl Restorer<'_> {
+    pub(super) fn restore_tree(&mut self, info: &TreeInfo) -> Result<()> {
+        let tree = Path::new(&info.path);
+        let rel: &[u8] = &tree.as_os_str().as_bytes()[1..];
+        let Some(root_idx) = self.entries.iter().position(|e| e.path_bytes() == rel) else {
+            bail!("the manifest has no entry for the tree root");
+        };
+        let fd = match fsx::open_dir_in_root(self.root, tree) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.change(rel, ChangeKind::Removed, "tree root");
+                if !self.apply {
+                    self.count_missing(rel);
+                    return Ok(());
+                }
+                let parent = tree.parent().unwrap_or(Path::new("/"));
+                let pfd = fsx::open_dir_in_root(self.root, parent)
+                    .with_context(|| format!("opening {}", parent.display()))?;
+                fsx::mkdir_at(
+                    pfd.as_fd(),
+                    tree.file_name().context("tree has no name")?,
+                    0o700,
+                )?;
+                fsx::open_dir_in_root(self.root, tree)?
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", tree.display())),
+        };
+        let now = fsx::resolved_in_root(self.root, fd.as_fd())?;
+        if let Some(then) = &info.resolved
+            && *then != now
+        {
+            bail!(
+                "{} resolves to {now} inside the node, but to {then} when it was backed up; refusing to restore through it",
+                info.path
+            );
+        }
+        let dev = fsx::fstat(fd.as_fd())?.st_dev;
+        self.sync_dir(fd.as_fd(), rel, dev)?;
+        let root_entry = &self.entries[root_idx];
+        self.metadata(Target::Fd(fd.as_fd()), root_entry, &fsx::fstat(fd.as_fd())?)?;
+        if self.apply {
+            fsx::syncfs(fd.as_fd()).context("flushing the restored tree to disk")?;
+        }
+        Ok(())
+    }
+
+    /// Dry run below a directory that does not exist: everything in it would be created.
+    pub(super) fn count_missing(&mut self, rel: &[u8]) {
+        let kids = self.children.get(rel).cloned().unwrap_or_default();
+        for i in kids {
+            let e = &self.entries[i];
+            let p = e.path_bytes().to_vec();
+            self.change(&p, ChangeKind::Removed, "");
+            if e.kind == Kind::File && content_owner(self.entries, i) == i {
+                self.to_copy.push(i);
+            }
+            if e.kind == Kind::Dir {
+                self.count_missing(&p);
+            }
+        }
+    }
+
+    pub(super) fn excluded(&self, rel: &[u8]) -> bool {
+        let mut n = Vec::with_capacity(rel.len() + 1);
+        n.push(b'/');
+        n.extend_from_slice(rel);
+        self.excludes.excludes(&n)
+    }
+
+    pub(super) fn sync_dir(&mut self, dir: BorrowedFd<'_>, rel: &[u8], dev: u64) -> Result<()> {
+        let wanted: Vec<usize> = self.children.get(rel).cloned().unwrap_or_default();
+        let wanted_names: HashSet<&[u8]> = wanted
+            .iter()
+            .map(|&i| base_of(self.entries[i].path_bytes()).as_bytes())
+            .collect();
+        // Remove what the generation does not have.
+        for name in fsx::list_dir(dir).with_context(|| format!("listing {}", node(rel)))? {
+            if wanted_names.contains(name.as_bytes()) {
+                continue;
+            }
+            let child = join(rel, &name);
+            if self.excluded(&child) || self.skipped_mounts.contains(&child[..]) {
+                continue;
+            }
+            let Some(st) = fsx::try_lstat_at(dir, &name)? else {
+                continue;
+            };
+            if Kind::of(&st) == Kind::Dir && st.st_dev != dev {
+                self.report.mounts_left.push(node(&child));
+                continue;
+            }
+            self.change(&child, ChangeKind::Added, kind_name(Kind::of(&st)));
+            if self.apply {
+                let mut mounts = Vec::new();
+                fsx::remove_tree_at(dir, &name, dev, &mut mounts, Path::new(&node(rel)))
+                    .with_context(|| format!("removing {}", node(&child)))?;
+                self.report
+                    .mounts_left
+                    .extend(mounts.into_iter().map(|m| m.display().to_string()));
+            }
+        }
+        for i in wanted {
+            let e = &self.entries[i];
+            let path = e.path_bytes().to_vec();
+            if self.excluded(&path) || self.skipped_mounts.contains(&path[..]) {
+                continue;
+            }
+            self.tick()?;
+            self.sync_child(dir, i, dev)
+                .with_context(|| format!("restoring {}", node(&path)))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn sync_child(&mut self, dir: BorrowedFd<'_>, i: usize, dev: u64) -> Result<()> {
+        let e = &self.entries[i];
+        let path = e.path_bytes();
+        let name = base_of(path);
+        let live = fsx::try_lstat_at(dir, name)?;
+        let live_kind = live.as_ref().map(Kind::of);
+        match e.kind {
+            Kind::Dir => {
+                if let (Some(st), Some(Kind::Dir)) = (&live, live_kind)
+                    && st.st_dev != dev
+                {
+                    self.report.mounts_left.push(node(path));
+                    return Ok(());
+                }
+                match live_kind {
+                    Some(Kind::Dir) => {}
+                    None => {
+                        self.change(path, ChangeKind::Removed, "directory");
+                        if !self.apply {
+                            self.count_missing(path);
+                            return Ok(());
+                        }
+                        fsx::mkdir_at(dir, name, 0o700)?;
+                    }
+                    Some(k) => {
+                        self.change(
+                            path,
+                            ChangeKind::Type,
+                            format!("{} -> directory", kind_name(k)),
+                        );
+                        if !self.apply {
+                            self.count_missing(path);
+                            return Ok(());
+                        }
+                        fsx::unlink_at(dir, name)?;
+                        fsx::mkdir_at(dir, name, 0o700)?;
+                    }
+                }
+                let child = fsx::open_child_dir(dir, name)?;
+                self.sync_dir(child.as_fd(), path, dev)?;
+                let st = fsx::fstat(child.as_fd())?;
+                self.metadata(Target::Fd(child.as_fd()), e, &st)
+            }
+            Kind::File if content_owner(self.entries, i) != i => self.sync_hardlink(dir, i, live),
+            Kind::File => self.sync_file(dir, i, live),
+            Kind::Symlink => {
+                let target = e.link.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+                let same =
+                    live_kind == Some(Kind::Symlink) && fsx::read_link_at(dir, name)? == target;
+                if same {
+                    let st = live.expect("exists");
+                    return self.metadata(Target::Child(dir, name), e, &st);
+                }
+                self.replace(dir, i, live_kind, "symlink", |d, tmp| {
+                    fsx::symlink_at(&target, d, tmp).map_err(Into::into)
+                })
+            }
+            kind => {
+                let same = live_kind == Some(kind)
+                    && live.as_ref().is_some_and(|st| {
+                        !matches!(kind, Kind::Char | Kind::Block) || st.st_rdev == e.rdev
+                    });
+                if same {
+                    let st = live.expect("exists");
+                    return self.metadata(Target::Child(dir, name), e, &st);
+                }
+                let (bits, rdev) = (kind.type_bits() | (e.mode & 0o7777), e.rdev);
+                self.replace(dir, i, live_kind, kind_name(kind), |d, tmp| {
+                    fsx::mknod_at(d, tmp, bits, rdev).map_err(Into::into)
+                })
+            }
+        }
+    }
+
+    /// Replace (or create) a non-file entry by making it under a temporary name and renaming.
+    pub(super) fn replace(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        i: usize,
+        live_kind: Option<Kind>,
+        what: &str,
+        make: impl Fn(BorrowedFd<'_>, &OsStr) -> Result<()>,
+    ) -> Result<()> {
+        let e = &self.entries[i];
+        let path = e.path_bytes();
+        let name = base_of(path);
+        match live_kind {
+            None => self.change(path, ChangeKind::Removed, what),
+            Some(k) if k == e.kind => {
+                self.change(path, ChangeKind::Content, format!("different {what}"))
+            }
+            Some(k) => self.change(
+                path,
+                ChangeKind::Type,
+                format!("{} -> {what}", kind_name(k)),
+            ),
+        }
+        if !self.apply {
+            return Ok(());
+        }
+        if live_kind == Some(Kind::Dir) {
+            self.remove_dir(dir, path)?;
+        }
+        let tmp = tmp_name();
+        make(dir, &tmp)?;
+        let r = (|| {
+            let st = fsx::lstat_at(dir, &tmp)?;
+            self.apply_metadata(Target::Child(dir, &tmp), e, &st)?;
+            fsx::rename_at(dir, &tmp, name)?;
+            Ok(())
+        })();
+        if r.is_err() {
+            let _ = fsx::unlink_at(dir, &tmp);
+        }
+        r
+    }
+
+    pub(super) fn remove_dir(&mut self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
+        let mut mounts = Vec::new();
+        let dev = fsx::fstat(dir)?.st_dev;
+        fsx::remove_tree_at(
+            dir,
+            base_of(path),
+            dev,
+            &mut mounts,
+            Path::new(&node(parent_of(path))),
+        )?;
+        anyhow::ensure!(
+            mounts.is_empty(),
+            "cannot replace {}: it holds mount points ({})",
+            node(path),
+            mounts
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
+    }
+
+    pub(super) fn content_equal(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        e: &Entry,
+        st: &Stat,
+    ) -> Result<bool> {
+        if st.st_size as u64 != e.size {
+            return Ok(false);
+        }
+        let key = stat_key(st);
+        let unchanged_since_backup = key.0 == e.source.dev
+            && key.1 == e.source.ino
+            && key.3 == e.mtime
+            && key.4 == e.source.ctime;
+        if unchanged_since_backup {
+            return Ok(true);
+        }
+        if let Some((k, eq)) = self.content_cache.get(e.path_bytes())
+            && *k == key
+        {
+            return Ok(*eq);
+        }
+        let f = std::fs::File::from(fsx::open_child_file(dir, base_of(e.path_bytes()))?);
+        let (hash, _) = hash_file(&f)?;
+        self.report.hashed_live_files += 1;
+        let eq = Some(&hash) == e.hash.as_ref();
+        self.content_cache
+            .insert(e.path_bytes().to_vec(), (key, eq));
+        Ok(eq)
+    }
+
+    pub(super) fn sync_file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        i: usize,
+        live: Option<Stat>,
+    ) -> Result<()> {
+        let e = &self.entries[i];
+        let path = e.path_bytes();
+        let name = base_of(path);
+        let live_kind = live.as_ref().map(Kind::of);
+        if let (Some(st), Some(Kind::File)) = (&live, live_kind)
+            && self.content_equal(dir, e, st)?
+        {
+            self.metadata(Target::Child(dir, name), e, st)?;
+            if let Some(g) = e.hardlink {
+                let st = fsx::lstat_at(dir, name)?;
+                self.group_inode.insert(g, (st.st_dev, st.st_ino));
+            }
+            return Ok(());
+        }
+        match live_kind {
+            None => self.change(path, ChangeKind::Removed, "file"),
+            Some(Kind::File) => self.change(path, ChangeKind::Content, ""),
+            Some(k) => self.change(path, ChangeKind::Type, format!("{} -> file", kind_name(k))),
+        }
+        if let Some(g) = e.hardlink {
+            self.group_changes.insert(g);
+        }
+        if !self.apply {
+            self.to_copy.push(i);
+            return Ok(());
+        }
+        if live_kind == Some(Kind::Dir) {
+            self.remove_dir(dir, path)?;
+        }
+        let tmp = tmp_name();
+        let r = (|| -> Result<()> {
+            let stored = self
+                .generation
+                .object(e.hash.as_deref().unwrap_or_default());
+            let src: OwnedFd = std::fs::File::open(&stored)
+                .with_context(|| format!("opening {}", stored.display()))?
+                .into();
+            let dst = fsx::create_child_file(dir, &tmp, 0o600)?;
+            let copied = copy_and_hash(src, &dst, &self.reflink, e.hash.as_deref())
+                .with_context(|| format!("copying from {}", stored.display()))?;
+            let st = fsx::fstat(dst.as_fd())?;
+            self.apply_metadata(Target::Fd(dst.as_fd()), e, &st)?;
+            drop(dst);
+            fsx::rename_at(dir, &tmp, name)?;
+            self.report.files_written += 1;
+            self.report.bytes_written += copied.size;
+            Ok(())
+        })();
+        if r.is_err() {
+            let _ = fsx::unlink_at(dir, &tmp);
+        }
+        r?;
+        if let Some(g) = e.hardlink {
+            let st = fsx::lstat_at(dir, name)?;
+            self.group_inode.insert(g, (st.st_dev, st.st_ino));
+        }
+        Ok(())
+    }
+
+    pub(super) fn sync_hardlink(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        i: usize,
+        live: Option<Stat>,
+    ) -> Result<()> {
+        let e = &self.entries[i];
+        let path = e.path_bytes();
+        let name = base_of(path);
+        let g = e.hardlink.expect("group member");
+        let owner = &self.entries[content_owner(self.entries, i)];
+        let owner_path = owner.path_bytes().to_vec();
+        let linked = match (&live, self.group_inode.get(&g)) {
+            (Some(st), Some((dev, ino))) => {
+                Kind::of(st) == Kind::File && st.st_dev == *dev && st.st_ino == *ino
+            }
+            (Some(st), None) if !self.apply && !self.group_changes.contains(&g) => {
+                // Dry run: compare with the owner's live inode.
+                let owner_node = Path::new("/").join(stored_rel(&owner_path));
+                fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))
+                    .ok()
+                    .and_then(|d| {
+                        fsx::try_lstat_at(d.as_fd(), base_of(&owner_path))
+                            .ok()
+                            .flatten()
+                    })
+                    .is_some_and(|o| o.st_dev == st.st_dev && o.st_ino == st.st_ino)
+            }
+            _ => false,
+        };
+        if linked {
+            return Ok(());
+        }
+        self.change(
+            path,
+            ChangeKind::Link,
+            format!("hardlink of {}", node(&owner_path)),
+        );
+        if !self.apply {
+            return Ok(());
+        }
+        if live.as_ref().map(Kind::of) == Some(Kind::Dir) {
+            self.remove_dir(dir, path)?;
+        }
+        let owner_node = Path::new("/").join(stored_rel(&owner_path));
+        let owner_dir =
+            fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))?;
+        let tmp = tmp_name();
+        fsx::link_at(owner_dir.as_fd(), base_of(&owner_path), dir, &tmp)
+            .with_context(|| format!("linking to {}", node(&owner_path)))?;
+        if let Err(err) = fsx::rename_at(dir, &tmp, name) {
+            let _ = fsx::unlink_at(dir, &tmp);
+            return Err(err.into());
+        }
+        Ok(())
+    }
+}
