@@ -79,32 +79,6 @@ impl Generation {
         object_path(&self.objects, hash)
     }
 
-    /// Move a fully written temporary file into place as the object `hash`. Returns false if
-    /// the object already existed (the temporary file is then removed).
-    pub fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
-        let object = self.object(hash);
-        if object.exists() {
-            std::fs::remove_file(tmp)?;
-            return Ok(false);
-        }
-        match std::fs::rename(tmp, &object) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
-                // First object of this fan-out directory.
-                let dir = object.parent().expect("objects have a parent");
-                match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(e).with_context(|| format!("creating {}", dir.display()));
-                    }
-                    _ => {}
-                }
-                std::fs::rename(tmp, &object)
-                    .with_context(|| format!("storing {}", object.display()))?;
-            }
-            r => r.with_context(|| format!("storing {}", object.display()))?,
-        }
-        Ok(true)
-    }
-
     /// Read the manifest, checking it against the hash in `generation.json`.
     pub fn manifest(&self) -> Result<Manifest> {
         Ok(Manifest::read_file(
