@@ -57,7 +57,7 @@ fn crash_matrix_resumes_to_the_same_end_state() {
     let (code, out, err) = probe(&reference, "start", None, false);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"succeeded\""), "{out}");
-    let want_files = tree_contents(&reference.path("/work"));
+    let want_files = tree_contents(&reference.path("/srv/probe"));
     let want_journal = journal_summary(&reference);
     assert_eq!(want_journal.0, RunState::Succeeded);
 
@@ -75,7 +75,7 @@ fn crash_matrix_resumes_to_the_same_end_state() {
         let (code, out, err) = probe(&node, "resume", None, false);
         assert_eq!(code, 0, "{fp}: resume failed: {out}{err}");
         assert_eq!(
-            tree_contents(&node.path("/work")),
+            tree_contents(&node.path("/srv/probe")),
             want_files,
             "{fp}: files differ"
         );
@@ -106,11 +106,11 @@ fn reboot_barrier_is_done_only_after_the_boot_id_changes() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("awaiting_reboot"), "{out}");
     assert_eq!(
-        std::fs::read_to_string(node.path("/work/reboots")).unwrap(),
+        std::fs::read_to_string(node.path("/srv/probe/reboots")).unwrap(),
         "r"
     );
     assert!(
-        !node.path("/work/summary").exists(),
+        !node.path("/srv/probe/summary").exists(),
         "nothing after the barrier ran"
     );
 
@@ -119,17 +119,17 @@ fn reboot_barrier_is_done_only_after_the_boot_id_changes() {
     assert_eq!(code, 0);
     assert!(out.contains("awaiting_reboot"), "{out}");
     assert_eq!(
-        std::fs::read_to_string(node.path("/work/reboots")).unwrap(),
+        std::fs::read_to_string(node.path("/srv/probe/reboots")).unwrap(),
         "rr"
     );
-    assert!(!node.path("/work/summary").exists());
+    assert!(!node.path("/srv/probe/summary").exists());
 
     node.set_boot_id("boot-2");
     let (code, out, err) = probe(&node, "boot-resume", None, true);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"succeeded\""), "{out}");
     assert_eq!(
-        std::fs::read_to_string(node.path("/work/reboots")).unwrap(),
+        std::fs::read_to_string(node.path("/srv/probe/reboots")).unwrap(),
         "rr",
         "no third reboot"
     );
@@ -155,7 +155,7 @@ fn a_crash_right_after_the_reboot_request_still_counts_the_reboot() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"succeeded\""), "{out}");
     assert_eq!(
-        std::fs::read_to_string(node.path("/work/reboots")).unwrap(),
+        std::fs::read_to_string(node.path("/srv/probe/reboots")).unwrap(),
         "r"
     );
 }
@@ -249,13 +249,17 @@ fn step_mode_stops_between_stages() {
         out.contains("\"paused\"") && out.contains("stage one"),
         "{out}"
     );
-    assert!(node.path("/work/out/seed").exists() && !node.path("/work/out/derived").exists());
+    assert!(
+        node.path("/srv/probe/out/seed").exists() && !node.path("/srv/probe/out/derived").exists()
+    );
     let (_, out, _) = probe(&node, "resume", None, false);
     assert!(
         out.contains("\"paused\"") && out.contains("stage two"),
         "{out}"
     );
-    assert!(node.path("/work/out/derived").exists() && !node.path("/work/out/n0").exists());
+    assert!(
+        node.path("/srv/probe/out/derived").exists() && !node.path("/srv/probe/out/n0").exists()
+    );
 }
 
 // ---- in-process tests -------------------------------------------------------------------

@@ -35,7 +35,7 @@ impl Step for Probe {
         self.barrier
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        let work = cx.config.host_path("/work");
+        let work = cx.config.host_path("/srv/probe");
         (self.action)(cx, &work)
     }
 }
