@@ -66,6 +66,28 @@ fn later_files_override_earlier_keys() {
 }
 
 #[test]
+fn every_section_survives_a_merge() {
+    // One key of each section set only in a drop-in: each must reach the merged settings.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write(&p.join("etc/recoveryd/config.toml"), "[backup]\nkeep = 3\n");
+    write(
+        &p.join("etc/recoveryd/config.d/50-admin.toml"),
+        "[backup]\nworkers = 2\n[recovery]\npermissive = true\n\
+         [host]\njob_timeout = \"2m\"\ntransaction_timeout = \"7m\"\n\
+         [engine]\nretry_delay = \"3s\"\n[steps.restore-etc]\nretries = 4\n",
+    );
+    let cfg = Config::load(&ConfigSource::Standard { prefix: p.into() }).unwrap();
+    assert_eq!(cfg.backup.keep, 3);
+    assert_eq!(cfg.backup.workers, 2);
+    assert!(cfg.recovery.permissive);
+    assert_eq!(cfg.host.job_timeout.as_secs(), 120);
+    assert_eq!(cfg.host.transaction_timeout.as_secs(), 420);
+    assert_eq!(cfg.engine.retry_delay.as_secs(), 3);
+    assert_eq!(cfg.step_limits("restore-etc").retries, 4);
+}
+
+#[test]
 fn unknown_key_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
