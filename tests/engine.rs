@@ -390,6 +390,38 @@ async fn timeouts_and_retries_come_from_the_config() {
 }
 
 #[tokio::test]
+async fn a_shutdown_during_a_retry_delay_stops_without_another_attempt() {
+    let node = Node::new("[engine]\nretry_delay = \"10m\"\n[steps.flaky]\nretries = 3\n");
+    let shutdown = CancellationToken::new();
+    let e = engine(&node).with_shutdown(shutdown.clone());
+    let plan = Plan::new(RunKind::Recovery).step(Fn_("flaky", || anyhow::bail!("not yet")));
+    let prepared = e.prepare_new(plan, serde_json::json!({})).unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+    });
+    let started = std::time::Instant::now();
+    let r = e.execute(prepared, CancellationToken::new()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "waited out the delay"
+    );
+    assert_eq!(
+        r.state,
+        RunState::Running,
+        "left open for the next start: {}",
+        r.message
+    );
+    let attempts = e.journal.steps(r.run).unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "no attempt after the shutdown: {attempts:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_panicking_step_fails_the_run_with_the_message() {
     let node = Node::new("");
     let e = engine(&node);

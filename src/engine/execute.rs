@@ -26,8 +26,7 @@ impl Engine {
             lock,
             ..
         } = prepared;
-        let resumed =
-            self.journal.completed_steps(run)? > 0 || !self.journal.steps(run)?.is_empty();
+        let resumed = !self.journal.steps(run)?.is_empty();
         self.journal.set_run_state(run, RunState::Running, None)?;
         info!(
             recovery_run = run,
@@ -88,6 +87,13 @@ impl Engine {
         for (index, step) in plan.steps.iter().enumerate() {
             let name = step.name();
             let stage = step.stage();
+            let at = StepAt {
+                run,
+                stage,
+                step: name,
+                index,
+                total,
+            };
             if self.shutdown.is_cancelled() {
                 return Ok(self.stopped_for_shutdown(run, kind, name));
             }
@@ -102,23 +108,7 @@ impl Engine {
                     && l.boot_id != self.boot_id
                 {
                     let detail = format!("rebooted: boot {} -> {}", l.boot_id, self.boot_id);
-                    self.journal
-                        .step_finished(l.id, StepState::Done, Some(&detail))?;
-                    info!(
-                        recovery_run = run,
-                        recovery_stage = stage,
-                        recovery_step = name,
-                        "step {name}: {detail}"
-                    );
-                    self.observer.event(&Event::StepFinished {
-                        run,
-                        stage,
-                        step: name,
-                        state: StepState::Done,
-                        detail: &detail,
-                        index,
-                        total,
-                    });
+                    self.step_ended(&at, l.id, StepState::Done, &detail)?;
                     self.note_progress(run, &mut progress_reset)?;
                     stage_of_this_invocation.get_or_insert(stage);
                     continue;
@@ -147,19 +137,7 @@ impl Engine {
                             "stopped after stage {s} (step mode); next: stage {stage}. Continue with `recoveryctl resume`"
                         );
                         self.journal.set_run_state(run, RunState::Paused, None)?;
-                        info!(recovery_run = run, "{kind} run {run} {message}");
-                        self.observer.event(&Event::RunFinished {
-                            run,
-                            kind,
-                            state: RunState::Paused,
-                            message: &message,
-                        });
-                        return Ok(Report {
-                            run,
-                            kind,
-                            state: RunState::Paused,
-                            message,
-                        });
+                        return Ok(self.finish(run, kind, RunState::Paused, message));
                     }
                     Some(_) => {}
                 }
@@ -186,6 +164,18 @@ impl Engine {
                             "cancelled by request".into(),
                             &options,
                         )
+                        .await;
+                }
+                if self.shutdown.is_cancelled() {
+                    return Ok(self.stopped_for_shutdown(run, kind, name));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    let message = format!(
+                        "deadline of {}s passed before step {name}",
+                        plan.deadline.unwrap_or_default().as_secs()
+                    );
+                    return self
+                        .end(run, kind, plan, RunState::Timeout, message, &options)
                         .await;
                 }
                 let row = self.journal.step_started(
@@ -217,19 +207,8 @@ impl Engine {
                 if let Some(d) = deadline {
                     timeout = timeout.min(d.saturating_duration_since(Instant::now()));
                 }
-                let cx = StepContext {
-                    run,
-                    kind,
-                    step: name,
-                    stage,
-                    attempt,
-                    boot_id: self.boot_id.clone(),
-                    journal: self.journal.clone(),
-                    config: self.config.clone(),
-                    cancel: cancel.child_token(),
-                    observer: self.observer.clone(),
-                    options: options.clone(),
-                };
+                let mut cx = self.context(run, kind, name, stage, &options, cancel.child_token());
+                cx.attempt = attempt;
                 let result =
                     run_with_limits(step.clone(), cx, timeout, cancel, &self.shutdown).await;
                 if let Err(StepFailure::Shutdown) = &result {
@@ -254,35 +233,7 @@ impl Engine {
                 if state != StepState::Failed {
                     failpoints::hit(name, failpoints::Point::After);
                 }
-                if state == StepState::AwaitingReboot {
-                    self.journal.step_set_state(row, state, Some(&detail))?;
-                } else {
-                    self.journal.step_finished(row, state, Some(&detail))?;
-                }
-                let log_detail = if detail.is_empty() { "" } else { &detail };
-                match state {
-                    StepState::Failed => error!(
-                        recovery_run = run,
-                        recovery_stage = stage,
-                        recovery_step = name,
-                        "step {name} failed (attempt {attempt}): {log_detail}"
-                    ),
-                    _ => info!(
-                        recovery_run = run,
-                        recovery_stage = stage,
-                        recovery_step = name,
-                        "step {name} {state}: {log_detail}"
-                    ),
-                }
-                self.observer.event(&Event::StepFinished {
-                    run,
-                    stage,
-                    step: name,
-                    state,
-                    detail: &detail,
-                    index,
-                    total,
-                });
+                self.step_ended(&at, row, state, &detail)?;
                 match result {
                     Ok(Outcome::AwaitReboot(reason)) => {
                         self.journal
@@ -290,19 +241,7 @@ impl Engine {
                         let message = format!(
                             "waiting for the reboot ({reason}); the run resumes at the next boot"
                         );
-                        info!(recovery_run = run, "{kind} run {run} is {message}");
-                        self.observer.event(&Event::RunFinished {
-                            run,
-                            kind,
-                            state: RunState::AwaitingReboot,
-                            message: &message,
-                        });
-                        return Ok(Report {
-                            run,
-                            kind,
-                            state: RunState::AwaitingReboot,
-                            message,
-                        });
+                        return Ok(self.finish(run, kind, RunState::AwaitingReboot, message));
                     }
                     Ok(_) => {
                         self.note_progress(run, &mut progress_reset)?;
@@ -343,6 +282,7 @@ impl Engine {
                             tokio::select! {
                                 _ = tokio::time::sleep(limits.retry_delay) => {}
                                 _ = cancel.cancelled() => {}
+                                _ = self.shutdown.cancelled() => {}
                             }
                             continue;
                         }
@@ -429,17 +369,32 @@ impl Engine {
                 warn!(recovery_run = run, "cleanup after {state} failed: {e:#}");
             }
         }
+        Ok(self.finish(run, kind, state, message))
+    }
+
+    /// Log how this invocation of a run ended, tell the observer, and build the report. The
+    /// caller has journaled the run's state.
+    pub(super) fn finish(
+        &self,
+        run: i64,
+        kind: RunKind,
+        state: RunState,
+        message: String,
+    ) -> Report {
         match state {
             RunState::Succeeded => info!(
                 recovery_run = run,
                 message_id = MessageId::RunSucceeded.as_str(),
                 "{kind} run {run} succeeded: {message}"
             ),
-            _ => error!(
+            RunState::Failed | RunState::Timeout | RunState::Cancelled => error!(
                 recovery_run = run,
                 message_id = MessageId::RunFailed.as_str(),
                 "{kind} run {run} ended {state}: {message}"
             ),
+            RunState::Paused | RunState::AwaitingReboot | RunState::Running => {
+                info!(recovery_run = run, "{kind} run {run} is {state}: {message}")
+            }
         }
         self.observer.event(&Event::RunFinished {
             run,
@@ -447,11 +402,55 @@ impl Engine {
             state,
             message: &message,
         });
-        Ok(Report {
+        Report {
             run,
             kind,
             state,
             message,
-        })
+        }
     }
+
+    /// Record the end of a step attempt (or the completion of a reboot barrier), log it and
+    /// tell the observer.
+    fn step_ended(&self, at: &StepAt, row: i64, state: StepState, detail: &str) -> Result<()> {
+        if state == StepState::AwaitingReboot {
+            self.journal.step_set_state(row, state, Some(detail))?;
+        } else {
+            self.journal.step_finished(row, state, Some(detail))?;
+        }
+        let (run, stage, name) = (at.run, at.stage, at.step);
+        match state {
+            StepState::Failed => error!(
+                recovery_run = run,
+                recovery_stage = stage,
+                recovery_step = name,
+                "step {name} failed: {detail}"
+            ),
+            _ => info!(
+                recovery_run = run,
+                recovery_stage = stage,
+                recovery_step = name,
+                "step {name} {state}: {detail}"
+            ),
+        }
+        self.observer.event(&Event::StepFinished {
+            run,
+            stage,
+            step: name,
+            state,
+            detail,
+            index: at.index,
+            total: at.total,
+        });
+        Ok(())
+    }
+}
+
+/// Where a step stands in its run, as the journal, the log and the observer name it.
+struct StepAt {
+    run: i64,
+    stage: &'static str,
+    step: &'static str,
+    index: usize,
+    total: usize,
 }

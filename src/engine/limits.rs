@@ -13,7 +13,7 @@ use super::{CANCEL_GRACE, Outcome, SHUTDOWN_GRACE, Step, StepContext};
 pub(super) enum StepFailure {
     #[error("{0:#}")]
     Error(anyhow::Error),
-    #[error("timed out after {0:?}")]
+    #[error("timed out after {}", humantime::format_duration(Duration::from_secs(.0.as_secs().max(1))))]
     Timeout(Duration),
     #[error("cancelled")]
     Cancelled,
@@ -21,6 +21,22 @@ pub(super) enum StepFailure {
     Panicked(String),
     #[error("interrupted by a shutdown")]
     Shutdown,
+}
+
+/// How long a step gets to stop once the shutdown grace is over: with [`SHUTDOWN_GRACE`] it
+/// stays below systemd's default stop timeout.
+const SHUTDOWN_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Ask a step to stop, and abort its task if it has not within `grace`.
+async fn stop(
+    handle: &mut tokio::task::JoinHandle<Result<Outcome>>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) {
+    cancel.cancel();
+    if tokio::time::timeout(grace, &mut *handle).await.is_err() {
+        handle.abort();
+    }
 }
 
 pub(super) async fn run_with_limits(
@@ -49,17 +65,11 @@ pub(super) async fn run_with_limits(
     tokio::select! {
         r = &mut handle => joined(r),
         _ = tokio::time::sleep(timeout) => {
-            step_cancel.cancel();
-            if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
-                handle.abort();
-            }
+            stop(&mut handle, &step_cancel, CANCEL_GRACE).await;
             Err(StepFailure::Timeout(timeout))
         }
         _ = run_cancel.cancelled() => {
-            step_cancel.cancel();
-            if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
-                handle.abort();
-            }
+            stop(&mut handle, &step_cancel, CANCEL_GRACE).await;
             Err(StepFailure::Cancelled)
         }
         _ = shutdown.cancelled() => {
@@ -67,10 +77,7 @@ pub(super) async fn run_with_limits(
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
                 Ok(r) => joined(r),
                 Err(_) => {
-                    step_cancel.cancel();
-                    if tokio::time::timeout(Duration::from_secs(10), &mut handle).await.is_err() {
-                        handle.abort();
-                    }
+                    stop(&mut handle, &step_cancel, SHUTDOWN_STOP_GRACE).await;
                     Err(StepFailure::Shutdown)
                 }
             }

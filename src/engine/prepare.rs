@@ -2,9 +2,9 @@
 //! start over, and cancelling one that is not executing.
 
 use anyhow::Result;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::{BREAKER_BOOT, Engine, EngineError, Event, MessageId, Plan, Prepared, Report, Trigger};
+use super::{BREAKER_BOOT, Engine, EngineError, MessageId, Plan, Prepared, Trigger};
 use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState};
 
 impl Engine {
@@ -77,9 +77,7 @@ impl Engine {
     ) -> Result<Prepared> {
         let mut lock = self.lock()?;
         let record = self.journal.run(run)?.ok_or(EngineError::NotFound(run))?;
-        if record.state.is_final()
-            || (record.kind == RunKind::Backup && record.state == RunState::Failed)
-        {
+        if !record.resumable() {
             return Err(EngineError::NotResumable {
                 run,
                 state: record.state,
@@ -123,23 +121,8 @@ impl Engine {
                     let message = breaker_message(&record, n, &self.journal);
                     self.journal
                         .set_run_state(run, RunState::Failed, Some(&message))?;
-                    error!(
-                        recovery_run = run,
-                        message_id = MessageId::RunFailed.as_str(),
-                        "{message}"
-                    );
-                    self.observer.event(&Event::RunFinished {
-                        run,
-                        kind: record.kind,
-                        state: RunState::Failed,
-                        message: &message,
-                    });
-                    prepared.stopped = Some(Report {
-                        run,
-                        kind: record.kind,
-                        state: RunState::Failed,
-                        message,
-                    });
+                    prepared.stopped =
+                        Some(self.finish(run, record.kind, RunState::Failed, message));
                 } else if self.journal.var(run, BREAKER_BOOT)?.as_deref()
                     != Some(self.boot_id.as_str())
                 {

@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -18,8 +19,12 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct RunLock {
     file: File,
-    path: PathBuf,
 }
+
+/// How long `acquire` keeps trying before it reports the lock busy. A process that another
+/// thread is forking holds a copy of the lock's descriptor until it execs (the descriptor is
+/// close-on-exec), so a lock released a moment ago can still look held for that moment.
+const RELEASE_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -33,7 +38,7 @@ pub enum LockError {
 }
 
 impl RunLock {
-    /// Take the lock without waiting.
+    /// Take the lock, or report who holds it (after at most [`RELEASE_WINDOW`]).
     pub fn acquire(state_dir: &Path) -> Result<RunLock, LockError> {
         let path = lock_path(state_dir);
         let io = |source| LockError::Io {
@@ -49,7 +54,18 @@ impl RunLock {
             .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
             .open(&path)
             .map_err(io)?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let give_up = Instant::now() + RELEASE_WINDOW;
+        let locked = loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break true,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => break false,
+                Err(e) => return Err(io(e.into())),
+            }
+        };
+        if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
@@ -61,10 +77,7 @@ impl RunLock {
                 },
             });
         }
-        let mut lock = RunLock {
-            file,
-            path: path.clone(),
-        };
+        let mut lock = RunLock { file };
         lock.describe(&format!("process {} is starting a run", std::process::id()))
             .map_err(io)?;
         Ok(lock)
@@ -76,10 +89,6 @@ impl RunLock {
         self.file.rewind()?;
         self.file.write_all(holder.as_bytes())?;
         self.file.flush()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
