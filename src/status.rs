@@ -20,6 +20,19 @@ pub fn backup_state(run: &RunRecord) -> &'static str {
     }
 }
 
+/// TALM's name for a backup's outcome (`Active` while it runs); the run state for recoveries.
+pub fn phase(kind: RunKind, state: RunState) -> String {
+    match kind {
+        RunKind::Backup => match state {
+            RunState::Succeeded => "Succeeded".into(),
+            RunState::Timeout => "Timeout".into(),
+            RunState::Failed | RunState::Cancelled => "Error".into(),
+            RunState::Running | RunState::Paused | RunState::AwaitingReboot => "Active".into(),
+        },
+        RunKind::Recovery => state.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub id: i64,

@@ -336,9 +336,19 @@ fn one_run_at_a_time_and_runs_outlive_their_client() {
     let bus = TestBus::start(&[&policy()]);
     let node = slow_cluster_node(3);
     let d = Daemon::start(&bus, &node, &[]);
-    let (code, out, err) = ctl(&bus, &node, &["backup"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("run 1 started"), "{out}");
+    // A client that waits for its run, then goes away (the backup Job killed at its deadline):
+    // the run goes on.
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        s.write_all(b"{\"op\":\"backup\",\"wait\":true}\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut first = String::new();
+        BufReader::new(&s).read_line(&mut first).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(v["event"], "run_started", "{first}");
+        assert_eq!(v["run"], 1, "{first}");
+    }
     // A second mutating request while the first runs: Busy, naming the run.
     let (code, _, err) = ctl(&bus, &node, &["backup"]);
     assert_eq!(code, 5, "{err}");
@@ -351,12 +361,6 @@ fn one_run_at_a_time_and_runs_outlive_their_client() {
         r[0]["error"]["name"], "org.recoveryd.Recovery1.Error.Busy",
         "{r:?}"
     );
-    // A client that waits, then goes away: the run goes on.
-    {
-        use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-        s.write_all(b"{\"op\":\"status\"}\n").unwrap();
-    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, out, _) = ctl(&bus, &node, &["status", "--json"]);
@@ -560,5 +564,74 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
             .count(),
         1,
         "{calls:?}"
+    );
+}
+
+#[test]
+fn without_the_daemon_the_boot_unit_resumes_in_process_and_a_waiting_client_is_told() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = slow_cluster_node(30);
+    let mut d = Daemon::start(&bus, &node, &[]);
+    // A client waiting for a run learns when the daemon goes away, instead of waiting forever.
+    let waiting = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
+        c.arg("--config")
+            .arg(&node.config)
+            .args(["backup", "--wait"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::cluster_calls(&node.root())
+        .iter()
+        .any(|c| c.starts_with("cluster-backup.sh"))
+    {
+        assert!(Instant::now() < deadline, "cluster-backup.sh never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let out = waiting.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("recoveryd stopped before run 1 ended"),
+        "{err}"
+    );
+
+    // A recovery waiting for its reboot, and no daemon on the bus after the reboot.
+    std::fs::remove_file(node.path("/opt/fake-cluster/state/slow-backup")).unwrap();
+    let d = Daemon::start(&bus, &node, &[]);
+    let (code, _, err) = ctl(&bus, &node, &["backup", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(node.path("/etc/hosts"), "broken by an upgrade\n").unwrap();
+    let (code, _, err) = ctl(&bus, &node, &["recover"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("awaiting_reboot"), "{err}");
+    drop(d);
+    node.set_boot_id("boot-2");
+    // An operator is told how to get on.
+    let (code, _, err) = ctl(&bus, &node, &["resume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("recoveryd does not answer") && err.contains("--offline"),
+        "{err}"
+    );
+    // The boot unit finishes the recovery in its own process.
+    let (code, out, err) = ctl(&bus, &node, &["resume", "--boot"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("resuming in this process"), "{err}");
+    let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
+    let r = j.run(3).unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        recoveryd::journal::RunState::Succeeded,
+        "{out}{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n"
     );
 }

@@ -290,7 +290,10 @@ pub(super) fn generations(cli: &Cli, config: &Config) -> Result<u8> {
                 g.info.created,
                 g.info.entries,
                 render::human_bytes(g.info.bytes),
-                &g.info.manifest_hash[..16]
+                g.info
+                    .manifest_hash
+                    .get(..16)
+                    .unwrap_or(&g.info.manifest_hash)
             );
         }
     }

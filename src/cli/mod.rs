@@ -33,6 +33,43 @@ pub mod exit {
     pub const BUSY: u8 = 5;
     /// Verification found problems.
     pub const CORRUPTED: u8 = 6;
+
+    use crate::engine::EngineError;
+    use crate::journal::RunState;
+
+    /// The code for a run's state when this invocation ends.
+    pub fn for_state(state: RunState) -> u8 {
+        match state {
+            RunState::Succeeded
+            | RunState::Paused
+            | RunState::AwaitingReboot
+            | RunState::Running => OK,
+            RunState::Timeout => TIMEOUT,
+            RunState::Failed | RunState::Cancelled => FAILED,
+        }
+    }
+
+    /// The code for a state named by the daemon (D-Bus property, socket line).
+    pub fn for_state_name(state: &str) -> u8 {
+        state.parse().map(for_state).unwrap_or(FAILED)
+    }
+
+    /// The code for an error the daemon named (D-Bus error name, socket `error.name`).
+    pub fn for_error_name(name: Option<&str>) -> u8 {
+        match name {
+            Some("org.recoveryd.Recovery1.Error.Busy") => BUSY,
+            Some("org.recoveryd.Recovery1.Error.Corrupted") => CORRUPTED,
+            _ => ERROR,
+        }
+    }
+
+    /// The code for an error of a run started in this process: the same as the daemon's.
+    pub fn for_error(e: &anyhow::Error) -> u8 {
+        match e.downcast_ref::<EngineError>() {
+            Some(EngineError::Busy(_) | EngineError::RecoveryOpen { .. }) => BUSY,
+            _ => ERROR,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -145,24 +182,13 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("recoveryctl: {e:#}");
-            let code = match e.downcast_ref::<crate::engine::EngineError>() {
-                Some(crate::engine::EngineError::Busy(_)) => exit::BUSY,
-                _ => exit::ERROR,
-            };
-            ExitCode::from(code)
+            ExitCode::from(exit::for_error(&e))
         }
     }
 }
 
 fn exit_for(report: &crate::engine::Report) -> u8 {
-    use crate::journal::RunState;
-    match report.state {
-        RunState::Succeeded | RunState::Paused | RunState::AwaitingReboot | RunState::Running => {
-            exit::OK
-        }
-        RunState::Timeout => exit::TIMEOUT,
-        RunState::Failed | RunState::Cancelled => exit::FAILED,
-    }
+    exit::for_state(report.state)
 }
 
 fn print_report(json: bool, report: &crate::engine::Report) -> Result<()> {
@@ -260,6 +286,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
             anyhow::bail!("resume --step runs one stage in this process: add --offline")
         }
         Command::Resume { boot, step } => resume_offline(config, cli.json, boot, step),
+        Command::Restart { step: true } if !cli.offline => {
+            anyhow::bail!("restart --step runs one stage in this process: add --offline")
+        }
         Command::Restart { .. } if !cli.offline => remote_start(&cli, remote::Start::Restart, true),
         Command::Cancel if !cli.offline => start::cancel_remote(&cli),
         Command::Restart { step } => start::restart_offline(&cli, config, step),

@@ -71,22 +71,22 @@ pub enum Start {
     Restart,
 }
 
-/// The exit code for a run's final state (the backup Job maps it to TALM's states).
-pub fn exit_for_state(kind: &str, state: &str) -> u8 {
-    match state {
-        "succeeded" | "paused" | "awaiting_reboot" | "running" => exit::OK,
-        "timeout" => exit::TIMEOUT,
-        _ if kind.is_empty() => exit::FAILED,
-        _ => exit::FAILED,
-    }
-}
+/// The prefix of the errors recoveryd itself replies with.
+const OUR_ERRORS: &str = "org.recoveryd.Recovery1.Error.";
 
-fn dbus_error_exit(e: &zbus::Error) -> u8 {
-    match crate::host::bus::error_name(e).as_deref() {
-        Some("org.recoveryd.Recovery1.Error.Busy") => exit::BUSY,
-        Some("org.recoveryd.Recovery1.Error.Corrupted") => exit::CORRUPTED,
-        _ => exit::ERROR,
+/// An error recoveryd replied with becomes a message and an exit code. Any other error (no
+/// daemon on the bus, a failed activation, no reply) is returned, so that a caller that can
+/// do without the daemon (the boot unit) does, and others say how to get on.
+fn reply_error(e: zbus::Error) -> Result<u8> {
+    let name = crate::host::bus::error_name(&e);
+    if name.as_deref().is_some_and(|n| n.starts_with(OUR_ERRORS)) {
+        eprintln!("recoveryctl: {}", dbus_message(&e));
+        return Ok(exit::for_error_name(name.as_deref()));
     }
+    bail!(
+        "recoveryd does not answer on the system bus ({}): see `systemctl status recoveryd`, or use --offline",
+        dbus_message(&e)
+    )
 }
 
 fn dbus_message(e: &zbus::Error) -> String {
@@ -120,6 +120,11 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
         .build()?;
     let mut signals =
         zbus::MessageStream::for_match_rule(rule, proxy.inner().connection(), None).await?;
+    // The daemon stopping (a crash, a shutdown) ends the wait instead of leaving it forever.
+    let mut owner = zbus::fdo::DBusProxy::new(proxy.inner().connection())
+        .await?
+        .receive_name_owner_changed_with_args(&[(0, "org.recoveryd.Recovery1")])
+        .await?;
     let result = match &start {
         Start::Backup => proxy.start_backup(HashMap::new()).await,
         Start::Recover {
@@ -141,10 +146,7 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
     };
     let path = match result {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("recoveryctl: {}", dbus_message(&e));
-            return Ok(dbus_error_exit(&e));
-        }
+        Err(e) => return reply_error(e),
     };
     if path.as_str() == "/" {
         if json {
@@ -175,8 +177,17 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
         return Ok(exit::OK);
     }
     let message = loop {
-        let Some(msg) = signals.next().await else {
-            bail!("the daemon went away before run {run_id} ended");
+        let msg = tokio::select! {
+            msg = signals.next() => msg,
+            change = owner.next() => match change {
+                Some(c) if c.args().is_ok_and(|a| a.new_owner().is_some()) => continue,
+                _ => None,
+            },
+        };
+        let Some(msg) = msg else {
+            bail!(
+                "recoveryd stopped before run {run_id} ended; it continues the run when it starts again (see `recoveryctl status`)"
+            );
         };
         let Ok(msg) = msg else { continue };
         let body = msg.body();
@@ -224,21 +235,15 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
     } else {
         console.say(&format!("{kind} run {run_id} {state}: {message}"));
     }
-    Ok(exit_for_state(&kind, &state))
+    Ok(exit::for_state_name(&state))
 }
 
-/// TALM's name for a backup outcome.
-pub fn phase_of(kind: &str, state: &str) -> String {
-    if kind != "backup" {
-        return state.to_string();
+/// TALM's name for an outcome the daemon reported by name.
+fn phase_of(kind: &str, state: &str) -> String {
+    match (kind.parse(), state.parse()) {
+        (Ok(kind), Ok(state)) => crate::status::phase(kind, state),
+        _ => state.to_string(),
     }
-    match state {
-        "succeeded" => "Succeeded",
-        "timeout" => "Timeout",
-        "failed" | "cancelled" => "Error",
-        _ => "Active",
-    }
-    .to_string()
 }
 
 pub async fn dbus_cancel() -> Result<u8> {
@@ -247,10 +252,7 @@ pub async fn dbus_cancel() -> Result<u8> {
             println!("cancel requested");
             Ok(exit::OK)
         }
-        Err(e) => {
-            eprintln!("recoveryctl: {}", dbus_message(&e));
-            Ok(dbus_error_exit(&e))
-        }
+        Err(e) => reply_error(e),
     }
 }
 
@@ -261,14 +263,6 @@ pub async fn dbus_status() -> Result<serde_json::Value> {
         .await
         .map_err(|e| anyhow::anyhow!(dbus_message(&e)))?;
     Ok(serde_json::from_str(&s)?)
-}
-
-pub async fn dbus_verify(generation: &str) -> Result<(bool, Vec<String>)> {
-    connect()
-        .await?
-        .verify(generation)
-        .await
-        .map_err(|e| anyhow::anyhow!(dbus_message(&e)))
 }
 
 /// One request over the socket; prints events as they come; returns the final line.
@@ -325,14 +319,10 @@ fn console_event(console: &Console, v: &serde_json::Value) {
 /// Exit code for a socket result line.
 pub fn socket_exit(result: &serde_json::Value) -> u8 {
     if let Some(err) = result.get("error") {
-        return match err["name"].as_str() {
-            Some("org.recoveryd.Recovery1.Error.Busy") => exit::BUSY,
-            Some("org.recoveryd.Recovery1.Error.Corrupted") => exit::CORRUPTED,
-            _ => exit::ERROR,
-        };
+        return exit::for_error_name(err["name"].as_str());
     }
     match result.get("state").and_then(|s| s.as_str()) {
-        Some(state) => exit_for_state("", state),
+        Some(state) => exit::for_state_name(state),
         None => exit::OK,
     }
 }

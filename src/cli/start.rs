@@ -1,6 +1,5 @@
 //! The commands that start or change a run, through the daemon or in this process.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -10,27 +9,12 @@ use crate::config::Config;
 use crate::engine::Plan;
 use crate::plans::PlanContext;
 
-/// How a mutating command reaches the engine.
-enum Transport {
-    Offline,
-    Socket(PathBuf),
-    Bus,
-}
-
-fn transport(cli: &Cli) -> Transport {
-    match (&cli.socket, cli.offline) {
-        (_, true) => Transport::Offline,
-        (Some(p), false) => Transport::Socket(p.clone()),
-        (None, false) => Transport::Bus,
-    }
-}
-
 /// Start a run through the daemon (socket or D-Bus) and follow it.
 pub(super) fn remote_start(cli: &Cli, start: remote::Start, wait: bool) -> Result<u8> {
     let console = console::Console::new(cli.json);
     let rt = runtime()?;
-    match transport(cli) {
-        Transport::Socket(path) => {
+    match &cli.socket {
+        Some(path) => {
             let request = match &start {
                 remote::Start::Backup => serde_json::json!({"op": "backup", "wait": wait}),
                 remote::Start::Recover {
@@ -44,7 +28,7 @@ pub(super) fn remote_start(cli: &Cli, start: remote::Start, wait: bool) -> Resul
                 }
                 remote::Start::Restart => serde_json::json!({"op": "restart", "wait": wait}),
             };
-            let result = rt.block_on(remote::socket_request(&path, request, cli.json, &console))?;
+            let result = rt.block_on(remote::socket_request(path, request, cli.json, &console))?;
             if cli.json {
                 println!("{result}");
             } else if let Some(err) = result.get("error") {
@@ -67,8 +51,7 @@ pub(super) fn remote_start(cli: &Cli, start: remote::Start, wait: bool) -> Resul
             }
             Ok(remote::socket_exit(&result))
         }
-        Transport::Bus => rt.block_on(remote::dbus_start(start, wait, cli.json, &console)),
-        Transport::Offline => unreachable!("offline runs are handled by the caller"),
+        None => rt.block_on(remote::dbus_start(start, wait, cli.json, &console)),
     }
 }
 
@@ -148,11 +131,11 @@ pub(super) fn cancel_offline(config: Config) -> Result<u8> {
 
 /// `cancel` through the daemon.
 pub(super) fn cancel_remote(cli: &Cli) -> Result<u8> {
-    match transport(cli) {
-        Transport::Socket(path) => {
+    match &cli.socket {
+        Some(path) => {
             let console = console::Console::new(true);
             let r = runtime()?.block_on(remote::socket_request(
-                &path,
+                path,
                 serde_json::json!({"op": "cancel"}),
                 cli.json,
                 &console,
@@ -160,7 +143,7 @@ pub(super) fn cancel_remote(cli: &Cli) -> Result<u8> {
             println!("{r}");
             Ok(remote::socket_exit(&r))
         }
-        _ => runtime()?.block_on(remote::dbus_cancel()),
+        None => runtime()?.block_on(remote::dbus_cancel()),
     }
 }
 

@@ -141,7 +141,7 @@ impl ManagerIface {
         require_root(&hdr, conn, "Resume").await?;
         Ok(self
             .manager
-            .resume(false, None)?
+            .resume(false)?
             .map(run_path)
             .unwrap_or_else(root_path))
     }
@@ -157,7 +157,7 @@ impl ManagerIface {
         require_root(&hdr, conn, "ResumeAtBoot").await?;
         Ok(self
             .manager
-            .resume(true, None)?
+            .resume(true)?
             .map(run_path)
             .unwrap_or_else(root_path))
     }
@@ -170,7 +170,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, BusError> {
         require_root(&hdr, conn, "Restart").await?;
-        Ok(run_path(self.manager.restart(None)?))
+        Ok(run_path(self.manager.restart()?))
     }
 
     async fn cancel(

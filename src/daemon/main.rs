@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("recoveryd: {e:#}");
             let notifier = Notifier::from_env();
-            notifier.status(&format!("failed: {e}"));
+            notifier.status(&format!("failed: {e:#}"));
             if e.downcast_ref::<Permanent>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -113,7 +113,7 @@ async fn run(args: Args, activated: Option<std::os::unix::net::UnixListener>) ->
         plans,
         notifier.clone(),
         shutdown.clone(),
-    );
+    )?;
 
     // D-Bus: serve the objects first, then take the name, so that a client never sees the
     // name without the interface.

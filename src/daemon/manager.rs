@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError, Event, Observer, Prepared, Trigger};
 use crate::journal::{Journal, RunKind, RunState};
 use crate::plans::PlanContext;
-use crate::status::{Status, backup_state};
+use crate::status::{Status, backup_state, phase};
 
 /// Errors the interfaces report, with stable D-Bus names under `org.recoveryd.Recovery1.Error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -244,19 +244,6 @@ impl Observer for Broadcaster {
     }
 }
 
-/// TALM's name for a backup's outcome; the run state for recoveries.
-pub fn phase(kind: RunKind, state: RunState) -> String {
-    match kind {
-        RunKind::Backup => match state {
-            RunState::Succeeded => "Succeeded".into(),
-            RunState::Timeout => "Timeout".into(),
-            RunState::Failed | RunState::Cancelled => "Error".into(),
-            _ => "Active".into(),
-        },
-        RunKind::Recovery => state.to_string(),
-    }
-}
-
 struct Active {
     run: i64,
     kind: RunKind,
@@ -269,7 +256,7 @@ pub struct RunManager {
     pub plans: Arc<PlanContext>,
     pub events: broadcast::Sender<DaemonEvent>,
     pub live: Arc<Mutex<Live>>,
-    observer: Arc<dyn Observer>,
+    engine: Arc<Engine>,
     active: Mutex<Option<Active>>,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
@@ -290,7 +277,7 @@ impl RunManager {
         plans: Arc<PlanContext>,
         notifier: Arc<Notifier>,
         shutdown: CancellationToken,
-    ) -> Arc<RunManager> {
+    ) -> anyhow::Result<Arc<RunManager>> {
         let (tx, _) = broadcast::channel(1024);
         let live = Arc::new(Mutex::new(Live::default()));
         let observer = Arc::new(Broadcaster {
@@ -298,27 +285,19 @@ impl RunManager {
             notifier,
             live: live.clone(),
         });
-        Arc::new(RunManager {
+        let engine =
+            Engine::new(config.clone(), journal.clone(), observer)?.with_shutdown(shutdown.clone());
+        Ok(Arc::new(RunManager {
             config,
             journal,
             plans,
             events: tx,
             live,
-            observer,
+            engine: Arc::new(engine),
             active: Mutex::new(None),
             shutdown,
             tasks: tokio_util::task::TaskTracker::new(),
-        })
-    }
-
-    fn engine(&self) -> Result<Engine, ApiError> {
-        Engine::new(
-            self.config.clone(),
-            self.journal.clone(),
-            self.observer.clone(),
-        )
-        .map(|e| e.with_shutdown(self.shutdown.clone()))
-        .map_err(|e| ApiError::Failed(format!("{e:#}")))
+        }))
     }
 
     /// The run executing now.
@@ -345,7 +324,7 @@ impl RunManager {
                 a.kind, a.run
             )));
         }
-        let engine = self.engine()?;
+        let engine = self.engine.clone();
         let prepared = prepare(&engine).map_err(ApiError::from_engine)?;
         let (run, kind) = (prepared.run, prepared.kind);
         let cancel = CancellationToken::new();
@@ -420,11 +399,7 @@ impl RunManager {
     /// Continue the open recovery. With `boot`, a run that is paused or failed is left for an
     /// operator, and the call counts toward the boot-loop breaker. Returns `None` when there is
     /// nothing to resume.
-    pub fn resume(
-        self: &Arc<Self>,
-        boot: bool,
-        step: Option<bool>,
-    ) -> Result<Option<i64>, ApiError> {
+    pub fn resume(self: &Arc<Self>, boot: bool) -> Result<Option<i64>, ApiError> {
         let open = self
             .journal
             .open_run(RunKind::Recovery)
@@ -457,18 +432,19 @@ impl RunManager {
         } else {
             Trigger::Operator
         };
-        self.launch(|e| e.prepare_resume(run.id, plan, trigger, step))
+        self.launch(|e| e.prepare_resume(run.id, plan, trigger, None))
             .map(Some)
     }
 
-    pub fn restart(self: &Arc<Self>, step: Option<bool>) -> Result<i64, ApiError> {
+    /// Start the open recovery over, running to the end (step mode needs `--offline`).
+    pub fn restart(self: &Arc<Self>) -> Result<i64, ApiError> {
         let run = self
             .journal
             .open_run(RunKind::Recovery)
             .map_err(|e| ApiError::Failed(e.to_string()))?
             .ok_or_else(|| ApiError::NotFound("there is no open recovery to restart".into()))?;
         let plan = crate::plans::plan_for(run.kind, &run.options, &self.plans);
-        self.launch(|e| e.prepare_restart(run.id, plan, step.or(Some(false))))
+        self.launch(|e| e.prepare_restart(run.id, plan, Some(false)))
     }
 
     /// Cancel the executing run, or else the open recovery.
@@ -489,7 +465,7 @@ impl RunManager {
             .ok_or_else(|| {
                 ApiError::NotFound("no run is in progress and no recovery is open".into())
             })?;
-        self.engine()?
+        self.engine
             .cancel_idle(run.id)
             .map_err(ApiError::from_engine)?;
         Ok(format!("recovery run {} cancelled", run.id))
@@ -523,7 +499,7 @@ impl RunManager {
         if let Ok(Some(r)) = self.journal.open_run(RunKind::Recovery)
             && matches!(r.state, RunState::Running | RunState::AwaitingReboot)
         {
-            match self.resume(true, None) {
+            match self.resume(true) {
                 Ok(Some(run)) => tracing::info!(
                     recovery_run = run,
                     "resuming interrupted recovery run {run}"
@@ -535,8 +511,7 @@ impl RunManager {
         // A backup cannot be continued: one left open by a crash is marked failed.
         if let Ok(Some(b)) = self.journal.open_run(RunKind::Backup)
             && self.current().is_none()
-            && let Ok(e) = self.engine()
-            && let Err(err) = e.abandon_stale_backups()
+            && let Err(err) = self.engine.abandon_stale_backups()
         {
             tracing::warn!("could not close interrupted backup run {}: {err:#}", b.id);
         }

@@ -27,10 +27,6 @@ impl Notifier {
         Notifier { addr }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.addr.is_some()
-    }
-
     /// Send one notification; failures are logged, never fatal. The send never blocks: a
     /// manager that does not read its socket must not stall a recovery.
     pub fn send(&self, state: &str) {

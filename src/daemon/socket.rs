@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::manager::{ApiError, DaemonEvent, RecoverOptions, RunManager};
 use crate::journal::RunState;
+use crate::status::phase;
 
 /// The longest request accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -131,7 +132,12 @@ async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Request, Api
     let mut limited = (&mut *stream).take(MAX_REQUEST as u64 + 1);
     let read = limited.read_until(b'\n', &mut line);
     match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Err(_) => return Err(ApiError::InvalidArgs("no request within 30s".into())),
+        Err(_) => {
+            return Err(ApiError::InvalidArgs(format!(
+                "no request within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )));
+        }
         Ok(Err(e)) => return Err(ApiError::InvalidArgs(format!("reading the request: {e}"))),
         Ok(Ok(_)) => {}
     }
@@ -211,8 +217,8 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
                 .map(Some),
             wait,
         ),
-        Request::Resume { boot, wait } => (manager.resume(boot, None), wait),
-        Request::Restart { wait } => (manager.restart(None).map(Some), wait),
+        Request::Resume { boot, wait } => (manager.resume(boot), wait),
+        Request::Restart { wait } => (manager.restart().map(Some), wait),
     };
     let run = match started {
         Ok(Some(run)) => run,
@@ -237,10 +243,19 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
     loop {
         let ev = match events.recv().await {
             Ok(ev) => ev,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            // Events were dropped (a slow client), possibly the end of the run: if the run is
+            // no longer executing, its outcome is in the journal.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => DaemonEvent::Idle,
             Err(_) => return Ok(()),
         };
         if ev.run() != run {
+            if manager.current().is_none_or(|(r, _)| r != run)
+                && let Ok(Some(r)) = manager.journal.run(run)
+            {
+                let message = r.error.clone().unwrap_or_default();
+                let result = result_line(run, r.state, phase(r.kind, r.state), message);
+                return send(&mut stream, &result).await;
+            }
             continue;
         }
         let line = serde_json::to_string(&ev).unwrap_or_default();
@@ -252,17 +267,22 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
             ..
         } = ev
         {
-            let ok = matches!(
-                state,
-                RunState::Succeeded | RunState::AwaitingReboot | RunState::Paused
-            );
-            let result = serde_json::json!({"ok": ok, "run": run, "state": state, "phase": phase, "message": message});
             send(&mut stream, &line).await?;
-            return send(&mut stream, &result.to_string()).await;
+            return send(&mut stream, &result_line(run, state, phase, message)).await;
         }
         if matches!(ev, DaemonEvent::StepProgress { .. }) {
             continue;
         }
         send(&mut stream, &line).await?;
     }
+}
+
+/// The last line of a waiting request: the run's outcome.
+fn result_line(run: i64, state: RunState, phase: String, message: String) -> String {
+    let ok = matches!(
+        state,
+        RunState::Succeeded | RunState::AwaitingReboot | RunState::Paused
+    );
+    serde_json::json!({"ok": ok, "run": run, "state": state, "phase": phase, "message": message})
+        .to_string()
 }
