@@ -32,6 +32,8 @@ use super::fsx;
 use super::manifest::{Manifest, TreeInfo};
 
 pub const INFO_FILE: &str = "generation.json";
+/// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
+pub const NEW_OBJECTS: &str = "new-objects";
 pub const MANIFEST_FILE: &str = "manifest";
 /// Content objects, beside `generations/` in the state directory.
 pub const OBJECTS_DIR: &str = "objects";

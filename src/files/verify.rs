@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
-use super::store::{Generation, INFO_FILE, MANIFEST_FILE};
+use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -234,7 +234,7 @@ pub fn verify(
         .iter()
         .map(|a| generation.dir.join(&a.artifact))
         .collect();
-    let top_level = [INFO_FILE, MANIFEST_FILE, crate::plans::backup::NEW_OBJECTS];
+    let top_level = [INFO_FILE, MANIFEST_FILE, NEW_OBJECTS];
     let mut stack = vec![generation.dir.clone()];
     while let Some(d) = stack.pop() {
         for ent in std::fs::read_dir(&d)? {

@@ -190,13 +190,22 @@ impl Cluster {
     }
 
     pub async fn containers(&self) -> Result<Vec<Container>> {
+        self.list_containers(2).await
+    }
+
+    /// One try, for a caller that polls (and keeps the last error).
+    pub async fn poll_containers(&self) -> Result<Vec<Container>> {
+        self.list_containers(0).await
+    }
+
+    async fn list_containers(&self, retries: u32) -> Result<Vec<Container>> {
         let out = self
             .programs
             .run(
                 &self
                     .crictl()
                     .args(["ps", "-o", "json"])
-                    .retries(2, Duration::from_secs(2)),
+                    .retries(retries, Duration::from_secs(2)),
             )
             .await?;
         parse_containers(&out.stdout)
@@ -236,13 +245,15 @@ impl Cluster {
         parse_images(&out.stdout)
     }
 
-    /// Save images into one archive (`podman save --multi-image-archive`).
+    /// Save images into one archive (`podman save --multi-image-archive`), within the
+    /// caller's step limit (images take far longer than the other commands).
     pub async fn save_images(
         &self,
         references: &[String],
         archive: &Path,
+        timeout: Duration,
     ) -> Result<CommandOutput> {
-        let spec = CommandSpec::new(&self.podman, self.timeout.max(Duration::from_secs(1800)))
+        let spec = CommandSpec::new(&self.podman, timeout)
             .args([
                 "save",
                 "--multi-image-archive",
@@ -256,21 +267,30 @@ impl Cluster {
     }
 
     /// Load saved images back (`podman load`), so a restore needs no registry.
-    pub async fn load_images(&self, archive: &Path) -> Result<CommandOutput> {
-        let spec = CommandSpec::new(&self.podman, self.timeout.max(Duration::from_secs(1800)))
+    pub async fn load_images(&self, archive: &Path, timeout: Duration) -> Result<CommandOutput> {
+        let spec = CommandSpec::new(&self.podman, timeout)
             .args(["load", "-i"])
             .arg(archive);
         Ok(self.programs.run(&spec).await?)
     }
 
     pub async fn operator(&self, resource: &str) -> Result<OperatorStatus> {
+        self.get_operator(resource, 3).await
+    }
+
+    /// One try, for a caller that polls (and keeps the last error).
+    pub async fn poll_operator(&self, resource: &str) -> Result<OperatorStatus> {
+        self.get_operator(resource, 0).await
+    }
+
+    async fn get_operator(&self, resource: &str, retries: u32) -> Result<OperatorStatus> {
         let out = self
             .programs
             .run(
                 &self
                     .oc()
                     .args(["get", resource, "cluster", "-o", "json"])
-                    .retries(3, Duration::from_secs(10)),
+                    .retries(retries, Duration::from_secs(10)),
             )
             .await?;
         parse_operator(&out.stdout).with_context(|| format!("reading {resource}/cluster"))

@@ -12,14 +12,12 @@ use crate::cli::render::human_bytes;
 use crate::engine::{Cleanup, Outcome, PreviewContext, Step, StepContext};
 use crate::files::backup::{Hooks, bytes_to_copy, copy_files};
 use crate::files::manifest::{Artifact, FORMAT, Header, Manifest, VERSION};
-use crate::files::store::{GenerationInfo, MANIFEST_FILE};
+use crate::files::store::{GenerationInfo, MANIFEST_FILE, NEW_OBJECTS};
 use crate::files::walk::Walker;
 use crate::files::{bytetext::ByteText, copy::hash_file, fsx, verify};
 use crate::journal::{GenerationRecord, RunKind, RunState};
 
 const PARTIAL: &str = "files.partial";
-/// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
-pub const NEW_OBJECTS: &str = "new-objects";
 
 fn generation_id(cx: &StepContext) -> Result<String> {
     cx.var("generation")?
@@ -229,7 +227,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     for leftover in [PARTIAL, NEW_OBJECTS] {
         let l = staging.join(leftover);
         if l.exists() {
-            std::fs::remove_file(&l)?;
+            std::fs::remove_file(&l).with_context(|| format!("removing {}", l.display()))?;
         }
     }
 
@@ -271,7 +269,9 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         &hooks,
     )?;
     // The objects this backup wrote: the verify step re-reads exactly these.
-    std::fs::write(staging.join(NEW_OBJECTS), stats.new_objects.join("\n"))?;
+    let new_objects = staging.join(NEW_OBJECTS);
+    std::fs::write(&new_objects, stats.new_objects.join("\n"))
+        .with_context(|| format!("writing {}", new_objects.display()))?;
     let mut m = Manifest::new(Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -323,22 +323,6 @@ impl Step for Commit {
     }
 }
 
-fn base_identity(root: &Path) -> serde_json::Value {
-    let read = |p: &str| {
-        std::fs::read_to_string(crate::config::under_root(root, Path::new(p)))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    };
-    let hostname = read("/etc/hostname").unwrap_or_else(|| {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    });
-    serde_json::json!({ "hostname": hostname, "machine_id": read("/etc/machine-id") })
-}
-
 fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let id = generation_id(cx)?;
     if let Ok(g) = p.store.open(&id) {
@@ -348,7 +332,17 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         )));
     }
     let staging = p.store.staging_path(&id);
-    let mut m = Manifest::read_file(&staging.join(PARTIAL), None)?;
+    let manifest_path = staging.join(MANIFEST_FILE);
+    // An earlier attempt may have written the manifest and removed files.partial already:
+    // continue from the manifest, recomputing its artifacts.
+    let partial = staging.join(PARTIAL);
+    let mut m = if partial.exists() || !manifest_path.exists() {
+        Manifest::read_file(&partial, None)?
+    } else {
+        let mut m = Manifest::read_file(&manifest_path, None)?;
+        m.artifacts.clear();
+        m
+    };
     for dir in ["cluster", "images"] {
         let base = staging.join(dir);
         if !base.is_dir() {
@@ -357,8 +351,10 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         let mut files = Vec::new();
         let mut stack = vec![base];
         while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d)? {
-                let e = e?;
+            let listing =
+                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
+            for e in listing {
+                let e = e.with_context(|| format!("listing {}", d.display()))?;
                 if e.file_type()?.is_dir() {
                     stack.push(e.path());
                 } else {
@@ -368,7 +364,9 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         }
         files.sort();
         for f in files {
-            let (hash, size) = hash_file(&std::fs::File::open(&f)?)?;
+            let (hash, size) = std::fs::File::open(&f)
+                .and_then(|file| hash_file(&file))
+                .with_context(|| format!("hashing {}", f.display()))?;
             let rel = f.strip_prefix(&staging).unwrap_or(&f).display().to_string();
             m.artifacts.push(Artifact {
                 artifact: rel,
@@ -377,13 +375,16 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             });
         }
     }
-    let manifest_path = staging.join(MANIFEST_FILE);
     if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path)?;
+        std::fs::remove_file(&manifest_path)
+            .with_context(|| format!("removing {}", manifest_path.display()))?;
     }
     let hash = m.write_file(&manifest_path)?;
-    std::fs::remove_file(staging.join(PARTIAL))?;
-    let mut identity = base_identity(&p.config.root);
+    if partial.exists() {
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    let mut identity = p.identity();
     if let Some(extra) = cx.var("identity")?
         && let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(&extra)
     {
@@ -456,14 +457,22 @@ impl Step for VerifyGeneration {
             let jh = PlanContext::journal_hash(&cx.journal, &id);
             // Re-read what this backup wrote; objects of earlier backups were verified when
             // they were written and are checked for presence.
-            let new: std::collections::HashSet<String> =
-                std::fs::read_to_string(g.dir.join(NEW_OBJECTS))
-                    .map(|t| t.lines().map(str::to_string).collect())
-                    .unwrap_or_default();
+            // Without the list (an unreadable file), every object is re-read.
+            let new: Option<std::collections::HashSet<String>> = match std::fs::read_to_string(
+                g.dir.join(NEW_OBJECTS),
+            ) {
+                Ok(t) => Some(t.lines().map(str::to_string).collect()),
+                Err(e) => {
+                    tracing::warn!(
+                        "{NEW_OBJECTS} of generation {id} unreadable ({e}); re-hashing every object"
+                    );
+                    None
+                }
+            };
             let r = verify::verify(
                 &g,
                 jh.as_deref(),
-                Some(&new),
+                new.as_ref(),
                 p.config.backup.workers,
                 &hooks,
             )?;

@@ -1,6 +1,5 @@
 //! The recovery's first checks: the backup is intact, and it belongs to this node.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -58,13 +57,6 @@ impl Step for VerifyBackup {
 /// Refuse a generation taken on another node or another cluster (unless `--force`).
 pub struct CheckIdentity(pub Arc<PlanContext>);
 
-fn read(root: &Path, p: &str) -> Option<String> {
-    std::fs::read_to_string(crate::config::under_root(root, Path::new(p)))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 #[async_trait]
 impl Step for CheckIdentity {
     fn name(&self) -> &'static str {
@@ -79,10 +71,9 @@ impl Step for CheckIdentity {
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let g = self.0.generation_for(cx)?;
         let id = &g.info.identity;
-        let root = &self.0.config.root;
         let mut mismatches = Vec::new();
         let mut checked = Vec::new();
-        let node_name = super::cluster::node_name(root);
+        let node_name = self.0.node_name();
         if let Some(h) = id.get("hostname").and_then(|v| v.as_str()) {
             checked.push("hostname");
             if h != node_name {
@@ -91,7 +82,7 @@ impl Step for CheckIdentity {
         }
         if let (Some(m), Some(now)) = (
             id.get("machine_id").and_then(|v| v.as_str()),
-            read(root, "/etc/machine-id"),
+            self.0.host_file("/etc/machine-id"),
         ) {
             checked.push("machine-id");
             if m != now {

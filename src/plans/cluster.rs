@@ -2,9 +2,8 @@
 //! containers and operator redeployments.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -144,7 +143,13 @@ impl Step for SaveImages {
         if refs.is_empty() {
             return Ok(Outcome::Skipped("no images in use".into()));
         }
-        let out = self.0.host.cluster.save_images(&refs, &archive).await?;
+        let timeout = self.0.config.step_limits(self.name()).timeout;
+        let out = self
+            .0
+            .host
+            .cluster
+            .save_images(&refs, &archive, timeout)
+            .await?;
         Ok(Outcome::Done(format!(
             "{} images saved ({})",
             refs.len(),
@@ -247,7 +252,8 @@ impl Step for LoadImages {
         if !archive.exists() {
             return Ok(Outcome::Skipped("the backup holds no images".into()));
         }
-        let out = self.0.host.cluster.load_images(&archive).await?;
+        let timeout = self.0.config.step_limits(self.name()).timeout;
+        let out = self.0.host.cluster.load_images(&archive, timeout).await?;
         Ok(Outcome::Done(out.summary()))
     }
 }
@@ -395,25 +401,23 @@ impl Step for WaitContainers {
                 continue;
             }
             let old = before.get(name).cloned().unwrap_or_default();
-            let deadline = Instant::now() + r.container_timeout;
-            let id = loop {
-                if let Ok(list) = self.0.host.cluster.containers().await
-                    && let Some(id) = running_id(&list, name)
-                    && id != old
-                {
-                    break id.to_string();
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "{name} did not run again with a new id within {}s; {}",
-                        r.container_timeout.as_secs(),
-                        node_state(&self.0).await
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(r.poll_interval) => {}
-                    _ = cx.cancel.cancelled() => bail!("cancelled while waiting for {name}"),
-                }
+            let failure = format!("{name} did not run again with a new id");
+            let waited = poll_until(
+                cx,
+                r.poll_interval,
+                r.container_timeout,
+                &failure,
+                || async {
+                    let list = self.0.host.cluster.poll_containers().await?;
+                    Ok(running_id(&list, name)
+                        .filter(|id| *id != old)
+                        .map(str::to_string))
+                },
+            )
+            .await;
+            let id = match waited {
+                Ok(id) => id,
+                Err(e) => bail!("{e:#}; {}", node_state(&self.0).await),
             };
             cx.set_var(&key, &id)?;
             done.push(format!("{name}={}", &id[..id.len().min(13)]));
@@ -472,7 +476,7 @@ impl Step for RedeployOperators {
             return Ok(skip);
         }
         let r = &self.0.config.recovery;
-        let node = node_name(&self.0.config.root);
+        let node = self.0.node_name();
         let mut report = Vec::new();
         for op in &r.operators {
             let done_key = format!("redeployed-{op}");
@@ -483,22 +487,21 @@ impl Step for RedeployOperators {
             // The target is recorded before the patch, so that a crash after the patch does
             // not ask for (and wait on) a second revision.
             let target_key = format!("redeploy-target-{op}");
-            let target: i64 = match cx.var(&target_key)? {
-                Some(t) => t.parse()?,
+            let (target, latest) = match cx.var(&target_key)? {
+                Some(t) => {
+                    let target: i64 = t
+                        .parse()
+                        .with_context(|| format!("run variable {target_key} = {t:?}"))?;
+                    let latest = self.0.host.cluster.operator(op).await?;
+                    (target, latest.latest_available_revision)
+                }
                 None => {
                     let s = self.0.host.cluster.operator(op).await?;
                     let t = s.latest_available_revision + 1;
                     cx.set_var(&target_key, &t.to_string())?;
-                    t
+                    (t, s.latest_available_revision)
                 }
             };
-            let latest = self
-                .0
-                .host
-                .cluster
-                .operator(op)
-                .await?
-                .latest_available_revision;
             if latest < target {
                 let reason = format!(
                     "recovery-{}-run-{}",
@@ -507,26 +510,18 @@ impl Step for RedeployOperators {
                 );
                 self.0.host.cluster.force_redeployment(op, &reason).await?;
             }
-            let deadline = Instant::now() + r.revision_timeout;
-            let reached = loop {
-                match self.0.host.cluster.operator(op).await {
-                    Ok(s) => match s.current_revision(&node) {
-                        Some(cur) if cur >= target => break cur,
-                        _ => {}
-                    },
-                    Err(e) => tracing::info!("reading {op} (the API may be restarting): {e:#}"),
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "{op} did not reach revision {target} on node {node} within {}s",
-                        r.revision_timeout.as_secs()
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(r.poll_interval) => {}
-                    _ = cx.cancel.cancelled() => bail!("cancelled while waiting for {op}"),
-                }
-            };
+            let failure = format!("{op} did not reach revision {target} on node {node}");
+            let reached = poll_until(
+                cx,
+                r.poll_interval,
+                r.revision_timeout,
+                &failure,
+                || async {
+                    let s = self.0.host.cluster.poll_operator(op).await?;
+                    Ok(s.current_revision(&node).filter(|cur| *cur >= target))
+                },
+            )
+            .await?;
             cx.set_var(&done_key, &reached.to_string())?;
             report.push(format!("{op} at revision {reached}"));
         }
@@ -534,16 +529,43 @@ impl Step for RedeployOperators {
     }
 }
 
-/// The node's name as the cluster knows it (its hostname).
-pub fn node_name(root: &Path) -> String {
-    std::fs::read_to_string(crate::config::under_root(root, Path::new("/etc/hostname")))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        })
+/// Ask `check` every `interval` until it answers `Some`, for at most `limit`. A check that
+/// fails (the API restarting) is tried again at the next interval; when time runs out, the
+/// error is `failure` with the limit and the last failed check. Each check is bounded by the
+/// time left.
+async fn poll_until<T, F, Fut>(
+    cx: &StepContext,
+    interval: Duration,
+    limit: Duration,
+    failure: &str,
+    mut check: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut last_error: Option<anyhow::Error> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, check()).await {
+            Ok(Ok(Some(v))) => return Ok(v),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::info!("still waiting ({failure} yet; the API may be restarting): {e:#}");
+                last_error = Some(e);
+            }
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            let last = last_error
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
+            bail!("{failure} within {}s{last}", limit.as_secs());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cx.cancel.cancelled() => bail!("cancelled while waiting ({failure} yet)"),
+        }
+    }
 }

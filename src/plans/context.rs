@@ -26,7 +26,7 @@ impl PlanContext {
         Self::with_host(config, host)
     }
 
-    /// Plans for a given host (tests pass adapters of their own).
+    /// Plans for the given host adapters.
     pub fn with_host(config: Arc<Config>, host: Host) -> Arc<PlanContext> {
         let store = Store::new(&config.state_path());
         Arc::new(PlanContext {
@@ -36,8 +36,31 @@ impl PlanContext {
         })
     }
 
-    pub fn root(&self) -> PathBuf {
-        self.config.root.clone()
+    /// A small file of the host, trimmed; `None` when it is missing or empty.
+    pub fn host_file(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.config.host_path(path))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The node's name as the cluster knows it: its hostname. A backup records it and a
+    /// recovery compares it, so both read it here.
+    pub fn node_name(&self) -> String {
+        self.host_file("/etc/hostname").unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    /// Who the node is, as a generation records it.
+    pub fn identity(&self) -> serde_json::Value {
+        serde_json::json!({
+            "hostname": self.node_name(),
+            "machine_id": self.host_file("/etc/machine-id"),
+        })
     }
 
     /// The exclusion set for a backup taken now.
