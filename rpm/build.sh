@@ -36,10 +36,13 @@ spec_version=$(sed -n 's/^Version: *//p' "$spec" | head -n1)
     die "Version in rpm/recoveryd.spec ($spec_version) differs from Cargo.toml ($crate_version)"
 
 # 1. The binaries.
-if [ ! -x "$bindir/recoveryd" ] || [ ! -x "$bindir/recoveryctl" ]; then
-    [ -z "${RECOVERYD_BIN_DIR:-}" ] || die "no recoveryd/recoveryctl in RECOVERYD_BIN_DIR=$bindir"
+if [ -n "${RECOVERYD_BIN_DIR:-}" ]; then
+    [ -x "$bindir/recoveryd" ] && [ -x "$bindir/recoveryctl" ] ||
+        die "no recoveryd/recoveryctl in RECOVERYD_BIN_DIR=$bindir"
+else
+    # Always asked of cargo (a no-op when current), so that a stale build is never packaged.
     log "building the release binaries (cargo build --release --bins)"
-    (cd "$root" && cargo build --release --bins >&2)
+    (cd "$root" && cargo build --quiet --release --bins >&2)
 fi
 bindir=$(cd "$bindir" && pwd)
 

@@ -568,7 +568,7 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
 }
 
 #[test]
-fn without_the_daemon_the_boot_unit_resumes_in_process_and_a_waiting_client_is_told() {
+fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline() {
     let bus = TestBus::start(&[&policy()]);
     let node = slow_cluster_node(30);
     let mut d = Daemon::start(&bus, &node, &[]);
@@ -619,10 +619,13 @@ fn without_the_daemon_the_boot_unit_resumes_in_process_and_a_waiting_client_is_t
         err.contains("recoveryd does not answer") && err.contains("--offline"),
         "{err}"
     );
-    // The boot unit finishes the recovery in its own process.
-    let (code, out, err) = ctl(&bus, &node, &["resume", "--boot"]);
+    // The boot unit fails, naming the unit its failure starts ...
+    let (code, _, err) = ctl(&bus, &node, &["resume", "--boot"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("recoveryd-resume-offline.service"), "{err}");
+    // ... which finishes the recovery without the daemon.
+    let (code, out, err) = ctl(&bus, &node, &["--offline", "resume", "--boot"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(err.contains("resuming in this process"), "{err}");
     let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
     let r = j.run(3).unwrap().unwrap();
     assert_eq!(

@@ -38,3 +38,8 @@ fn a_daemon_killed_while_restoring_is_finished_after_a_reboot() {
 fn the_boot_loop_breaker_stops_a_resume_that_makes_no_progress() {
     scenario("breaker");
 }
+
+#[test]
+fn without_the_daemon_the_offline_resume_unit_finishes_the_recovery() {
+    scenario("no-daemon");
+}

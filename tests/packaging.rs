@@ -314,6 +314,8 @@ fn rpms_hold_every_installed_file() {
         "/usr/lib/systemd/system/recoveryd.service",
         "/usr/lib/systemd/system/recoveryd.socket",
         "/usr/lib/systemd/system/recoveryd-resume.service",
+        "/usr/lib/systemd/system/recoveryd-resume-offline.service",
+        "/usr/lib/systemd/system-preset/80-recoveryd.preset",
         "/usr/share/dbus-1/system.d/org.recoveryd.Recovery1.conf",
         "/usr/share/dbus-1/system-services/org.recoveryd.Recovery1.service",
         "/usr/lib/tmpfiles.d/recoveryd.conf",
@@ -430,6 +432,7 @@ fn unit_references_are_packaged() {
         "recoveryd.service",
         "recoveryd.socket",
         "recoveryd-resume.service",
+        "recoveryd-resume-offline.service",
     ] {
         let body = std::fs::read_to_string(systemd.join(unit)).unwrap();
         for line in body.lines().map(str::trim) {
@@ -446,7 +449,7 @@ fn unit_references_are_packaged() {
                     b.file(program);
                     execs += 1;
                 }
-                "Service" | "Sockets" => {
+                "Service" | "Sockets" | "OnFailure" => {
                     b.file(&format!("/usr/lib/systemd/system/{value}"));
                 }
                 "Documentation" => {
@@ -468,6 +471,33 @@ fn unit_references_are_packaged() {
         .find_map(|l| l.strip_prefix("SystemdService="))
         .expect("SystemdService= in the activation file");
     b.file(&format!("/usr/lib/systemd/system/{unit}"));
+}
+
+/// The preset enables exactly the units that can be enabled (those with an [Install] section):
+/// without it, distributions that default to "disable *" would never resume a recovery.
+#[test]
+fn the_preset_enables_every_installable_unit() {
+    let systemd = root().join("systemd");
+    let preset = std::fs::read_to_string(systemd.join("80-recoveryd.preset")).unwrap();
+    let mut enabled: Vec<&str> = preset
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("enable "))
+        .collect();
+    enabled.sort();
+    let mut installable = Vec::new();
+    for e in std::fs::read_dir(&systemd).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if (name.ends_with(".service") || name.ends_with(".socket"))
+            && name.starts_with("recoveryd")
+            && std::fs::read_to_string(systemd.join(&name))
+                .unwrap()
+                .contains("[Install]")
+        {
+            installable.push(name);
+        }
+    }
+    installable.sort();
+    assert_eq!(enabled, installable);
 }
 
 /// The scriptlets enable the three units on install, stop them on removal, and restart only
@@ -600,6 +630,8 @@ fn payload_unpacks_and_units_verify() {
         "usr/lib/systemd/system/recoveryd.service",
         "usr/lib/systemd/system/recoveryd.socket",
         "usr/lib/systemd/system/recoveryd-resume.service",
+        "usr/lib/systemd/system/recoveryd-resume-offline.service",
+        "usr/lib/systemd/system-preset/80-recoveryd.preset",
         "usr/share/dbus-1/system.d/org.recoveryd.Recovery1.conf",
         "usr/share/dbus-1/system-services/org.recoveryd.Recovery1.service",
         "usr/lib/tmpfiles.d/recoveryd.conf",
@@ -618,6 +650,10 @@ fn payload_unpacks_and_units_verify() {
             "systemd/recoveryd.tmpfiles",
         ),
         ("etc/recoveryd/config.toml", "systemd/config.toml"),
+        (
+            "usr/lib/systemd/system-preset/80-recoveryd.preset",
+            "systemd/80-recoveryd.preset",
+        ),
         (
             "usr/share/dbus-1/system.d/org.recoveryd.Recovery1.conf",
             "systemd/org.recoveryd.Recovery1.conf",
@@ -652,6 +688,7 @@ fn payload_unpacks_and_units_verify() {
         "recoveryd.service",
         "recoveryd.socket",
         "recoveryd-resume.service",
+        "recoveryd-resume-offline.service",
     ] {
         cmd.arg(units.join(u));
     }

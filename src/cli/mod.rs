@@ -269,18 +269,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok((crate::plans::recovery_plan(plans), options))
         }),
         Command::Resume { boot, step: false } if !cli.offline => {
-            let r = remote_start(&cli, remote::Start::Resume { boot }, !boot);
-            match r {
-                Err(e) if boot => {
-                    // At boot, a daemon that cannot start must not leave the node half
-                    // recovered: continue in this process.
-                    eprintln!(
-                        "recoveryctl: the daemon is not reachable ({e:#}); resuming in this process"
-                    );
-                    resume_offline(config, cli.json, true, false)
+            remote_start(&cli, remote::Start::Resume { boot }, !boot).map_err(|e| {
+                if boot {
+                    // Not resumed here: this runs in recoveryd-resume.service, which kubelet
+                    // waits for, and the recovery starts kubelet itself. The unit's failure
+                    // starts recoveryd-resume-offline.service, which resumes without the daemon.
+                    e.context("the boot resume is left to recoveryd-resume-offline.service")
+                } else {
+                    e
                 }
-                r => r,
-            }
+            })
         }
         Command::Resume { step: true, .. } if !cli.offline => {
             anyhow::bail!("resume --step runs one stage in this process: add --offline")

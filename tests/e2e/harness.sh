@@ -94,12 +94,9 @@ rootfs_tarball() {
   echo "$t"
 }
 
+# Always asked of cargo (a no-op when they are current), so that a stale build is never tested.
 binaries() {
-  if [ ! -x "$TARGET/release/recoveryd" ] || [ ! -x "$TARGET/release/recoveryctl" ] \
-     || [ ! -x "$TARGET/release/examples/fake-rpm-ostreed" ]; then
-    say "Building the release binaries"
-    (cd "$PROJECT" && cargo build --release --bins --example fake-rpm-ostreed)
-  fi
+  (cd "$PROJECT" && cargo build --quiet --release --bins --example fake-rpm-ostreed)
 }
 
 # recoveryd exactly as the RPM installs it: the package is built from the release binaries
@@ -113,7 +110,7 @@ install_recoveryd() {
   detail "installing $(basename "$rpm") (its payload, via rpm2cpio)"
   (cd "$ROOT" && rpm2cpio "$rpm" | cpio -idm --quiet)
   # What the package's %post does (rpm2cpio runs no scriptlets).
-  systemctl --root="$ROOT" enable recoveryd.service recoveryd.socket recoveryd-resume.service >/dev/null 2>&1
+  systemctl --root="$ROOT" preset recoveryd.service recoveryd.socket recoveryd-resume.service >/dev/null 2>&1
 }
 
 build_sysroot() {
@@ -397,7 +394,7 @@ check_selinux() {
 
 install_failpoint() {
   local fp=$1
-  for u in recoveryd.service recoveryd-resume.service; do
+  for u in recoveryd.service recoveryd-resume.service recoveryd-resume-offline.service; do
     mkdir -p "$ROOT/etc/systemd/system/$u.d"
     printf '[Service]\nEnvironment=RECOVERYD_FAILPOINTS=%s\n' "$fp" > "$ROOT/etc/systemd/system/$u.d/50-failpoint.conf"
   done
@@ -405,7 +402,8 @@ install_failpoint() {
 }
 
 remove_failpoint() {
-  rm -rf "$ROOT/etc/systemd/system/recoveryd.service.d" "$ROOT/etc/systemd/system/recoveryd-resume.service.d"
+  rm -rf "$ROOT/etc/systemd/system/recoveryd.service.d" "$ROOT/etc/systemd/system/recoveryd-resume.service.d" \
+    "$ROOT/etc/systemd/system/recoveryd-resume-offline.service.d"
 }
 
 # Wait until the recoveryd unit has failed (the failpoint killed it).
@@ -508,6 +506,27 @@ breaker)
     sleep 0.5
   done
   detail "systemd is $sys; recoveryd-resume.service is $(unit_property recoveryd-resume.service ActiveState)"
+  ;;
+no-daemon)
+  # After its first reboot the daemon cannot start (a broken binary here; a failing D-Bus would
+  # do the same; a mask in /etc would be undone by the restore of /etc): recoveryd-resume.service
+  # fails, and its OnFailure= unit resumes the recovery without the daemon, outside the boot
+  # ordering that makes kubelet wait for the resume unit.
+  printf '#!/bin/sh\necho "recoveryd: broken for this test" >&2\nexit 1\n' > "$ROOT/usr/bin/recoveryd"
+  boot --may-reboot
+  say "recoveryd does not start: recoveryd-resume-offline.service continues the recovery (restore files, then reboot)"
+  expect_reboot 180
+  boot
+  state=$(wait_run_end 240)
+  [ "$state" = succeeded ] || fail "the recovery ended $state: $(status_field last_recovery.error)"
+  local_result=$(in_node systemctl show -p Result,ActiveState recoveryd-resume.service | tr '\n' ' ')
+  case "$local_result" in *Result=exit-code*) ;; *) fail "recoveryd-resume.service did not fail: $local_result
+$(in_node journalctl -b -u recoveryd-resume.service -u recoveryd-resume-offline.service --no-pager | tail -30)" ;; esac
+  local_result=$(in_node systemctl show -p Result,ExecMainStatus recoveryd-resume-offline.service | tr '\n' ' ')
+  case "$local_result" in *Result=success*ExecMainStatus=0*) ;; *) fail "recoveryd-resume-offline.service did not succeed: $local_result" ;; esac
+  detail "recoveryd-resume.service failed (no daemon); recoveryd-resume-offline.service finished the recovery"
+  check_trees
+  check_units
   ;;
 *)
   fail "unknown scenario $SCENARIO"
