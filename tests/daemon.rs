@@ -1,10 +1,9 @@
 //! The daemon on a private bus with the shipped policy file: introspection, root-only methods,
 //! single flight, the socket API with bad input, sd_notify, and SIGTERM in the middle of a run.
 
-#[path = "common/bus.rs"]
-mod bus;
 mod common;
 
+use common::bus;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +81,11 @@ impl Daemon {
                 return n;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The reader thread may not have stored the last datagrams yet.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(n) = self.notes().into_iter().find(|n| n.contains(what)) {
+                    return n;
+                }
                 panic!(
                     "recoveryd exited ({status}) before `{what}`; notes: {:?}",
                     self.notes()

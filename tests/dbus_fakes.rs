@@ -1,7 +1,7 @@
 //! Checks of the fake D-Bus services themselves (`tests/support/fake_*.rs`) on a private bus.
 
-#[path = "common/bus.rs"]
-mod bus;
+mod common;
+use common::bus;
 
 use std::collections::HashMap;
 use std::time::Duration;

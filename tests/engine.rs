@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use common::{Node, example_bin, run, tree_contents};
+use common::{Node, example, run, tree_contents};
 use recoveryd::config::{Config, ConfigSource};
 use recoveryd::engine::{Engine, EngineError, Outcome, Plan, Step, StepContext, observer::Silent};
 use recoveryd::journal::{Journal, JournalError, RunKind, RunState, StepState};
@@ -26,7 +26,7 @@ const PROBE_STEPS: [&str; 7] = [
 ];
 
 fn probe(node: &Node, cmd: &str, failpoints: Option<&str>, barrier: bool) -> (i32, String, String) {
-    let mut c = Command::new(example_bin("engine-probe"));
+    let mut c = Command::new(example("engine-probe", true));
     c.arg(&node.config)
         .arg(cmd)
         .env_remove("RECOVERYD_FAILPOINTS");
@@ -252,7 +252,8 @@ fn step_mode_stops_between_stages() {
     assert!(
         node.path("/srv/probe/out/seed").exists() && !node.path("/srv/probe/out/derived").exists()
     );
-    let (_, out, _) = probe(&node, "resume", None, false);
+    let (code, out, _) = probe(&node, "resume", None, false);
+    assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("\"paused\"") && out.contains("stage two"),
         "{out}"

@@ -2,9 +2,8 @@
 //! real test sysroot.
 
 mod common;
-#[path = "common/sysroot.rs"]
-mod sysroot;
 
+use common::sysroot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

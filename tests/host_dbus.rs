@@ -4,10 +4,9 @@
 //! recorded. Each test has its own bus; the adapters are pointed at it with
 //! `SystemBus::with_address` (never through the process-wide environment).
 
-#[path = "common/bus.rs"]
-mod bus;
-#[path = "common/sysroot.rs"]
-mod sysroot;
+mod common;
+use common::bus;
+use common::sysroot;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,8 +125,8 @@ async fn systemd_stop_start_restart_change_the_unit_and_wait_for_the_job() {
     assert_eq!(out, "kubelet.service active");
     assert_eq!(s.unit_state("kubelet.service")["active"], "active");
 
-    // Subscribed once (the second Subscribe got AlreadySubscribed and was accepted), each job in
-    // mode "replace", and nothing touched the other unit.
+    // Subscribed for each job (a repeated Subscribe gets AlreadySubscribed, which is accepted),
+    // each job in mode "replace", and nothing touched the other unit.
     let names = call_names(&s.fake);
     let jobs: Vec<Value> = s
         .fake

@@ -3,14 +3,13 @@
 //! programs: every call checked in order, the trees compared with what was backed up, and the
 //! failure modes an operator meets.
 
-#[path = "common/bus.rs"]
-mod bus;
 mod common;
-#[path = "common/sysroot.rs"]
-mod sysroot;
 
+use common::bus;
+use common::sysroot;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use bus::{Fake, TestBus, start_fake};
 use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run, sh};
@@ -224,6 +223,11 @@ echo manifest-from-upgrade > etc/kubernetes/manifests/etcd.yaml
                 .arg(format!("{}/{t}/", self.root().display()))
                 .output()
                 .unwrap();
+            assert!(
+                out.status.success(),
+                "rsync: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             all.push_str(&String::from_utf8_lossy(&out.stdout));
         }
         if std::fs::read(reference.join("extra/extra.conf")).unwrap()
@@ -400,6 +404,13 @@ fn backup_then_recovery_with_rollback_and_reboots_restores_everything() {
     // The inhibitor was held while files were restored, and released.
     let inhibits = w.systemd.calls_named("Inhibit").len();
     assert!(inhibits >= 5, "{inhibits}");
+    // The fake records a release when it sees the descriptor close, a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.systemd.calls_named("InhibitorReleased").len() < inhibits
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(25));
+    }
     assert_eq!(w.systemd.calls_named("InhibitorReleased").len(), inhibits);
     // The journal: every step, in three boots.
     let j = w.journal();
@@ -774,7 +785,7 @@ fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation(
         merge_toml(&[
             &format!("root = \"{}\"\n", root.display()),
             &fakes,
-            "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\ndeadline = 2\n",
+            "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\n",
         ]),
     )
     .unwrap();
@@ -794,7 +805,14 @@ fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation(
     let (_, out, _) = ctl(&["generations", "--json"]);
     let first: Value = serde_json::from_str(&out).unwrap();
     let first_id = first[0]["info"]["id"].as_str().unwrap().to_string();
-    // etcd's snapshot takes longer than the backup's deadline.
+    // etcd's snapshot takes longer than the backup's deadline (set only now: on a loaded
+    // machine the first backup alone could take two seconds).
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        config.replace("space_margin = 0\n", "space_margin = 0\ndeadline = 2\n"),
+    )
+    .unwrap();
     std::fs::write(root.join("opt/fake-cluster/state/slow-backup"), "5").unwrap();
     std::fs::write(root.join("etc/a"), "changed").unwrap();
     let (code, out, err) = ctl(&["--offline", "--json", "backup"]);

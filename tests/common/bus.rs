@@ -183,7 +183,7 @@ pub fn start_fake(bus: &TestBus, example: &str, args: &[&str]) -> Fake {
     let stderr = bus.dir.path().join(format!("{example}.stderr"));
 
     let (key, value) = bus.env();
-    let mut child = Command::new(example_path(example))
+    let mut child = Command::new(super::example(example, false))
         .args(&args)
         .env(key, value)
         .stdin(Stdio::null())
@@ -219,8 +219,10 @@ pub fn start_fake(bus: &TestBus, example: &str, args: &[&str]) -> Fake {
 impl Fake {
     /// Every call recorded so far, in order.
     pub fn calls(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // Only complete lines: the fake may be writing the last one right now.
+        let complete = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap())
@@ -268,34 +270,4 @@ impl Drop for Fake {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `target/<profile>/examples/<name>`, next to the test binary in `target/<profile>/deps`.
-fn example_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is not built (plain `cargo test` builds examples; or `cargo build --example {name}`)",
-        p.display()
-    );
-    // `cargo test --test X` does not rebuild examples: refuse to test a stale fake.
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(format!("{}.rs", name.replace('-', "_")));
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(src), Some(bin)) = (mtime(&source), mtime(&p)) {
-        assert!(
-            src <= bin,
-            "{} is older than {}: run `cargo build --example {name}` (plain `cargo test` does)",
-            p.display(),
-            source.display()
-        );
-    }
-    p
 }

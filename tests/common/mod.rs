@@ -4,19 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Path of a test program built from `tests/support` as a cargo example.
-pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let p = profile_dir.join("examples").join(name);
-    assert!(
-        p.exists(),
-        "{} is not built (cargo test builds examples)",
-        p.display()
-    );
-    p
-}
+pub mod bus;
+mod examples;
+pub mod sysroot;
+
+pub use examples::example;
 
 /// A throwaway node: a temp directory used as `root`, with a boot id and a config file.
 pub struct Node {
@@ -25,17 +17,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node whose config is built from several TOML snippets (sections may repeat).
-    pub fn with(parts: &[&str]) -> Node {
-        let n = Node::new("");
-        let root = n.root();
-        let mut all = vec![format!("root = \"{}\"\n", root.display())];
-        all.extend(parts.iter().map(|p| p.to_string()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        std::fs::write(&n.config, merge_toml(&refs)).unwrap();
-        n
-    }
-
     pub fn new(extra_config: &str) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("recoveryd-node-")

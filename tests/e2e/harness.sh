@@ -311,7 +311,7 @@ check_trees() {
     # systemd recreates kubelet's wants symlink after the restore (checked by check_units).
     diffs+=$(rsync -naAXHc --delete --numeric-ids --itemize-changes \
       --exclude=/kubernetes/manifests --exclude=/systemd/system/multi-user.target.wants/ \
-      "$WORK/reference/$t/" "$ROOT/$t/" || true)
+      "$WORK/reference/$t/" "$ROOT/$t/") || fail "rsync could not compare $t"
   done
   cmp -s "$WORK/reference/extra.conf" "$ROOT/usr/lib/mco/extra.conf" || diffs+=$'\nextra.conf differs'
   [ -z "$diffs" ] || fail "the trees differ from the backup:

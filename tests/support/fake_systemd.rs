@@ -462,8 +462,9 @@ impl Manager {
         self.0.state.update(|s| {
             let mut changes = Vec::new();
             for file in files {
+                // As install_error() in systemd's dbus-manager.c answers -ENOENT.
                 let Some(mut unit) = s.unit(file) else {
-                    return Err(Failure::file_not_found(format!(
+                    return Err(Failure::no_such_unit(format!(
                         "Unit file {file} does not exist."
                     )));
                 };
