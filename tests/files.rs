@@ -641,3 +641,32 @@ fn a_crash_during_backup_leaves_the_previous_generation_and_is_cleaned_up() {
         assert_eq!(runs[1]["state"], "failed", "{fp}: {out}");
     }
 }
+
+#[test]
+fn metadata_is_never_applied_through_a_symlink() {
+    use recoveryd::files::fsx::{Target, open_dir_in_root};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, "secret").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(dir.path().join("tree")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path().join("tree/file")).unwrap();
+    std::fs::write(dir.path().join("tree/real"), "x").unwrap();
+    let tree = open_dir_in_root(dir.path(), Path::new("/tree")).unwrap();
+    // A file swapped for a symlink between the check and the change: nothing happens to its target.
+    Target::Child(tree.as_fd(), std::ffi::OsStr::new("file"))
+        .chmod(0o4755)
+        .unwrap();
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    Target::Child(tree.as_fd(), std::ffi::OsStr::new("real"))
+        .chmod(0o640)
+        .unwrap();
+    let mode = std::fs::metadata(dir.path().join("tree/real"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o640);
+}

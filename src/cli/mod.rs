@@ -178,6 +178,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init("recoveryctl", "warn");
+    crate::files::walk::raise_open_file_limit();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -52,6 +52,7 @@ pub fn main() -> ExitCode {
         .ok()
         .flatten();
     crate::logging::init("recoveryd", "info");
+    crate::files::walk::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

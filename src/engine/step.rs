@@ -92,6 +92,15 @@ impl StepContext {
         Ok(())
     }
 
+    /// Returns an error once the step is cancelled; counts no failpoint checkpoint (for
+    /// read-only passes).
+    pub fn check_cancel(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            anyhow::bail!("step {} was cancelled", self.step);
+        }
+        Ok(())
+    }
+
     pub fn option_bool(&self, key: &str) -> bool {
         self.options
             .get(key)

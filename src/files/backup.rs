@@ -18,15 +18,19 @@ use anyhow::{Context, Result};
 
 use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
+use super::entry::{content_owner, owns_content};
 use super::fsx;
 use super::manifest::Manifest;
 use super::store::{Store, stored_rel};
-use super::walk::content_owner;
 
 /// Progress and cancellation hooks for long file operations.
 pub struct Hooks<'a> {
-    /// Called for every file; an error (cancellation, failpoint) stops the operation.
+    /// Called for every file changed or copied; an error (cancellation, failpoint) stops the
+    /// operation.
     pub checkpoint: &'a (dyn Fn() -> Result<()> + Sync),
+    /// Called for every file of a read-only pass (a restore's comparison first pass); an
+    /// error (cancellation) stops it. Failpoints count `checkpoint` calls only.
+    pub check_cancel: &'a (dyn Fn() -> Result<()> + Sync),
     /// `(files done, files total, bytes done)`.
     pub progress: &'a (dyn Fn(u64, u64, u64) + Sync),
 }
@@ -35,6 +39,7 @@ impl Hooks<'_> {
     pub fn none() -> Hooks<'static> {
         Hooks {
             checkpoint: &|| Ok(()),
+            check_cancel: &|| Ok(()),
             progress: &|_, _, _| {},
         }
     }
@@ -72,7 +77,7 @@ pub fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
         .map(|m| m.entries.iter().map(|e| (e.path_bytes(), e)).collect())
         .unwrap_or_default();
     (0..entries.len())
-        .filter(|&i| entries[i].kind == Kind::File && content_owner(entries, i) == i)
+        .filter(|&i| owns_content(entries, i))
         .filter(|&i| unchanged(&prev, &entries[i]).is_none())
         // Whole blocks: a thousand small files take a thousand blocks.
         .map(|i| entries[i].size.div_ceil(4096) * 4096)
@@ -97,7 +102,7 @@ pub fn copy_files(
     let mut stats = CopyStats::default();
     let mut jobs: Vec<usize> = Vec::new();
     for i in 0..entries.len() {
-        if entries[i].kind != Kind::File || content_owner(entries, i) != i {
+        if !owns_content(entries, i) {
             continue;
         }
         match unchanged(&prev_index, &entries[i]) {
@@ -178,7 +183,6 @@ pub fn copy_files(
             stats.reflinked_files += 1;
         }
     }
-    anyhow::ensure!(!failed.load(Ordering::Relaxed), "backup stopped");
 
     // Hardlink group members carry their first member's content.
     for i in 0..entries.len() {

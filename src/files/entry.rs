@@ -1,9 +1,5 @@
 //! One entry of a tree, with everything a faithful restore needs.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
 use rustix::fs::{FileType, Stat};
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +105,28 @@ fn is_false(v: &bool) -> bool {
     !*v
 }
 
+/// The position of the entry whose content entry `i` carries: itself, or the first member of
+/// its hardlink group (group ids are that position plus one).
+pub fn content_owner(entries: &[Entry], i: usize) -> usize {
+    match entries[i].hardlink {
+        Some(g) if g >= 1 && (g as usize - 1) < entries.len() => g as usize - 1,
+        _ => i,
+    }
+}
+
+/// Whether entry `i` is a regular file that carries its own content (not a later hardlink).
+pub fn owns_content(entries: &[Entry], i: usize) -> bool {
+    entries[i].kind == Kind::File && content_owner(entries, i) == i
+}
+
+/// Bytes of regular-file content, each hardlinked inode once.
+pub fn content_bytes(entries: &[Entry]) -> u64 {
+    (0..entries.len())
+        .filter(|&i| owns_content(entries, i))
+        .map(|i| entries[i].size)
+        .sum()
+}
+
 impl Entry {
     /// An entry from `lstat` data; content hash and xattrs are filled in by the caller.
     pub fn from_stat(path: &[u8], st: &Stat) -> Entry {
@@ -152,10 +170,6 @@ impl Entry {
     /// The node path with a leading `/`, for messages.
     pub fn display(&self) -> String {
         format!("/{}", String::from_utf8_lossy(&self.path.0))
-    }
-
-    pub fn rel_path(&self) -> &Path {
-        Path::new(OsStr::from_bytes(&self.path.0))
     }
 }
 

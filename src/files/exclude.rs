@@ -61,10 +61,6 @@ impl Excludes {
         })
     }
 
-    pub fn none() -> Excludes {
-        Excludes::new(Vec::new()).expect("empty set builds")
-    }
-
     /// The patterns, as recorded in the manifest.
     pub fn patterns(&self) -> &[String] {
         &self.patterns

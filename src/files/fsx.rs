@@ -52,20 +52,6 @@ pub fn resolved_in_root(root: &Path, fd: BorrowedFd<'_>) -> io::Result<String> {
     }
 }
 
-/// Open a directory beneath `dir` without following any symlink on the way.
-pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
-    if rel.as_os_str().is_empty() {
-        return Ok(rustix::io::fcntl_dupfd_cloexec(dir, 0)?);
-    }
-    Ok(rustix::fs::openat2(
-        dir,
-        rel,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )?)
-}
-
 /// Open a child directory; fails (ELOOP/ENOTDIR) if the child is a symlink.
 pub fn open_child_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
@@ -263,12 +249,24 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// Permission bits; a no-op for symlinks (Linux has no symlink modes).
+    /// Permission bits; a no-op for symlinks (Linux has no symlink modes). A child is never
+    /// followed: Linux has no lchmod (and `fchmodat` with `AT_SYMLINK_NOFOLLOW` is not
+    /// supported everywhere), so the child is pinned with `O_PATH | O_NOFOLLOW`, checked, and
+    /// changed through its `/proc/self/fd` link, which names that inode and no other.
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         let m = Mode::from_raw_mode(mode & 0o7777);
         match *self {
             Target::Fd(fd) => rustix::fs::fchmod(fd, m)?,
-            Target::Child(dir, child) => rustix::fs::chmodat(dir, child, m, AtFlags::empty())?,
+            Target::Child(dir, child) => {
+                let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let pinned = rustix::fs::openat(dir, child, flags, Mode::empty())?;
+                let st = rustix::fs::fstat(&pinned)?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+                {
+                    return Ok(());
+                }
+                rustix::fs::chmod(format!("/proc/self/fd/{}", pinned.as_raw_fd()), m)?;
+            }
         }
         Ok(())
     }
@@ -390,8 +388,4 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 /// The file system id of a path (`st_dev`).
 pub fn dev_of(path: &Path) -> io::Result<u64> {
     Ok(rustix::fs::stat(path)?.st_dev)
-}
-
-pub fn as_fd(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
 }

@@ -193,12 +193,7 @@ impl Manifest {
 
     /// Total bytes of regular-file content and artifacts.
     pub fn content_bytes(&self) -> u64 {
-        let files: u64 = self
-            .entries
-            .iter()
-            .filter(|e| e.hardlink.is_none() || e.hash.is_some())
-            .map(|e| e.size)
-            .sum();
-        files + self.artifacts.iter().map(|a| a.size).sum::<u64>()
+        super::entry::content_bytes(&self.entries)
+            + self.artifacts.iter().map(|a| a.size).sum::<u64>()
     }
 }

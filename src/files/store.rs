@@ -66,7 +66,7 @@ pub struct Generation {
 }
 
 /// Where the object with this content hash lives.
-pub fn object_path(objects: &Path, hash: &str) -> PathBuf {
+fn object_path(objects: &Path, hash: &str) -> PathBuf {
     let split = hash.len().min(2);
     objects.join(&hash[..split]).join(hash)
 }
@@ -117,10 +117,6 @@ impl Store {
         &self.dir
     }
 
-    pub fn objects_dir(&self) -> &Path {
-        &self.objects
-    }
-
     /// Where content is written before it is renamed to its object name.
     pub fn objects_tmp(&self) -> PathBuf {
         self.objects.join("tmp")
@@ -131,16 +127,15 @@ impl Store {
     }
 
     /// Move a fully written temporary file into place as the object `hash`. Returns false if
-    /// the object already existed (the temporary file is then removed).
+    /// the object already existed (the temporary file is then removed). The rename never
+    /// replaces an object, so that two workers storing the same content count it once.
     pub fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
         let object = self.object(hash);
-        if object.exists() {
-            std::fs::remove_file(tmp)?;
-            return Ok(false);
-        }
-        match std::fs::rename(tmp, &object) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
-                // First object of this fan-out directory.
+        let store = || renameat_with(CWD, tmp, CWD, &object, RenameFlags::NOREPLACE);
+        let stored = match store() {
+            // First object of this fan-out directory.
+            Err(rustix::io::Errno::NOENT) if tmp.exists() => {
                 let dir = object.parent().expect("objects have a parent");
                 match std::fs::DirBuilder::new().mode(0o700).create(dir) {
                     Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
@@ -148,12 +143,27 @@ impl Store {
                     }
                     _ => {}
                 }
-                std::fs::rename(tmp, &object)
-                    .with_context(|| format!("storing {}", object.display()))?;
+                store()
             }
-            r => r.with_context(|| format!("storing {}", object.display()))?,
+            r => r,
+        };
+        // A file system without RENAME_NOREPLACE: check, then rename.
+        let stored = match stored {
+            Err(rustix::io::Errno::INVAL) if object.exists() => Err(rustix::io::Errno::EXIST),
+            Err(rustix::io::Errno::INVAL) => std::fs::rename(tmp, &object)
+                .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)),
+            r => r,
+        };
+        match stored {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::EXIST) => {
+                std::fs::remove_file(tmp).with_context(|| format!("removing {}", tmp.display()))?;
+                Ok(false)
+            }
+            Err(e) => {
+                Err(io::Error::from(e)).with_context(|| format!("storing {}", object.display()))
+            }
         }
-        Ok(true)
     }
 
     pub fn ensure(&self) -> Result<()> {
@@ -271,7 +281,8 @@ impl Store {
         if let Ok(rd) = std::fs::read_dir(self.objects_tmp()) {
             let mut n = 0;
             for e in rd {
-                std::fs::remove_file(e?.path())?;
+                let p = e?.path();
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
                 n += 1;
             }
             if n > 0 {

@@ -2,7 +2,7 @@
 //! extra or changed file reported by node path.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -29,6 +29,45 @@ pub struct Problem {
     pub path: String,
     pub problem: ProblemKind,
     pub detail: String,
+}
+
+/// Check one stored file against its manifest record: present, a regular file of the right
+/// size and, unless `presence_only`, the right content. Returns the problem, if any, and the
+/// bytes read.
+pub fn check_stored(
+    file: &Path,
+    size: u64,
+    hash: &str,
+    presence_only: bool,
+) -> (Option<(ProblemKind, String)>, u64) {
+    let problem = match std::fs::symlink_metadata(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some((ProblemKind::Missing, "stored copy is missing".to_string()))
+        }
+        Err(e) => Some((ProblemKind::Unreadable, e.to_string())),
+        Ok(m) if !m.file_type().is_file() => Some((
+            ProblemKind::Changed,
+            "stored copy is not a regular file".into(),
+        )),
+        Ok(m) if m.len() != size => Some((
+            ProblemKind::Changed,
+            format!("stored copy has {} bytes instead of {size}", m.len()),
+        )),
+        Ok(_) if presence_only => None,
+        Ok(_) => match std::fs::File::open(file).and_then(|f| hash_file(&f)) {
+            Err(e) => Some((ProblemKind::Unreadable, e.to_string())),
+            Ok((h, n)) => {
+                let changed = (h != hash).then(|| {
+                    (
+                        ProblemKind::Changed,
+                        "content differs from the manifest".to_string(),
+                    )
+                });
+                return (changed, n);
+            }
+        },
+    };
+    (problem, 0)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,36 +215,11 @@ pub fn verify(
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
-                    let problem = match std::fs::symlink_metadata(&x.file) {
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            Some((ProblemKind::Missing, "stored copy is missing".to_string()))
-                        }
-                        Err(e) => Some((ProblemKind::Unreadable, e.to_string())),
-                        Ok(m) if !m.file_type().is_file() => Some((
-                            ProblemKind::Changed,
-                            "stored copy is not a regular file".into(),
-                        )),
-                        Ok(m) if m.len() != x.size => Some((
-                            ProblemKind::Changed,
-                            format!("stored copy has {} bytes instead of {}", m.len(), x.size),
-                        )),
-                        Ok(_) if x.presence_only => {
-                            presence.fetch_add(1, Ordering::Relaxed);
-                            None
-                        }
-                        Ok(_) => match std::fs::File::open(&x.file).and_then(|f| hash_file(&f)) {
-                            Err(e) => Some((ProblemKind::Unreadable, e.to_string())),
-                            Ok((h, n)) => {
-                                bytes.fetch_add(n, Ordering::Relaxed);
-                                (h != x.hash).then(|| {
-                                    (
-                                        ProblemKind::Changed,
-                                        "content differs from the manifest".to_string(),
-                                    )
-                                })
-                            }
-                        },
-                    };
+                    let (problem, read) = check_stored(&x.file, x.size, &x.hash, x.presence_only);
+                    if x.presence_only && problem.is_none() {
+                        presence.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bytes.fetch_add(read, Ordering::Relaxed);
                     if let Some((problem, detail)) = problem {
                         let mut p = problems.lock().unwrap_or_else(|p| p.into_inner());
                         for shown in &x.shown {
@@ -237,10 +251,15 @@ pub fn verify(
     let top_level = [INFO_FILE, MANIFEST_FILE, NEW_OBJECTS];
     let mut stack = vec![generation.dir.clone()];
     while let Some(d) = stack.pop() {
-        for ent in std::fs::read_dir(&d)? {
-            let ent = ent?;
+        let listing = |e| format!("listing {}: {e}", d.display());
+        for ent in std::fs::read_dir(&d).map_err(|e| anyhow::anyhow!(listing(e)))? {
+            let ent = ent.map_err(|e| anyhow::anyhow!(listing(e)))?;
             let p = ent.path();
-            if ent.file_type()?.is_dir() {
+            if ent
+                .file_type()
+                .map_err(|e| anyhow::anyhow!(listing(e)))?
+                .is_dir()
+            {
                 stack.push(p);
                 continue;
             }

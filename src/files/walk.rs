@@ -29,25 +29,6 @@ pub struct Scan {
     pub skipped_mounts: Vec<Vec<u8>>,
 }
 
-impl Scan {
-    /// Bytes of regular-file content (each hardlinked inode once).
-    pub fn content_bytes(&self) -> u64 {
-        (0..self.entries.len())
-            .filter(|&i| self.entries[i].kind == Kind::File && content_owner(&self.entries, i) == i)
-            .map(|i| self.entries[i].size)
-            .sum()
-    }
-}
-
-/// The position of the entry whose content entry `i` carries: itself, or the first member of
-/// its hardlink group (group ids are that position plus one).
-pub fn content_owner(entries: &[Entry], i: usize) -> usize {
-    match entries[i].hardlink {
-        Some(g) if g >= 1 && (g as usize - 1) < entries.len() => g as usize - 1,
-        _ => i,
-    }
-}
-
 /// Threads listing directories at once during a walk.
 const WALK_THREADS: usize = 4;
 
@@ -286,7 +267,10 @@ impl Walker<'_> {
         };
         let dir = match fsx::open_dir_in_root(self.root, parent) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
                 scan.extras_absent.push(rel);
                 return Ok(());
             }
@@ -354,6 +338,21 @@ fn number_hardlinks(entries: &mut [Entry]) {
         let id = members[0] as u64 + 1;
         for i in members {
             entries[i].hardlink = Some(id);
+        }
+    }
+}
+
+/// Raise the soft limit of open files to the hard one. The walk keeps a directory open for
+/// every directory it has queued, and a tree with a thousand subdirectories in one place
+/// would otherwise run into the usual soft limit of 1024 (systemd leaves the hard limit high
+/// and expects programs that need more to raise the soft one themselves).
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("could not raise the open files limit: {e}");
         }
     }
 }

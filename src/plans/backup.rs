@@ -234,6 +234,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let excludes = p.excludes()?;
     let extras = p.extras()?;
     let checkpoint = || cx.checkpoint();
+    let check_cancel = || cx.check_cancel();
     let mut scan = Walker {
         root: &p.config.root,
         excludes: &excludes,
@@ -258,6 +259,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let progress = |done: u64, total: u64, _bytes: u64| cx.progress(done, total, "files copied");
     let hooks = Hooks {
         checkpoint: &checkpoint,
+        check_cancel: &check_cancel,
         progress: &progress,
     };
     let stats = copy_files(
@@ -283,7 +285,9 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         skipped_mounts: scan.skipped_mounts.into_iter().map(ByteText).collect(),
     });
     m.entries = scan.entries;
-    m.write_file(&staging.join(PARTIAL))?;
+    let partial = staging.join(PARTIAL);
+    m.write_file(&partial)
+        .with_context(|| format!("writing {}", partial.display()))?;
     let mut detail = format!(
         "{} entries; {} files stored ({}), {} already stored ({}), {} hardlinks",
         m.entries.len(),
@@ -379,7 +383,9 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         std::fs::remove_file(&manifest_path)
             .with_context(|| format!("removing {}", manifest_path.display()))?;
     }
-    let hash = m.write_file(&manifest_path)?;
+    let hash = m
+        .write_file(&manifest_path)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
     if partial.exists() {
         std::fs::remove_file(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;
@@ -449,9 +455,11 @@ impl Step for VerifyGeneration {
             let id = generation_id(&cx)?;
             let g = p.store.open(&id)?;
             let checkpoint = || cx.checkpoint();
+            let check_cancel = || cx.check_cancel();
             let progress = |_: u64, _: u64, _: u64| {};
             let hooks = Hooks {
                 checkpoint: &checkpoint,
+                check_cancel: &check_cancel,
                 progress: &progress,
             };
             let jh = PlanContext::journal_hash(&cx.journal, &id);

@@ -34,10 +34,12 @@ impl Step for VerifyBackup {
         blocking(move || {
             let g = p.generation_for(&cx)?;
             let checkpoint = || cx.checkpoint();
+            let check_cancel = || cx.check_cancel();
             let progress =
                 |done: u64, total: u64, _: u64| cx.progress(done, total, "objects verified");
             let hooks = Hooks {
                 checkpoint: &checkpoint,
+                check_cancel: &check_cancel,
                 progress: &progress,
             };
             let jh = PlanContext::journal_hash(&cx.journal, &g.info.id);

@@ -164,10 +164,12 @@ impl Step for RestoreStep {
                 extras,
             };
             let checkpoint = || cx.checkpoint();
+            let check_cancel = || cx.check_cancel();
             let progress =
                 |done: u64, total: u64, _: u64| cx.progress(done, total, "entries restored");
             let hooks = Hooks {
                 checkpoint: &checkpoint,
+                check_cancel: &check_cancel,
                 progress: &progress,
             };
             if selection.trees.is_empty() && !selection.extras {

@@ -12,13 +12,23 @@ use crate::files::store::stored_rel;
 
 impl Restorer<'_> {
     pub(super) fn restore_extras(&mut self) -> Result<()> {
-        let extras: Vec<Vec<u8>> = self
-            .manifest
+        let manifest = self.manifest;
+        // Where each extra file's entry is (extras are few; entries are many).
+        let mut index: std::collections::HashMap<&[u8], usize> = manifest
             .header
             .extras
             .iter()
-            .map(|x| x.0.clone())
+            .map(|x| (&x.0[..], usize::MAX))
             .collect();
+        for (i, e) in self.entries.iter().enumerate() {
+            if !e.implicit
+                && let Some(slot) = index.get_mut(e.path_bytes())
+            {
+                *slot = i;
+            }
+        }
+        // One flush per file system at the end, not one per file.
+        let mut to_flush: std::collections::HashMap<u64, std::os::fd::OwnedFd> = Default::default();
         let implicit: Vec<usize> = (0..self.entries.len())
             .filter(|&i| self.entries[i].implicit)
             .collect();
@@ -40,20 +50,18 @@ impl Restorer<'_> {
                 }
             }
         }
-        for x in extras {
-            let Some(i) = self
-                .entries
-                .iter()
-                .position(|e| e.path_bytes() == x && !e.implicit)
-            else {
+        for x in &manifest.header.extras {
+            let x = &x.0[..];
+            let i = index[x];
+            if i == usize::MAX {
                 continue;
-            };
-            let p = Path::new("/").join(stored_rel(&x));
+            }
+            let p = Path::new("/").join(stored_rel(x));
             let parent = p.parent().unwrap_or(Path::new("/"));
             let pfd = match fsx::open_dir_in_root(self.root, parent) {
                 Ok(fd) => fd,
                 Err(_) if !self.apply => {
-                    self.change(&x, ChangeKind::Removed, "file");
+                    self.change(x, ChangeKind::Removed, "file");
                     self.to_copy.push(i);
                     continue;
                 }
@@ -62,10 +70,13 @@ impl Restorer<'_> {
             let dev = fsx::fstat(pfd.as_fd())?.st_dev;
             self.tick()?;
             self.sync_child(pfd.as_fd(), i, dev)
-                .with_context(|| format!("restoring {}", node(&x)))?;
+                .with_context(|| format!("restoring {}", node(x)))?;
             if self.apply {
-                fsx::syncfs(pfd.as_fd())?;
+                to_flush.entry(dev).or_insert(pfd);
             }
+        }
+        for fd in to_flush.values() {
+            fsx::syncfs(fd.as_fd()).context("flushing the machine-config files to disk")?;
         }
         Ok(())
     }

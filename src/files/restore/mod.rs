@@ -28,7 +28,7 @@ use rustix::fs::Stat;
 use serde::Serialize;
 
 use super::backup::Hooks;
-use super::copy::{ReflinkState, hash_file};
+use super::copy::ReflinkState;
 use super::entry::{Entry, Time};
 use super::exclude::Excludes;
 use super::manifest::Manifest;
@@ -99,9 +99,20 @@ pub fn diff(
     selection: &Selection<'_>,
     hooks: &Hooks<'_>,
 ) -> Result<RestoreReport> {
+    Ok(compare(root, generation, manifest, selection, hooks)?.report)
+}
+
+/// The comparison pass shared by `diff` and `restore`: nothing is changed.
+fn compare<'a>(
+    root: &'a Path,
+    generation: &'a Generation,
+    manifest: &'a Manifest,
+    selection: &Selection<'_>,
+    hooks: &'a Hooks<'a>,
+) -> Result<Restorer<'a>> {
     let mut r = Restorer::new(root, generation, manifest, false, hooks)?;
     r.run(selection)?;
-    Ok(r.report)
+    Ok(r)
 }
 
 /// Make the live trees of `selection` equal to the generation.
@@ -113,24 +124,23 @@ pub fn restore(
     hooks: &Hooks<'_>,
 ) -> Result<RestoreReport> {
     // 1. What would change, and can the generation supply it?
-    let quiet = Hooks::none();
-    let mut dry = Restorer::new(root, generation, manifest, false, &quiet)?;
-    dry.run(selection)?;
+    let mut dry = compare(root, generation, manifest, selection, hooks)?;
     let mut problems = Vec::new();
     let mut checked = std::collections::HashSet::new();
     for &i in &dry.to_copy {
+        (hooks.check_cancel)()?;
         let e = &manifest.entries[i];
         if !checked.insert(e.hash.clone()) {
             continue;
         }
-        let stored = generation.object(e.hash.as_deref().unwrap_or_default());
-        match std::fs::File::open(&stored).and_then(|f| hash_file(&f)) {
-            Ok((hash, size)) if Some(&hash) == e.hash.as_ref() && size == e.size => {}
-            Ok(_) => problems.push(format!(
-                "{}: stored copy does not match the manifest",
-                e.display()
-            )),
-            Err(err) => problems.push(format!("{}: stored copy unreadable: {err}", e.display())),
+        let Some(hash) = e.hash.as_deref() else {
+            problems.push(format!("{}: the manifest has no content hash", e.display()));
+            continue;
+        };
+        if let (Some((_, detail)), _) =
+            super::verify::check_stored(&generation.object(hash), e.size, hash, false)
+        {
+            problems.push(format!("{}: {detail}", e.display()));
         }
     }
     if !problems.is_empty() {
@@ -242,6 +252,8 @@ impl<'a> Restorer<'a> {
             if self.done.is_multiple_of(512) {
                 (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
             }
+        } else {
+            (self.hooks.check_cancel)()?;
         }
         Ok(())
     }
@@ -274,7 +286,9 @@ impl<'a> Restorer<'a> {
             self.restore_extras()
                 .context("restoring machine-config files")?;
         }
-        (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+        if self.apply {
+            (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+        }
         Ok(())
     }
 }

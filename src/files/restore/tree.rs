@@ -14,10 +14,10 @@ use super::paths::{base_of, join, node, parent_of, tmp_name};
 use super::{ChangeKind, Restorer, stat_key};
 use crate::files::copy::{copy_and_hash, hash_file};
 use crate::files::entry::{Entry, Kind};
+use crate::files::entry::{content_owner, owns_content};
 use crate::files::fsx::{self, Target};
 use crate::files::manifest::TreeInfo;
 use crate::files::store::stored_rel;
-use crate::files::walk::content_owner;
 
 impl Restorer<'_> {
     pub(super) fn restore_tree(&mut self, info: &TreeInfo) -> Result<()> {
@@ -72,7 +72,7 @@ impl Restorer<'_> {
             let e = &self.entries[i];
             let p = e.path_bytes().to_vec();
             self.change(&p, ChangeKind::Removed, "");
-            if e.kind == Kind::File && content_owner(self.entries, i) == i {
+            if owns_content(self.entries, i) {
                 self.to_copy.push(i);
             }
             if e.kind == Kind::Dir {
@@ -385,18 +385,17 @@ impl Restorer<'_> {
             (Some(st), Some((dev, ino))) => {
                 Kind::of(st) == Kind::File && st.st_dev == *dev && st.st_ino == *ino
             }
-            (Some(st), None) if !self.apply && !self.group_changes.contains(&g) => {
-                // Dry run: compare with the owner's live inode.
-                let owner_node = Path::new("/").join(stored_rel(&owner_path));
-                fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))
-                    .ok()
-                    .and_then(|d| {
-                        fsx::try_lstat_at(d.as_fd(), base_of(&owner_path))
-                            .ok()
-                            .flatten()
-                    })
-                    .is_some_and(|o| o.st_dev == st.st_dev && o.st_ino == st.st_ino)
-            }
+            // The owner was not visited in this pass (another tree): compare with its live
+            // inode, in a dry run and a restore alike, so that a diff lists what a restore does.
+            (Some(st), None) if !self.group_changes.contains(&g) => self
+                .owner_dir(&owner_path)
+                .ok()
+                .and_then(|d| {
+                    fsx::try_lstat_at(d.as_fd(), base_of(&owner_path))
+                        .ok()
+                        .flatten()
+                })
+                .is_some_and(|o| o.st_dev == st.st_dev && o.st_ino == st.st_ino),
             _ => false,
         };
         if linked {
@@ -413,9 +412,7 @@ impl Restorer<'_> {
         if live.as_ref().map(Kind::of) == Some(Kind::Dir) {
             self.remove_dir(dir, path)?;
         }
-        let owner_node = Path::new("/").join(stored_rel(&owner_path));
-        let owner_dir =
-            fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))?;
+        let owner_dir = self.owner_dir(&owner_path)?;
         let tmp = tmp_name();
         fsx::link_at(owner_dir.as_fd(), base_of(&owner_path), dir, &tmp)
             .with_context(|| format!("linking to {}", node(&owner_path)))?;
@@ -424,5 +421,11 @@ impl Restorer<'_> {
             return Err(err.into());
         }
         Ok(())
+    }
+
+    /// The directory that holds the owner of a hardlink group.
+    fn owner_dir(&self, owner_path: &[u8]) -> std::io::Result<OwnedFd> {
+        let owner_node = Path::new("/").join(stored_rel(owner_path));
+        fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))
     }
 }
