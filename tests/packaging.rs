@@ -259,7 +259,7 @@ fn selinux_module_links_against_the_installed_policy() {
     );
 }
 
-/// The types the spec (§2) and the Job rely on are declared, and the interfaces other modules
+/// The types the daemon, the CLI and the Job rely on are declared, and the interfaces other modules
 /// call exist.
 #[test]
 fn selinux_module_declares_the_documented_types_and_interfaces() {

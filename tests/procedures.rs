@@ -838,3 +838,26 @@ fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation(
     let (code, out, _) = ctl(&["verify", &first_id]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_backup_with_undeploy_old_keeps_the_booted_deployment_pinned_and_alone() {
+    let w = World::new("[backup]\nundeploy_old = true\n");
+    assert_eq!(w.sysroot.deployments().len(), 2);
+    let (code, out, err) = w.ctl(&["backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        w.sysroot.deployments(),
+        vec![w.old.clone()],
+        "the unpinned, not booted deployment is gone"
+    );
+    assert!(w.sysroot.pinned(&w.old.0, w.old.1));
+    let j = w.journal();
+    let pin = j.last_attempt(1, "pin-deployment").unwrap().unwrap();
+    assert!(
+        pin.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deployment count change: -1"),
+        "{pin:?}"
+    );
+}

@@ -246,8 +246,14 @@ impl DbusRpmOstree {
             loop {
                 tokio::select! {
                     msg = signals.next() => {
-                        let Some(Ok(msg)) = msg else {
-                            return Err(RollbackError::DaemonVanished);
+                        let msg = match msg {
+                            Some(Ok(msg)) => msg,
+                            // The peer-to-peer socket closed: rpm-ostreed went away.
+                            None => return Err(RollbackError::DaemonVanished),
+                            Some(Err(e)) => {
+                                tracing::warn!("unreadable message from the rpm-ostree transaction: {e}");
+                                continue;
+                            }
                         };
                         let header = msg.header();
                         match header.member().map(|m| m.as_str()) {
@@ -263,14 +269,19 @@ impl DbusRpmOstree {
                             _ => {}
                         }
                     }
-                    change = owner_changes.next() => {
-                        if let Some(c) = change
-                            && let Ok(args) = c.args()
-                            && args.new_owner().is_none()
-                        {
+                    change = owner_changes.next() => match change {
+                        Some(c) if c.args().is_ok_and(|a| a.new_owner().is_none()) => {
                             return Err(RollbackError::DaemonVanished);
                         }
-                    }
+                        Some(_) => {}
+                        // The system bus connection ended (the stream stays empty from now on,
+                        // and polling it again would spin).
+                        None => {
+                            return Err(RollbackError::Failed(
+                                "lost the system bus while waiting for the rollback transaction".into(),
+                            ));
+                        }
+                    },
                 }
             }
         };

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::context::PlanContext;
 use crate::engine::{Outcome, PreviewContext, Step, StepContext};
-use crate::host::ostree::OstreeDeployment;
+use crate::host::ostree::{Ostree, OstreeDeployment};
 use crate::host::rpmostree::{Deployment, Status};
 
 fn ostree_off(cx: &PlanContext) -> Option<Outcome> {
@@ -27,6 +27,32 @@ fn ostree_index(list: &[OstreeDeployment], d: &Deployment) -> Result<usize> {
                 d.csum_serial()
             )
         })
+}
+
+/// Undeploy these deployments of `list`, highest index first so that the indexes of the others
+/// do not move; never a pinned or the booted one.
+async fn undeploy(
+    ostree: &dyn Ostree,
+    list: &[OstreeDeployment],
+    mut indexes: Vec<usize>,
+) -> Result<Vec<String>> {
+    indexes.sort_unstable_by(|a, b| b.cmp(a));
+    indexes.dedup();
+    let mut done = Vec::new();
+    for i in indexes {
+        let d = list
+            .iter()
+            .find(|d| d.index == i)
+            .with_context(|| format!("ostree lists no deployment {i}"))?;
+        anyhow::ensure!(
+            !d.pinned && !d.booted,
+            "refusing to undeploy deployment {i} ({}): it is {}",
+            d.csum_serial(),
+            if d.booted { "booted" } else { "pinned" }
+        );
+        done.push(ostree.undeploy(i).await?);
+    }
+    Ok(done)
 }
 
 /// Pin the booted deployment so it stays available as the rollback target; optionally remove
@@ -67,20 +93,13 @@ impl Step for PinDeployment {
         };
         let mut detail = vec![pinned];
         if self.0.config.backup.undeploy_old {
-            // Highest index first, so the indexes of the others do not move.
             let list = host.ostree.deployments().await?;
-            for d in list.iter().rev() {
-                if d.pinned || d.booted || d.csum_serial() == booted.csum_serial() {
-                    continue;
-                }
-                let now = host.ostree.deployments().await?;
-                let cur = now
-                    .iter()
-                    .find(|x| x.csum_serial() == d.csum_serial())
-                    .context("a deployment vanished while old ones were removed")?;
-                anyhow::ensure!(!cur.pinned && cur.csum_serial() != booted.csum_serial());
-                detail.push(host.ostree.undeploy(cur.index).await?);
-            }
+            let old = list
+                .iter()
+                .filter(|d| !d.pinned && !d.booted && d.csum_serial() != booted.csum_serial())
+                .map(|d| d.index)
+                .collect();
+            detail.extend(undeploy(host.ostree.as_ref(), &list, old).await?);
         }
         let mut identity: serde_json::Value = cx
             .var("identity")?
@@ -227,21 +246,18 @@ impl Step for CheckDeployment {
                         in_the_way.join(", ")
                     );
                 }
-                // Remove what stands between the booted and the pinned deployment, last first.
+                // Remove what stands between the booted and the pinned deployment.
                 let list = host.ostree.deployments().await?;
-                for id in in_the_way.iter().rev() {
+                let mut indexes = Vec::new();
+                for id in &in_the_way {
                     let d = status
                         .deployments
                         .iter()
                         .find(|d| &d.id == id)
-                        .context("deployment vanished")?;
-                    let idx = ostree_index(&list, d)?;
-                    anyhow::ensure!(
-                        !list[idx].pinned && !list[idx].booted,
-                        "refusing to undeploy {id}"
-                    );
-                    host.ostree.undeploy(idx).await?;
+                        .with_context(|| format!("rpm-ostree no longer lists deployment {id}"))?;
+                    indexes.push(ostree_index(&list, d)?);
                 }
+                undeploy(host.ostree.as_ref(), &list, indexes).await?;
                 status = host.rpm_ostree.status().await?;
                 anyhow::ensure!(
                     placement(&status) == Placement::Rollback,

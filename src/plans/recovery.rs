@@ -1,5 +1,6 @@
 //! The recovery plan: check, restore files, reboot, restore the cluster, post-restore.
-//! The parity list is in `docs/architecture.md` and `../talm-procedure.md`'s recovery section.
+//! The step list, and what each step replaces of `upgrade-recovery.sh`, is in
+//! `docs/architecture.md`.
 
 use std::sync::Arc;
 

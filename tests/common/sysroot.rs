@@ -1,5 +1,6 @@
-//! A real ostree sysroot for tests, built with Debian's `ostree` CLI (dbus-contracts.md §3.4):
-//! two commits of a tiny OS, two deployments, refs kept so old commits stay deployable.
+//! A real ostree sysroot for tests, built with Debian's `ostree` CLI (`ostree admin init-fs`,
+//! `os-init`, `commit`, `deploy`): two commits of a tiny OS, two deployments, refs kept so old
+//! commits stay deployable.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

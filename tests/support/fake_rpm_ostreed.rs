@@ -1,6 +1,6 @@
 //! A fake rpm-ostree daemon (`org.projectatomic.rpmostree1`) for tests, on the bus named by
-//! `DBUS_SYSTEM_BUS_ADDRESS`. It follows `docs/dbus-contracts.md` §1–§2: the Sysroot and OS
-//! objects under an ObjectManager, deployment dictionaries, GError wire names, and rollback
+//! `DBUS_SYSTEM_BUS_ADDRESS`. It follows rpm-ostree's D-Bus API (`org.projectatomic.rpmostree1.xml`
+//! upstream): the Sysroot and OS objects under an ObjectManager, deployment dictionaries, GError wire names, and rollback
 //! transactions served on a separate peer-to-peer socket. Built by `cargo test` as the example
 //! `fake-rpm-ostreed`.
 //!
@@ -379,7 +379,7 @@ impl Daemon {
         }
     }
 
-    /// The deployment dictionary of §1.5.
+    /// The deployment dictionary rpm-ostree puts in `Deployments`/`BootedDeployment`.
     fn deployment_dict(&self, state: &State, d: &Deployment) -> HashMap<String, OwnedVariant> {
         let s = |v: &str| OwnedVariant::from(Str::from(v.to_string()));
         let strings = |v: Vec<String>| OwnedVariant::try_from(Variant::from(v)).unwrap();
@@ -740,7 +740,7 @@ struct Os(Arc<Daemon>);
 
 #[interface(name = "org.projectatomic.rpmostree1.OS")]
 impl Os {
-    /// Starts (or joins) a rollback transaction and returns its address (§2.1).
+    /// Starts (or joins) a rollback transaction and returns its peer-to-peer address.
     #[zbus(out_args("transaction_address"))]
     async fn rollback(
         &self,
@@ -916,7 +916,7 @@ where
     }
 }
 
-/// The rollback job (§1.7), run once on the first `Start`.
+/// The rollback job, run once on the first `Start` of the transaction.
 async fn run_rollback(daemon: Arc<Daemon>, txn: Arc<Txn>) {
     let faults = daemon.state.load().faults;
     if faults.crash_mid_txn {

@@ -1,7 +1,7 @@
 //! A fake systemd (PID 1's `org.freedesktop.systemd1`) and logind (`org.freedesktop.login1`) for
-//! tests, in one process on the bus named by `DBUS_SYSTEM_BUS_ADDRESS`. It follows the contracts
-//! in `docs/dbus-contracts.md` §4: member names, signatures, error names, job/JobRemoved
-//! semantics and inhibitor locks. Built by `cargo test` as the example `fake-systemd`.
+//! tests, in one process on the bus named by `DBUS_SYSTEM_BUS_ADDRESS`. It follows systemd's
+//! D-Bus API (org.freedesktop.systemd1(5), org.freedesktop.login1(5)): member names, signatures,
+//! error names, job/JobRemoved semantics and inhibitor locks. Built by `cargo test` as the example `fake-systemd`.
 //!
 //! Usage: `fake-systemd --state FILE --log FILE [--no-logind]`
 //!
