@@ -8,13 +8,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Journald,
-    Stderr,
-}
-
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM`) and journald's
 /// socket exists.
 pub fn under_journald() -> bool {
@@ -23,7 +16,7 @@ pub fn under_journald() -> bool {
 }
 
 /// Install the global subscriber. `default_level` applies unless `RECOVERYD_LOG` says otherwise.
-pub fn init(identifier: &str, default_level: &str) -> Target {
+pub fn init(identifier: &str, default_level: &str) {
     let filter = EnvFilter::try_from_env("RECOVERYD_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},zbus=warn")));
     if under_journald()
@@ -32,15 +25,11 @@ pub fn init(identifier: &str, default_level: &str) -> Target {
         let layer = layer
             .with_syslog_identifier(identifier.to_string())
             .with_field_prefix(None);
-        if tracing_subscriber::registry()
+        let _ = tracing_subscriber::registry()
             .with(filter)
             .with(layer)
-            .try_init()
-            .is_ok()
-        {
-            return Target::Journald;
-        }
-        return Target::Stderr;
+            .try_init();
+        return;
     }
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -52,5 +41,4 @@ pub fn init(identifier: &str, default_level: &str) -> Target {
                 .without_time(),
         )
         .try_init();
-    Target::Stderr
 }

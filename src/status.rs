@@ -82,41 +82,56 @@ pub fn summarize(journal: &Journal, run: &RunRecord) -> anyhow::Result<RunSummar
     })
 }
 
+/// The open run, if any: a recovery before a backup.
+fn open_run(
+    last_backup: &Option<RunRecord>,
+    last_recovery: &Option<RunRecord>,
+) -> Option<RunRecord> {
+    let open = |r: &Option<RunRecord>| r.as_ref().filter(|r| r.state.is_open()).cloned();
+    open(last_recovery).or_else(|| open(last_backup))
+}
+
+/// The one-word state every interface shows: `idle`, a backup's TALM state, or
+/// `recovery:<stage>`.
+fn state_word(open: Option<&RunRecord>) -> String {
+    match open {
+        None => "idle".to_string(),
+        Some(r) if r.kind == RunKind::Backup => backup_state(r).to_string(),
+        Some(r) => format!(
+            "recovery:{}",
+            r.stage.clone().unwrap_or_else(|| "starting".into())
+        ),
+    }
+}
+
+/// Only the state word, from two queries (for signals and properties, read often).
+pub fn state(journal: &Journal) -> anyhow::Result<String> {
+    let last_backup = journal.latest_run(RunKind::Backup)?;
+    let last_recovery = journal.latest_run(RunKind::Recovery)?;
+    Ok(state_word(open_run(&last_backup, &last_recovery).as_ref()))
+}
+
 impl Status {
     pub fn read(journal: &Journal) -> anyhow::Result<Status> {
         let last_backup = journal.latest_run(RunKind::Backup)?;
         let last_recovery = journal.latest_run(RunKind::Recovery)?;
-        let open = |r: &Option<RunRecord>| {
-            r.as_ref()
-                .filter(|r| {
-                    matches!(
-                        r.state,
-                        RunState::Running | RunState::Paused | RunState::AwaitingReboot
-                    )
-                })
+        let open = open_run(&last_backup, &last_recovery);
+        let summary = |r: &Option<RunRecord>| r.as_ref().map(|r| summarize(journal, r)).transpose();
+        let last_backup_summary = summary(&last_backup)?;
+        let last_recovery_summary = summary(&last_recovery)?;
+        // The open run is one of the two latest runs: reuse its summary.
+        let current_run = open.as_ref().and_then(|o| {
+            [&last_recovery_summary, &last_backup_summary]
+                .into_iter()
+                .flatten()
+                .find(|s| s.id == o.id)
                 .cloned()
-        };
-        let current = open(&last_recovery).or_else(|| open(&last_backup));
-        let current_run = current
-            .as_ref()
-            .map(|r| summarize(journal, r))
-            .transpose()?;
-        let state = match &current_run {
-            None => "idle".to_string(),
-            Some(r) if r.kind == RunKind::Backup => r.phase.clone(),
-            Some(r) => format!("recovery:{}", r.phase),
-        };
+        });
         Ok(Status {
-            state,
+            state: state_word(open.as_ref()),
             current_run,
-            last_backup: last_backup
-                .as_ref()
-                .map(|r| summarize(journal, r))
-                .transpose()?,
-            last_recovery: last_recovery
-                .as_ref()
-                .map(|r| summarize(journal, r))
-                .transpose()?,
+            last_backup: last_backup_summary,
+            last_recovery: last_recovery_summary,
             generations: journal.generations()?,
         })
     }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::{
-    Cli, console, exit, open_journal, pick_generation, print_json, remote, render, runtime,
+    Cli, console, exit, journal_if_present, open_journal, pick_generation, print_json, remote,
+    render, runtime,
 };
 use crate::config::Config;
-use crate::journal::Journal;
 use crate::status::Status;
 
 /// `status` from the daemon, or from the journal when the daemon does not answer.
@@ -59,7 +59,7 @@ pub(super) fn local_status(config: &Config, json: bool) -> Result<u8> {
             } else {
                 println!(
                     "state: idle (no journal yet at {})",
-                    config.state_path().join("journal.db").display()
+                    config.journal_path().display()
                 );
             }
             return Ok(exit::OK);
@@ -154,7 +154,7 @@ pub(super) fn journal(cli: &Cli, config: &Config, run: Option<i64>, limit: u32) 
 pub(super) fn verify(cli: &Cli, config: &Config, generation: &Option<String>) -> Result<u8> {
     let store = crate::files::store::Store::new(&config.state_path());
     let g = pick_generation(&store, generation)?;
-    let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+    let journal = journal_if_present(config);
     let jh = journal
         .as_ref()
         .and_then(|j| crate::plans::PlanContext::journal_hash(j, &g.info.id));
@@ -177,7 +177,7 @@ pub(super) fn verify(cli: &Cli, config: &Config, generation: &Option<String>) ->
 pub(super) fn diff(cli: &Cli, config: &Config, generation: &Option<String>) -> Result<u8> {
     let store = crate::files::store::Store::new(&config.state_path());
     let g = pick_generation(&store, generation)?;
-    let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+    let journal = journal_if_present(config);
     let m = crate::plans::restore::trusted_manifest(&g, journal.as_ref())?;
     let trees: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
     let sel = crate::files::restore::Selection {
@@ -223,9 +223,7 @@ pub(super) fn recovery_dry_run(
 ) -> Result<u8> {
     let plans = crate::plans::PlanContext::new(Arc::new(config.clone()));
     let g = pick_generation(&plans.store, generation)?;
-    let journal = Journal::open_existing(&config.state_path().join("journal.db"))
-        .ok()
-        .map(Arc::new);
+    let journal = journal_if_present(config).map(Arc::new);
     let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
     let plan = crate::plans::recovery_plan(&plans);
     let pc = crate::engine::PreviewContext {
@@ -266,7 +264,7 @@ pub(super) fn recovery_dry_run(
 /// `generations`: the committed generations, newest first.
 pub(super) fn generations(cli: &Cli, config: &Config) -> Result<u8> {
     let store = crate::files::store::Store::new(&config.state_path());
-    let journal = Journal::open_existing(&config.state_path().join("journal.db")).ok();
+    let journal = journal_if_present(config);
     let gens = store.list()?;
     if cli.json {
         let v: Vec<_> = gens

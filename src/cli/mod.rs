@@ -166,8 +166,20 @@ pub fn load_config(path: &Option<PathBuf>) -> Result<Config> {
 }
 
 fn open_journal(config: &Config) -> Result<Arc<Journal>> {
-    let path = config.state_path().join("journal.db");
-    Ok(Arc::new(Journal::open_existing(&path)?))
+    Ok(Arc::new(Journal::open_existing(&config.journal_path())?))
+}
+
+/// The journal for a command that can do without it (its record of manifest hashes makes
+/// checks stronger). A journal that exists but cannot be read is said, not passed over.
+fn journal_if_present(config: &Config) -> Option<Journal> {
+    match Journal::open_existing(&config.journal_path()) {
+        Ok(j) => Some(j),
+        Err(crate::journal::JournalError::Missing(_)) => None,
+        Err(e) => {
+            eprintln!("recoveryctl: warning: going on without the journal: {e}");
+            None
+        }
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {

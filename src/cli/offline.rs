@@ -25,7 +25,7 @@ impl Offline {
             "the state directory {} does not exist; create it (on a node: mount the recovery partition there)",
             state.display()
         );
-        let journal = Arc::new(Journal::open(&state.join("journal.db"))?);
+        let journal = Arc::new(Journal::open(&config.journal_path())?);
         let config = Arc::new(config);
         let plans = PlanContext::new(config.clone());
         config.check_step_names(&crate::plans::known_step_names(&plans))?;

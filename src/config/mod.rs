@@ -22,10 +22,11 @@ pub use sources::{ConfigSource, config_files};
 /// A configuration error that names the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    // Not a `source`: the message carries the reason once (an anyhow chain would repeat it).
+    #[error("{file}: cannot read: {error}")]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}: not valid TOML: {message}")]
     Syntax { file: PathBuf, message: String },
@@ -160,7 +161,7 @@ impl Config {
         Config::from_fragment(merged, files)
     }
 
-    /// Parse one TOML text (used by tests and `--config -`).
+    /// Parse one TOML text (used by tests).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let fragment = sources::parse_fragment(text, origin)?;
         Config::from_fragment(fragment, vec![origin.to_path_buf()])
@@ -368,6 +369,11 @@ impl Config {
     /// The state directory on this machine (`root` + `state_dir`).
     pub fn state_path(&self) -> PathBuf {
         self.host_path(&self.state_dir)
+    }
+
+    /// The journal, in the state directory.
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_path().join("journal.db")
     }
 
     /// The limits of one step: the `[steps.NAME]` override, else the `[engine]` defaults.

@@ -25,15 +25,8 @@ impl Default for ConfigSource {
 /// The files to read, in the order they apply.
 pub fn config_files(source: &ConfigSource) -> Result<Vec<PathBuf>, ConfigError> {
     match source {
-        ConfigSource::File(f) => {
-            if !f.is_file() {
-                return Err(ConfigError::Read {
-                    file: f.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-                });
-            }
-            Ok(vec![f.clone()])
-        }
+        // Reading it reports what is wrong (missing, a directory, no permission).
+        ConfigSource::File(f) => Ok(vec![f.clone()]),
         ConfigSource::Standard { prefix } => {
             let vendor = prefix.join("usr/lib/recoveryd/config.d");
             let admin_dir = prefix.join("etc/recoveryd/config.d");
@@ -60,17 +53,17 @@ fn dropins(dir: &Path) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
+        Err(error) => {
             return Err(ConfigError::Read {
                 file: dir.to_path_buf(),
-                source,
+                error,
             });
         }
     };
     for entry in rd {
-        let entry = entry.map_err(|source| ConfigError::Read {
+        let entry = entry.map_err(|error| ConfigError::Read {
             file: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".toml") && !name.starts_with('.') {
@@ -81,9 +74,9 @@ fn dropins(dir: &Path) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
 }
 
 pub(super) fn read_fragment(file: &Path) -> Result<Fragment, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
         file: file.to_path_buf(),
-        source,
+        error,
     })?;
     parse_fragment(&text, file)
 }

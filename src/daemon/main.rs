@@ -98,7 +98,7 @@ async fn run(args: Args, activated: Option<std::os::unix::net::UnixListener>) ->
         .into());
     }
     let journal =
-        Arc::new(Journal::open(&state.join("journal.db")).map_err(|e| Permanent(e.to_string()))?);
+        Arc::new(Journal::open(&config.journal_path()).map_err(|e| Permanent(e.to_string()))?);
     let config = Arc::new(config);
     let plans = PlanContext::new(config.clone());
     config

@@ -486,10 +486,7 @@ impl RunManager {
             (Some(_), Some(RunKind::Recovery)) => {
                 format!("recovery:{}", live.stage.unwrap_or_default())
             }
-            _ => self
-                .status()
-                .map(|s| s.state)
-                .unwrap_or_else(|_| "unknown".into()),
+            _ => crate::status::state(&self.journal).unwrap_or_else(|_| "unknown".into()),
         }
     }
 

@@ -55,14 +55,3 @@ pub struct Silent;
 impl Observer for Silent {
     fn event(&self, _: &Event<'_>) {}
 }
-
-/// Sends every event to several observers.
-pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
-
-impl Observer for Fanout {
-    fn event(&self, event: &Event<'_>) {
-        for o in &self.0 {
-            o.event(event);
-        }
-    }
-}

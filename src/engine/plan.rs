@@ -59,15 +59,4 @@ impl Plan {
     pub fn step_names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name()).collect()
     }
-
-    /// Stages in order, without repeats.
-    pub fn stages(&self) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = Vec::new();
-        for s in &self.steps {
-            if out.last() != Some(&s.stage()) {
-                out.push(s.stage());
-            }
-        }
-        out
-    }
 }

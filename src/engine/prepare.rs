@@ -4,6 +4,7 @@
 use anyhow::Result;
 use tracing::{info, warn};
 
+use super::step::option_bool;
 use super::{BREAKER_BOOT, Engine, EngineError, MessageId, Plan, Prepared, Trigger};
 use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState};
 
@@ -48,10 +49,7 @@ impl Engine {
                 }
             }
         }
-        let one_stage = options
-            .get("step")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let one_stage = option_bool(&options, "step");
         let run = self
             .journal
             .create_run(plan.kind, &plan.outline(), &options, &self.boot_id)?;
@@ -90,11 +88,7 @@ impl Engine {
             .into());
         }
         describe_lock(&mut lock, record.kind, run);
-        let stored = record
-            .options
-            .get("step")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let stored = option_bool(&record.options, "step");
         // An operator's explicit choice becomes the run's mode, for later automatic resumes too.
         let mut options = record.options.clone();
         if let Some(explicit) = one_stage

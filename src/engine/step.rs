@@ -71,7 +71,8 @@ impl StepContext {
         Ok(self.journal.var(self.run, key)?)
     }
 
-    /// Report progress inside the step; also a failpoint checkpoint (`<step>:during@N`).
+    /// Report progress inside the step (shown by `recoveryctl`, the `Progress` property and
+    /// STATUS=).
     pub fn progress(&self, done: u64, total: u64, message: &str) {
         self.observer.event(&Event::StepProgress {
             run: self.run,
@@ -102,18 +103,25 @@ impl StepContext {
     }
 
     pub fn option_bool(&self, key: &str) -> bool {
-        self.options
-            .get(key)
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
+        option_bool(&self.options, key)
     }
 
     pub fn option_str(&self, key: &str) -> Option<String> {
-        self.options
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
+        option_str(&self.options, key)
     }
+}
+
+/// A boolean run option (`force`, `step`); absent is false.
+pub fn option_bool(options: &serde_json::Value, key: &str) -> bool {
+    options.get(key).and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+/// A string run option (`generation`, `plan`).
+pub fn option_str(options: &serde_json::Value, key: &str) -> Option<String> {
+    options
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
 }
 
 /// What a step can see when previewing (no run exists).
@@ -122,4 +130,14 @@ pub struct PreviewContext {
     pub config: Arc<Config>,
     pub journal: Option<Arc<Journal>>,
     pub options: serde_json::Value,
+}
+
+impl PreviewContext {
+    pub fn option_bool(&self, key: &str) -> bool {
+        option_bool(&self.options, key)
+    }
+
+    pub fn option_str(&self, key: &str) -> Option<String> {
+        option_str(&self.options, key)
+    }
 }

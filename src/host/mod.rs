@@ -28,7 +28,6 @@ pub struct Host {
     pub rpm_ostree: Arc<dyn rpmostree::RpmOstree>,
     pub ostree: Arc<dyn ostree::Ostree>,
     pub selinux: Arc<dyn selinux::Enforcement>,
-    pub programs: Arc<dyn command::Programs>,
     pub cluster: Arc<cluster::Cluster>,
 }
 
@@ -50,7 +49,7 @@ impl Host {
             }),
             selinux: Arc::new(selinux::SelinuxFs::at(&config.root, &h.selinuxfs)),
             cluster: Arc::new(cluster::Cluster {
-                programs: programs.clone(),
+                programs,
                 crictl: h.crictl.clone(),
                 crio: h.crio.clone(),
                 oc: h.oc.clone(),
@@ -58,7 +57,6 @@ impl Host {
                 kubeconfig: config.host_path(&h.kubeconfig),
                 timeout: h.command_timeout,
             }),
-            programs,
         }
     }
 }

@@ -80,19 +80,7 @@ impl Journal {
     }
 
     fn open_with(path: &Path, create: bool) -> Result<Journal> {
-        let err = |source: rusqlite::Error| {
-            if is_corruption(&source) {
-                JournalError::Corrupted {
-                    path: path.to_path_buf(),
-                    detail: source.to_string(),
-                }
-            } else {
-                JournalError::Sqlite {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        };
+        let err = |source: rusqlite::Error| classify(path, source);
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -174,16 +162,21 @@ impl Journal {
     }
 
     fn sql_err(&self, source: rusqlite::Error) -> JournalError {
-        if is_corruption(&source) {
-            JournalError::Corrupted {
-                path: self.path.clone(),
-                detail: source.to_string(),
-            }
-        } else {
-            JournalError::Sqlite {
-                path: self.path.clone(),
-                source,
-            }
+        classify(&self.path, source)
+    }
+}
+
+/// A damaged database is `Corrupted` (never silently replaced); anything else is `Sqlite`.
+fn classify(path: &Path, source: rusqlite::Error) -> JournalError {
+    if is_corruption(&source) {
+        JournalError::Corrupted {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        }
+    } else {
+        JournalError::Sqlite {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

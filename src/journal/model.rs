@@ -47,6 +47,14 @@ string_enum!(
 );
 
 impl RunState {
+    /// A run that has begun and not ended: it executes, or waits to be continued.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            RunState::Running | RunState::Paused | RunState::AwaitingReboot
+        )
+    }
+
     /// A run in a final state will not be continued.
     pub fn is_final(self) -> bool {
         matches!(

@@ -119,10 +119,7 @@ impl Journal {
     }
 
     pub fn set_run_state(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
-        let finished = matches!(
-            state,
-            RunState::Succeeded | RunState::Failed | RunState::Timeout | RunState::Cancelled
-        );
+        let finished = !state.is_open();
         self.conn()
             .execute(
                 "UPDATE runs SET state = ?2, error = ?3,

@@ -176,12 +176,7 @@ impl Step for CheckDeployment {
                 self.describe()
             ));
         }
-        if pc
-            .options
-            .get("force")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-        {
+        if pc.option_bool("force") {
             return Ok(format!("{} (skipped: --force)", self.describe()));
         }
         let status = self.0.host.rpm_ostree.status().await?;

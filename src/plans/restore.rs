@@ -194,11 +194,7 @@ impl Step for RestoreStep {
         let p = self.cx.clone();
         let trees = self.trees.clone();
         let extras = self.extras;
-        let wanted = pc
-            .options
-            .get("generation")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+        let wanted = pc.option_str("generation");
         let journal = pc.journal.clone();
         let desc = self.describe();
         blocking(move || {
