@@ -25,7 +25,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CTL = os.path.join(ROOT, "target", "release", "recoveryctl")
+CTL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "recoveryctl")
 TREES = ["etc", "usr/local", "var/lib/kubelet"]
 LABEL = b"system_u:object_r:etc_t:s0\0"
 

@@ -19,7 +19,7 @@ use crate::journal::{GenerationRecord, RunKind, RunState};
 
 const PARTIAL: &str = "files.partial";
 
-fn generation_id(cx: &StepContext) -> Result<String> {
+pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
     cx.var("generation")?
         .context("the run has no generation yet (the preflight step did not finish)")
 }
@@ -391,7 +391,7 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             .with_context(|| format!("removing {}", partial.display()))?;
     }
     let mut identity = p.identity();
-    if let Some(extra) = cx.var("identity")?
+    if let Some(extra) = cx.var(super::context::IDENTITY)?
         && let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(&extra)
     {
         for (k, v) in extra {

@@ -49,7 +49,7 @@ impl Step for ClusterBackup {
         if let Some(skip) = cluster_off(&self.0) {
             return Ok(skip);
         }
-        let id = cx.var("generation")?.context("the run has no generation")?;
+        let id = super::backup::generation_id(cx)?;
         let dir = self.0.store.staging_path(&id).join("cluster");
         // A retried attempt starts from an empty directory.
         if dir.exists() {
@@ -81,17 +81,14 @@ impl Step for ClusterBackup {
         }
         // Who the cluster is, if its API answers.
         match self.0.host.cluster.cluster_version().await {
-            Ok(v) => {
-                let mut identity: serde_json::Value = cx
-                    .var("identity")?
-                    .and_then(|s| serde_json::from_str(&s).ok())
-                    .unwrap_or_else(|| serde_json::json!({}));
-                identity["cluster"] = serde_json::json!({
+            Ok(v) => PlanContext::add_identity(
+                cx,
+                "cluster",
+                serde_json::json!({
                     "id": v.spec.cluster_id,
                     "version": v.status.map(|s| s.desired.version),
-                });
-                cx.set_var("identity", &identity.to_string())?;
-            }
+                }),
+            )?,
             Err(e) => tracing::warn!("the cluster version is not recorded: {e:#}"),
         }
         Ok(Outcome::Done(format!(
@@ -128,7 +125,7 @@ impl Step for SaveImages {
         if let Some(skip) = cluster_off(&self.0) {
             return Ok(skip);
         }
-        let id = cx.var("generation")?.context("the run has no generation")?;
+        let id = super::backup::generation_id(cx)?;
         let archive = self.0.store.staging_path(&id).join(IMAGES_ARCHIVE);
         std::fs::create_dir_all(archive.parent().expect("has a parent"))?;
         if archive.exists() {

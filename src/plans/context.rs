@@ -12,6 +12,9 @@ use crate::files::store::{Generation, Store};
 use crate::host::Host;
 use crate::journal::Journal;
 
+/// Run variable: identity facts steps gathered for the generation (JSON object).
+pub const IDENTITY: &str = "identity";
+
 /// Shared by every step of a plan.
 pub struct PlanContext {
     pub config: Arc<Config>,
@@ -53,6 +56,17 @@ impl PlanContext {
                 .to_string_lossy()
                 .into_owned()
         })
+    }
+
+    /// Add one key to what the run records of the node's identity (the commit step puts it in
+    /// the generation).
+    pub fn add_identity(cx: &StepContext, key: &str, value: serde_json::Value) -> Result<()> {
+        let mut identity: serde_json::Value = cx
+            .var(IDENTITY)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        identity[key] = value;
+        cx.set_var(IDENTITY, &identity.to_string())
     }
 
     /// Who the node is, as a generation records it.

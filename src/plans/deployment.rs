@@ -101,15 +101,14 @@ impl Step for PinDeployment {
                 .collect();
             detail.extend(undeploy(host.ostree.as_ref(), &list, old).await?);
         }
-        let mut identity: serde_json::Value = cx
-            .var("identity")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        identity["deployment"] = serde_json::json!({
-            "id": booted.id, "osname": booted.osname, "checksum": booted.checksum,
-            "serial": booted.serial, "version": booted.version,
-        });
-        cx.set_var("identity", &identity.to_string())?;
+        PlanContext::add_identity(
+            cx,
+            "deployment",
+            serde_json::json!({
+                "id": booted.id, "osname": booted.osname, "checksum": booted.checksum,
+                "serial": booted.serial, "version": booted.version,
+            }),
+        )?;
         Ok(Outcome::Done(detail.join("; ")))
     }
 }

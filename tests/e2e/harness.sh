@@ -25,6 +25,13 @@ CACHE=${RECOVERYD_E2E_CACHE:-$TARGET/e2e-cache}
 WORK=$(mktemp -d /var/tmp/recoveryd-e2e.XXXXXX)
 ROOT=$WORK/root
 CGROUP=recoveryd-e2e-$$
+# The cgroup directories the container is put in: the unified hierarchy alone, or on a hybrid
+# host (as when the host's PID 1 is not systemd) the unified and the named systemd one.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+  CGROUP_DIRS=(/sys/fs/cgroup/$CGROUP)
+else
+  CGROUP_DIRS=(/sys/fs/cgroup/unified/$CGROUP /sys/fs/cgroup/systemd/$CGROUP)
+fi
 NSPAWN_PID=
 BOOT=0
 export OSTREE_SYSROOT_DEBUG=mutable-deployments
@@ -61,8 +68,7 @@ cleanup() {
     kill -TERM "$NSPAWN_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.1; done
   fi
-  for h in unified systemd; do
-    local cg=/sys/fs/cgroup/$h/$CGROUP
+  for cg in "${CGROUP_DIRS[@]}"; do
     [ -d "$cg" ] || continue
     [ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill" 2>/dev/null || true
     for _ in $(seq 1 50); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
@@ -186,9 +192,9 @@ boot() {
   if [ "${1:-}" = "--may-reboot" ]; then may_reboot=1; fi
   BOOT=$((BOOT + 1))
   say "Boot $BOOT"
-  for h in unified systemd; do mkdir -p "/sys/fs/cgroup/$h/$CGROUP"; done
+  for cg in "${CGROUP_DIRS[@]}"; do mkdir -p "$cg"; done
   (
-    for h in unified systemd; do echo $BASHPID > "/sys/fs/cgroup/$h/$CGROUP/cgroup.procs"; done
+    for cg in "${CGROUP_DIRS[@]}"; do echo $BASHPID > "$cg/cgroup.procs"; done
     exec systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
       --resolv-conf=off --timezone=off -D "$ROOT"
   ) >>"$WORK/console.log" 2>&1 &
