@@ -177,6 +177,18 @@ fn populate(node: &Node) {
     .unwrap();
 }
 
+/// Wait until a fake cluster program has been called (a run is in the act).
+fn wait_for_cluster_call(node: &Node, program: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::cluster_calls(&node.root())
+        .iter()
+        .any(|c| c.starts_with(program))
+    {
+        assert!(Instant::now() < deadline, "{program} never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 const MANAGER: &str = "org.recoveryd.Recovery1.Manager";
 const PATH: &str = "/org/recoveryd/Recovery1";
 const NAME: &str = "org.recoveryd.Recovery1";
@@ -519,14 +531,7 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
     std::fs::write(node.path("/opt/fake-cluster/state/slow-restore"), "3").unwrap();
     let mut d = Daemon::start(&bus, &node, &[]);
     // The daemon resumes by itself; stop it while cluster-restore.sh runs.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::cluster_calls(&node.root())
-        .iter()
-        .any(|c| c.starts_with("cluster-restore.sh"))
-    {
-        assert!(Instant::now() < deadline, "cluster-restore.sh never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_cluster_call(&node, "cluster-restore.sh");
     assert!(d.terminate().success(), "a clean exit after SIGTERM");
     let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
     let r = j.run(2).unwrap().unwrap();
@@ -587,14 +592,7 @@ fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline(
             .stderr(Stdio::piped());
         c.spawn().unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::cluster_calls(&node.root())
-        .iter()
-        .any(|c| c.starts_with("cluster-backup.sh"))
-    {
-        assert!(Instant::now() < deadline, "cluster-backup.sh never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_cluster_call(&node, "cluster-backup.sh");
     let _ = d.child.kill();
     let _ = d.child.wait();
     let out = waiting.wait_with_output().unwrap();
