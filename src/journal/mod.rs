@@ -114,8 +114,7 @@ impl Journal {
                 });
             }
         }
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        set_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -128,20 +127,38 @@ impl Journal {
         Ok(journal)
     }
 
-    fn migrate(&self, from: u32) -> Result<()> {
+    /// Bring the schema to [`schema::CURRENT`]. Two processes may open a new journal at the same
+    /// moment (two first backups): each migration step takes the write lock first (`BEGIN
+    /// IMMEDIATE`, waiting up to the busy timeout) and reads the version again under it, so the
+    /// second one finds the work done instead of failing on "table already exists".
+    fn migrate(&self, seen: u32) -> Result<()> {
         let mut conn = self.conn();
-        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
-            let to = i as u32 + 1;
-            let tx = conn.transaction().map_err(|e| self.sql_err(e))?;
+        loop {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| self.sql_err(e))?;
+            let version: u32 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| self.sql_err(e))?;
+            if version > schema::CURRENT {
+                return Err(JournalError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    supported: schema::CURRENT,
+                });
+            }
+            let Some(sql) = schema::MIGRATIONS.get(version as usize) else {
+                return tx.commit().map_err(|e| self.sql_err(e));
+            };
+            let to = version + 1;
             tx.execute_batch(sql).map_err(|e| self.sql_err(e))?;
             tx.pragma_update(None, "user_version", to)
                 .map_err(|e| self.sql_err(e))?;
             tx.commit().map_err(|e| self.sql_err(e))?;
-            if from > 0 {
+            if seen > 0 {
                 tracing::info!(journal = %self.path.display(), "migrated journal schema to version {to}");
             }
         }
-        Ok(())
     }
 
     /// The schema version of the open database.
@@ -177,6 +194,29 @@ fn classify(path: &Path, source: rusqlite::Error) -> JournalError {
         JournalError::Sqlite {
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// Switch to WAL (persistent in the file; a no-op once done). Changing the journal mode needs
+/// the database to itself for a moment, and SQLite does not wait for that with the busy
+/// handler, so a concurrent first open is waited out here.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0));
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
