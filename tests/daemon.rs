@@ -433,6 +433,17 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
             "bad request",
         ),
         (&b"{\"op\":\"backup\",\"colour\":1}\n"[..], "unknown field"),
+        (
+            &b"{\"op\":\"status\",\"extra\":1}\n"[..],
+            "unknown field `extra`",
+        ),
+        (
+            &b"{\"op\":\"cancel\",\"now\":true}\n"[..],
+            "unknown field `now`",
+        ),
+        (&b"{\"op\":\"recover\",\"x\":1}\n"[..], "unknown field `x`"),
+        (&b"{\"op\":\"resume\",\"x\":1}\n"[..], "unknown field `x`"),
+        (&b"{\"op\":\"restart\",\"x\":1}\n"[..], "unknown field `x`"),
         (&b"\n"[..], "empty request"),
         (&big[..], "longer than 65536 bytes"),
     ] {

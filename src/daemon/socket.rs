@@ -30,10 +30,13 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request. Every op is a struct variant, even those without fields: serde checks
+/// `deny_unknown_fields` only on fields it reads, so a unit variant would accept
+/// `{"op":"cancel","now":true}`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    Status {},
     Backup {
         #[serde(default)]
         wait: bool,
@@ -58,12 +61,12 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
-    Cancel,
+    Cancel {},
 }
 
 impl Request {
     fn mutating(&self) -> bool {
-        !matches!(self, Request::Status)
+        !matches!(self, Request::Status {})
     }
 }
 
@@ -182,7 +185,7 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
     // Subscribe before starting, so that no event of the new run is missed.
     let mut events = manager.events.subscribe();
     let (started, wait) = match request {
-        Request::Status => {
+        Request::Status {} => {
             let line = match manager.status() {
                 Ok(s) => {
                     let mut v = serde_json::to_value(&s).unwrap_or_default();
@@ -194,7 +197,7 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
             };
             return send(&mut stream, &line).await;
         }
-        Request::Cancel => {
+        Request::Cancel {} => {
             let line = match manager.cancel() {
                 Ok(m) => serde_json::json!({"ok": true, "message": m}).to_string(),
                 Err(e) => error_line(&e),
@@ -285,4 +288,28 @@ fn result_line(run: i64, state: RunState, phase: String, message: String) -> Str
     );
     serde_json::json!({"ok": ok, "run": run, "state": state, "phase": phase, "message": message})
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Request;
+
+    fn parse(s: &str) -> Result<Request, String> {
+        serde_json::from_str(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_op_refuses_unknown_fields() {
+        for op in ["status", "backup", "recover", "resume", "restart", "cancel"] {
+            let good = format!(r#"{{"op":"{op}"}}"#);
+            assert!(parse(&good).is_ok(), "{good}");
+            let bad = format!(r#"{{"op":"{op}","extra":1}}"#);
+            let e = parse(&bad).unwrap_err();
+            assert!(e.contains("unknown field `extra`"), "{bad}: {e}");
+        }
+        assert!(parse(r#"{"op":"cancel","now":true}"#).is_err());
+        assert!(parse(r#"{"op":"reboot"}"#).is_err());
+        assert!(parse(r#"{"op":"backup","wait":"yes"}"#).is_err());
+        assert!(parse(r#"{}"#).is_err());
+    }
 }
