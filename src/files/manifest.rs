@@ -87,6 +87,12 @@ pub enum ManifestError {
         line: usize,
         message: String,
     },
+    /// The manifest parses but breaks a rule (a `..` path, a child before its parent, ...).
+    #[error("manifest {path} is corrupt and was not used: {violation}")]
+    Invalid {
+        path: String,
+        violation: super::validate::Violation,
+    },
 }
 
 /// A writer that hashes what passes through it.
@@ -188,6 +194,10 @@ impl Manifest {
                 Line::Artifact(a) => m.artifacts.push(a),
             }
         }
+        super::validate::validate(&m).map_err(|violation| ManifestError::Invalid {
+            path: p.clone(),
+            violation,
+        })?;
         Ok(m)
     }
 

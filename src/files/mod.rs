@@ -11,5 +11,17 @@ pub mod fsx;
 pub mod manifest;
 pub mod restore;
 pub mod store;
+pub mod validate;
 pub mod verify;
 pub mod walk;
+
+/// Whether an error means that a generation cannot be trusted (a damaged or tampered manifest,
+/// a stored file that does not match it): the operator's answer is another generation, not a
+/// retry. `recoveryctl` exits 6 for these.
+pub fn is_corruption(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<manifest::ManifestError>()
+            .is_some_and(|m| !matches!(m, manifest::ManifestError::Io { .. }))
+            || c.downcast_ref::<restore::Corrupted>().is_some()
+    })
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::blocking;
@@ -113,11 +113,17 @@ pub fn trusted_manifest(
         && let Some(h) = PlanContext::journal_hash(j, &g.info.id)
         && h != g.info.manifest_hash
     {
-        bail!(
-            "generation {}: its generation.json records manifest {}, the journal {h}; refusing to use it",
-            g.info.id,
-            g.info.manifest_hash
-        );
+        return Err(crate::files::manifest::ManifestError::HashMismatch {
+            path: g.dir.join(crate::files::store::INFO_FILE).display().to_string(),
+            expected: h,
+            found: g.info.manifest_hash.clone(),
+        })
+        .with_context(|| {
+            format!(
+                "generation {}: generation.json and the journal record different manifests; refusing to use it",
+                g.info.id
+            )
+        });
     }
     g.manifest()
 }

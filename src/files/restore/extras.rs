@@ -1,14 +1,12 @@
 //! Restoring machine-config files kept outside the backed-up trees, and their missing parents.
 
 use std::os::fd::AsFd;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::paths::{base_of, node};
+use super::paths::{node, parent_of};
 use super::{ChangeKind, Restorer};
-use crate::files::fsx::{self, Target};
-use crate::files::store::stored_rel;
+use crate::files::fsx;
 
 impl Restorer<'_> {
     pub(super) fn restore_extras(&mut self) -> Result<()> {
@@ -29,43 +27,21 @@ impl Restorer<'_> {
         }
         // One flush per file system at the end, not one per file.
         let mut to_flush: std::collections::HashMap<u64, std::os::fd::OwnedFd> = Default::default();
-        let implicit: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| self.entries[i].implicit)
-            .collect();
-        // Missing ancestors first (created with their recorded metadata, never changed).
-        for i in implicit {
-            let e = &self.entries[i];
-            let p = Path::new("/").join(stored_rel(e.path_bytes()));
-            let parent = p.parent().unwrap_or(Path::new("/"));
-            let Ok(pfd) = fsx::open_dir_in_root(self.root, parent) else {
-                continue;
-            };
-            if fsx::try_lstat_at(pfd.as_fd(), base_of(e.path_bytes()))?.is_none() {
-                self.change(e.path_bytes(), ChangeKind::Removed, "directory");
-                if self.apply {
-                    fsx::mkdir_at(pfd.as_fd(), base_of(e.path_bytes()), 0o700)?;
-                    let d = fsx::open_child_dir(pfd.as_fd(), base_of(e.path_bytes()))?;
-                    let st = fsx::fstat(d.as_fd())?;
-                    self.apply_metadata(Target::Fd(d.as_fd()), e, &st)?;
-                }
-            }
-        }
         for x in &manifest.header.extras {
             let x = &x.0[..];
             let i = index[x];
             if i == usize::MAX {
                 continue;
             }
-            let p = Path::new("/").join(stored_rel(x));
-            let parent = p.parent().unwrap_or(Path::new("/"));
-            let pfd = match fsx::open_dir_in_root(self.root, parent) {
-                Ok(fd) => fd,
-                Err(_) if !self.apply => {
-                    self.change(x, ChangeKind::Removed, "file");
-                    self.to_copy.push(i);
-                    continue;
-                }
-                Err(e) => return Err(e).with_context(|| format!("opening {}", parent.display())),
+            // The parent chain, created or repaired as the generation recorded it, never
+            // followed through a symlink.
+            let pfd = self
+                .reach_outside_dir(parent_of(x))
+                .with_context(|| format!("restoring {}", node(x)))?;
+            let Some(pfd) = pfd else {
+                self.change(x, ChangeKind::Removed, "file");
+                self.to_copy.push(i);
+                continue;
             };
             let dev = fsx::fstat(pfd.as_fd())?.st_dev;
             self.tick()?;

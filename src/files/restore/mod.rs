@@ -18,6 +18,7 @@
 mod extras;
 mod metadata;
 mod paths;
+mod reach;
 mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -190,6 +191,10 @@ struct Restorer<'a> {
     reflink: ReflinkState,
     done: u64,
     total: u64,
+    /// The recorded parent directories of machine-config files outside the trees, by path.
+    implicit: HashMap<&'a [u8], usize>,
+    /// Outside directories whose change is already reported (shared by several files).
+    reported: HashSet<Vec<u8>>,
 }
 
 impl<'a> Restorer<'a> {
@@ -234,6 +239,13 @@ impl<'a> Restorer<'a> {
             reflink: ReflinkState::new(true),
             done: 0,
             total: entries.len() as u64,
+            implicit: entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.implicit)
+                .map(|(i, e)| (e.path_bytes(), i))
+                .collect(),
+            reported: HashSet::new(),
         })
     }
 

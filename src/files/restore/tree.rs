@@ -21,40 +21,15 @@ use crate::files::store::stored_rel;
 
 impl Restorer<'_> {
     pub(super) fn restore_tree(&mut self, info: &TreeInfo) -> Result<()> {
-        let tree = Path::new(&info.path);
-        let rel: &[u8] = &tree.as_os_str().as_bytes()[1..];
+        let rel: &[u8] = &info.path.as_bytes()[1..];
         let Some(root_idx) = self.entries.iter().position(|e| e.path_bytes() == rel) else {
             bail!("the manifest has no entry for the tree root");
         };
-        let fd = match fsx::open_dir_in_root(self.root, tree) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.change(rel, ChangeKind::Removed, "tree root");
-                if !self.apply {
-                    self.count_missing(rel);
-                    return Ok(());
-                }
-                let parent = tree.parent().unwrap_or(Path::new("/"));
-                let pfd = fsx::open_dir_in_root(self.root, parent)
-                    .with_context(|| format!("opening {}", parent.display()))?;
-                fsx::mkdir_at(
-                    pfd.as_fd(),
-                    tree.file_name().context("tree has no name")?,
-                    0o700,
-                )?;
-                fsx::open_dir_in_root(self.root, tree)?
-            }
-            Err(e) => return Err(e).with_context(|| format!("opening {}", tree.display())),
+        let Some(fd) = self.reach_tree_root(info, rel)? else {
+            // A dry run: the root would be created or replaced, and everything in it created.
+            self.count_missing(rel);
+            return Ok(());
         };
-        let now = fsx::resolved_in_root(self.root, fd.as_fd())?;
-        if let Some(then) = &info.resolved
-            && *then != now
-        {
-            bail!(
-                "{} resolves to {now} inside the node, but to {then} when it was backed up; refusing to restore through it",
-                info.path
-            );
-        }
         let dev = fsx::fstat(fd.as_fd())?.st_dev;
         self.sync_dir(fd.as_fd(), rel, dev)?;
         let root_entry = &self.entries[root_idx];
