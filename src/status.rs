@@ -58,6 +58,8 @@ pub struct Status {
     pub last_backup: Option<RunSummary>,
     pub last_recovery: Option<RunSummary>,
     pub generations: Vec<GenerationRecord>,
+    /// What the object store holds (absent when it cannot be read; the reason is logged).
+    pub store: Option<crate::files::store::StoreStats>,
 }
 
 pub fn summarize(journal: &Journal, run: &RunRecord) -> anyhow::Result<RunSummary> {
@@ -112,7 +114,7 @@ pub fn state(journal: &Journal) -> anyhow::Result<String> {
 }
 
 impl Status {
-    pub fn read(journal: &Journal) -> anyhow::Result<Status> {
+    pub fn read(journal: &Journal, store: &crate::files::store::Store) -> anyhow::Result<Status> {
         let last_backup = journal.latest_run(RunKind::Backup)?;
         let last_recovery = journal.latest_run(RunKind::Recovery)?;
         let open = open_run(&last_backup, &last_recovery);
@@ -133,6 +135,13 @@ impl Status {
             last_backup: last_backup_summary,
             last_recovery: last_recovery_summary,
             generations: journal.generations()?,
+            store: match store.stats() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot measure the object store: {e:#}");
+                    None
+                }
+            },
         })
     }
 
@@ -158,6 +167,18 @@ impl Status {
         }
         if let Some(r) = &self.last_recovery {
             let _ = writeln!(s, "last recovery: {}", line(r));
+        }
+        if let Some(st) = &self.store {
+            use crate::cli::render::human_bytes;
+            let _ = writeln!(
+                s,
+                "store: {} on disk in {} objects ({} referenced, {} unreferenced in {} objects)",
+                human_bytes(st.bytes),
+                st.objects,
+                human_bytes(st.referenced_bytes),
+                human_bytes(st.unreferenced_bytes),
+                st.unreferenced_objects
+            );
         }
         if self.generations.is_empty() {
             let _ = writeln!(s, "generations: none");

@@ -66,7 +66,10 @@ pub(super) fn local_status(config: &Config, json: bool) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
-    let status = Status::read(&journal)?;
+    let status = Status::read(
+        &journal,
+        &crate::files::store::Store::new(&config.state_path()),
+    )?;
     if json {
         print_json(&status)?;
     } else {
@@ -101,6 +104,17 @@ fn print_remote_status(v: &serde_json::Value) {
     run("current", &v["current_run"]);
     run("last backup", &v["last_backup"]);
     run("last recovery", &v["last_recovery"]);
+    if v["store"].is_object() {
+        let b = |k: &str| render::human_bytes(v["store"][k].as_u64().unwrap_or(0));
+        println!(
+            "store: {} on disk in {} objects ({} referenced, {} unreferenced in {} objects)",
+            b("bytes"),
+            v["store"]["objects"],
+            b("referenced_bytes"),
+            b("unreferenced_bytes"),
+            v["store"]["unreferenced_objects"]
+        );
+    }
     match v["generations"].as_array() {
         Some(g) if !g.is_empty() => {
             println!("generations:");
@@ -222,7 +236,7 @@ pub(super) fn recovery_dry_run(
     generation: &Option<String>,
 ) -> Result<u8> {
     let plans = crate::plans::PlanContext::new(Arc::new(config.clone()));
-    let g = pick_generation(&plans.store, generation)?;
+    let g = super::checked_generation(config, &plans.store, generation)?;
     let journal = journal_if_present(config).map(Arc::new);
     let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
     let plan = crate::plans::recovery_plan(&plans);

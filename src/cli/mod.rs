@@ -67,6 +67,7 @@ pub mod exit {
     pub fn for_error(e: &anyhow::Error) -> u8 {
         match e.downcast_ref::<EngineError>() {
             Some(EngineError::Busy(_) | EngineError::RecoveryOpen { .. }) => BUSY,
+            _ if crate::files::is_corruption(e) => CORRUPTED,
             _ => ERROR,
         }
     }
@@ -234,6 +235,19 @@ fn pick_generation(
     }
 }
 
+/// The generation a restore or recovery will use, with its manifest checked before any run
+/// exists: a damaged or tampered manifest is refused here (exit 6), and nothing changes.
+fn checked_generation(
+    config: &Config,
+    store: &crate::files::store::Store,
+    id: &Option<String>,
+) -> Result<crate::files::store::Generation> {
+    let g = pick_generation(store, id)?;
+    let journal = journal_if_present(config);
+    crate::plans::restore::trusted_manifest(&g, journal.as_ref())?;
+    Ok(g)
+}
+
 fn dispatch(cli: Cli) -> Result<u8> {
     let config = load_config(&cli.config)?;
     match cli.command {
@@ -245,7 +259,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok((crate::plans::backup_plan(plans), serde_json::json!({})))
         }),
         Command::RestoreFiles { ref generation } => start::new_offline(cli.json, config, |plans| {
-            let g = pick_generation(&plans.store, generation)?;
+            let g = checked_generation(&plans.config, &plans.store, generation)?;
             let options = serde_json::json!({"plan": "restore-files", "generation": g.info.id});
             Ok((crate::plans::restore_files_plan(plans), options))
         }),
@@ -277,7 +291,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             dry_run: false,
             ref generation,
         } => start::new_offline(cli.json, config, |plans| {
-            let g = pick_generation(&plans.store, generation)?;
+            let g = checked_generation(&plans.config, &plans.store, generation)?;
             let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
             Ok((crate::plans::recovery_plan(plans), options))
         }),

@@ -389,6 +389,14 @@ impl RunManager {
                     )
                 })?,
         };
+        // A damaged or tampered manifest is refused before a run exists.
+        crate::plans::restore::trusted_manifest(&generation, Some(&self.journal)).map_err(|e| {
+            if crate::files::is_corruption(&e) {
+                ApiError::Corrupted(format!("{e:#}"))
+            } else {
+                ApiError::Failed(format!("{e:#}"))
+            }
+        })?;
         let options = serde_json::json!({
             "plan": "recover", "force": o.force, "step": o.step, "generation": generation.info.id,
         });
@@ -472,7 +480,8 @@ impl RunManager {
     }
 
     pub fn status(&self) -> Result<Status, ApiError> {
-        Status::read(&self.journal).map_err(|e| ApiError::Failed(format!("{e:#}")))
+        Status::read(&self.journal, &self.plans.store)
+            .map_err(|e| ApiError::Failed(format!("{e:#}")))
     }
 
     /// `State`: idle, a backup state name, or `recovery:<stage>`.
@@ -508,9 +517,22 @@ impl RunManager {
         // A backup cannot be continued: one left open by a crash is marked failed.
         if let Ok(Some(b)) = self.journal.open_run(RunKind::Backup)
             && self.current().is_none()
-            && let Err(err) = self.engine.abandon_stale_backups()
         {
-            tracing::warn!("could not close interrupted backup run {}: {err:#}", b.id);
+            let plans = self.plans.clone();
+            match self
+                .engine
+                .abandon_stale_backups(|| crate::plans::clean_store(&plans))
+            {
+                Ok(detail) if !detail.is_empty() => tracing::info!(
+                    recovery_run = b.id,
+                    "interrupted backup run {}: {detail}",
+                    b.id
+                ),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!("could not close interrupted backup run {}: {err:#}", b.id)
+                }
+            }
         }
     }
 

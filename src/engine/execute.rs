@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::limits::{StepFailure, run_with_limits};
+use super::plan::CLEANUP;
 use super::{Engine, Event, MessageId, Outcome, Plan, Prepared, Report, StepContext, failpoints};
 use crate::journal::{RunKind, RunState, StepState};
 
@@ -39,18 +40,58 @@ impl Engine {
             .event(&Event::RunStarted { run, kind, resumed });
 
         let report = self
-            .execute_steps(run, kind, &plan, options, one_stage, &cancel)
+            .execute_steps(run, kind, &plan, options.clone(), one_stage, &cancel)
             .await;
         let report = match report {
             Ok(r) => r,
-            Err(e) => {
-                // The journal itself failed: nothing more can be recorded reliably.
-                error!(recovery_run = run, "{kind} run {run} stopped: {e:#}");
-                return Err(e);
-            }
+            Err(e) => self.journal_failed(run, kind, &plan, &options, e).await?,
         };
         drop(lock);
         Ok(report)
+    }
+
+    /// The journal could not be written (most often: the recovery partition is full, and the
+    /// journal lives there). What the plan's cleanup removes (a failed backup's partial
+    /// generation and objects) may make room: run it, then record the end if the journal takes
+    /// it now. Otherwise nothing more can be recorded reliably, and the error is returned.
+    async fn journal_failed(
+        &self,
+        run: i64,
+        kind: RunKind,
+        plan: &Plan,
+        options: &serde_json::Value,
+        e: anyhow::Error,
+    ) -> Result<Report> {
+        error!(
+            recovery_run = run,
+            "{kind} run {run}: the journal could not be written: {e:#}"
+        );
+        if let Some(cleanup) = &plan.cleanup {
+            let cx = self.context(
+                run,
+                kind,
+                CLEANUP,
+                CLEANUP,
+                options,
+                CancellationToken::new(),
+            );
+            match cleanup.cleanup(&cx, RunState::Failed).await {
+                Ok(detail) => info!(recovery_run = run, "cleanup: {detail}"),
+                Err(ce) => warn!(recovery_run = run, "cleanup failed too: {ce:#}"),
+            }
+        }
+        let message = format!("the journal could not be written: {e:#}");
+        let recorded = self
+            .journal
+            .fail_started_steps(run, &message)
+            .and_then(|()| {
+                self.journal
+                    .set_run_state(run, RunState::Failed, Some(&message))
+            });
+        match recorded {
+            Ok(()) => Ok(self.finish(run, kind, RunState::Failed, message)),
+            Err(_) => Err(e),
+        }
     }
 
     async fn execute_steps(
@@ -357,16 +398,40 @@ impl Engine {
         if state != RunState::Succeeded
             && let Some(cleanup) = &plan.cleanup
         {
+            // Journaled like a step: started before its side effect, done or failed after.
+            let attempt = self
+                .journal
+                .last_attempt(run, CLEANUP)?
+                .map(|l| l.attempt)
+                .unwrap_or(0)
+                + 1;
+            let row = self.journal.step_started(
+                run,
+                plan.steps.len() as u32,
+                CLEANUP,
+                CLEANUP,
+                attempt,
+                &self.boot_id,
+            )?;
             let cx = self.context(
                 run,
                 kind,
-                "cleanup",
-                "cleanup",
+                CLEANUP,
+                CLEANUP,
                 options,
                 CancellationToken::new(),
             );
-            if let Err(e) = cleanup.cleanup(&cx, state).await {
-                warn!(recovery_run = run, "cleanup after {state} failed: {e:#}");
+            match cleanup.cleanup(&cx, state).await {
+                Ok(detail) => {
+                    info!(recovery_run = run, "cleanup after {state}: {detail}");
+                    self.journal
+                        .step_finished(row, StepState::Done, Some(&detail))?;
+                }
+                Err(e) => {
+                    warn!(recovery_run = run, "cleanup after {state} failed: {e:#}");
+                    self.journal
+                        .step_finished(row, StepState::Failed, Some(&format!("{e:#}")))?;
+                }
             }
         }
         Ok(self.finish(run, kind, state, message))
@@ -413,19 +478,23 @@ impl Engine {
     /// Record the end of a step attempt (or the completion of a reboot barrier), log it and
     /// tell the observer.
     fn step_ended(&self, at: &StepAt, row: i64, state: StepState, detail: &str) -> Result<()> {
+        let (run, stage, name) = (at.run, at.stage, at.step);
+        // Logged first: if the journal cannot take the record (a full disk), the log has it.
+        if state == StepState::Failed {
+            error!(
+                recovery_run = run,
+                recovery_stage = stage,
+                recovery_step = name,
+                "step {name} failed: {detail}"
+            );
+        }
         if state == StepState::AwaitingReboot {
             self.journal.step_set_state(row, state, Some(detail))?;
         } else {
             self.journal.step_finished(row, state, Some(detail))?;
         }
-        let (run, stage, name) = (at.run, at.stage, at.step);
         match state {
-            StepState::Failed => error!(
-                recovery_run = run,
-                recovery_stage = stage,
-                recovery_step = name,
-                "step {name} failed: {detail}"
-            ),
+            StepState::Failed => {}
             _ => info!(
                 recovery_run = run,
                 recovery_stage = stage,

@@ -1,12 +1,14 @@
 //! Failpoints: crash the process at a named point, to prove that resuming is correct.
 //!
-//! `RECOVERYD_FAILPOINTS=<step>:<point>[,<step>:<point>...]` where `<point>` is
+//! `RECOVERYD_FAILPOINTS=<step>:<point>[:stop][,...]` where `<point>` is
 //! - `before`: after the journal records the step as started, before its side effect;
 //! - `after`: after the side effect, before the journal records the step as done;
 //! - `during@N`: at the N-th progress checkpoint inside the step (e.g. the N-th file restored).
 //!
 //! Hitting a failpoint sends SIGKILL to this process: no destructor, no flush, no unwinding,
-//! exactly as a power cut or an OOM kill would end it.
+//! exactly as a power cut or an OOM kill would end it. With `:stop` it sends SIGSTOP instead,
+//! so that a test can change the world at that exact point (fill the disk, say) and then let
+//! the process go on with SIGCONT.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -20,9 +22,16 @@ pub enum Point {
     During(u64),
 }
 
+/// What hitting a failpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Kill,
+    Stop,
+}
+
 #[derive(Debug, Default)]
 pub struct Failpoints {
-    points: Vec<(String, Point)>,
+    points: Vec<(String, Point, Action)>,
     counters: Mutex<HashMap<String, u64>>,
 }
 
@@ -30,9 +39,20 @@ impl Failpoints {
     pub fn parse(spec: &str) -> Result<Failpoints, String> {
         let mut points = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (step, point) = item.rsplit_once(':').ok_or_else(|| {
-                format!("failpoint `{item}`: expected <step>:<before|after|during@N>")
-            })?;
+            let usage =
+                || format!("failpoint `{item}`: expected <step>:<before|after|during@N>[:stop]");
+            let mut parts = item.split(':');
+            let (Some(step), Some(point)) = (parts.next(), parts.next()) else {
+                return Err(usage());
+            };
+            let action = match parts.next() {
+                None => Action::Kill,
+                Some("stop") => Action::Stop,
+                Some(other) => return Err(format!("failpoint `{item}`: unknown action `{other}`")),
+            };
+            if parts.next().is_some() || step.is_empty() {
+                return Err(usage());
+            }
             let point = match point {
                 "before" => Point::Before,
                 "after" => Point::After,
@@ -41,7 +61,7 @@ impl Failpoints {
                     _ => return Err(format!("failpoint `{item}`: unknown point `{p}`")),
                 },
             };
-            points.push((step.to_string(), point));
+            points.push((step.to_string(), point, action));
         }
         Ok(Failpoints {
             points,
@@ -49,14 +69,17 @@ impl Failpoints {
         })
     }
 
-    fn armed(&self, step: &str, point: &Point) -> bool {
-        self.points.iter().any(|(s, p)| s == step && p == point)
+    fn armed(&self, step: &str, point: &Point) -> Option<Action> {
+        self.points
+            .iter()
+            .find(|(s, p, _)| s == step && p == point)
+            .map(|(_, _, a)| *a)
     }
 
     fn has_during(&self, step: &str) -> bool {
         self.points
             .iter()
-            .any(|(s, p)| s == step && matches!(p, Point::During(_)))
+            .any(|(s, p, _)| s == step && matches!(p, Point::During(_)))
     }
 }
 
@@ -79,33 +102,40 @@ pub fn check_env() -> Result<(), String> {
     }
 }
 
-fn crash(step: &str, point: &str) -> ! {
-    eprintln!("recoveryd: failpoint {step}:{point} hit, killing the process");
-    tracing::error!(
-        RECOVERY_STEP = step,
-        "failpoint {step}:{point} hit, killing the process"
-    );
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    // SIGKILL cannot be caught; this is never reached.
-    std::process::abort()
-}
-
-/// Crash here if `<step>:before` or `<step>:after` is armed.
-pub fn hit(step: &str, point: Point) {
-    let fp = global();
-    if fp.armed(step, &point) {
-        crash(
-            step,
-            if point == Point::Before {
-                "before"
-            } else {
-                "after"
-            },
-        );
+fn fire(step: &str, point: &str, action: Action) {
+    use rustix::process::{Signal, getpid, kill_process};
+    match action {
+        Action::Kill => {
+            eprintln!("recoveryd: failpoint {step}:{point} hit, killing the process");
+            tracing::error!(
+                RECOVERY_STEP = step,
+                "failpoint {step}:{point} hit, killing the process"
+            );
+            let _ = kill_process(getpid(), Signal::KILL);
+            // SIGKILL cannot be caught; this is never reached.
+            std::process::abort()
+        }
+        Action::Stop => {
+            eprintln!("recoveryd: failpoint {step}:{point} hit, stopping the process");
+            let _ = kill_process(getpid(), Signal::STOP);
+        }
     }
 }
 
-/// Count one progress checkpoint of a step; crash at `<step>:during@N`.
+/// Fire here if `<step>:before` or `<step>:after` is armed.
+pub fn hit(step: &str, point: Point) {
+    let fp = global();
+    if let Some(action) = fp.armed(step, &point) {
+        let name = if point == Point::Before {
+            "before"
+        } else {
+            "after"
+        };
+        fire(step, name, action);
+    }
+}
+
+/// Count one progress checkpoint of a step; fire at `<step>:during@N`.
 pub fn tick(step: &str) {
     let fp = global();
     if !fp.has_during(step) {
@@ -117,8 +147,8 @@ pub fn tick(step: &str) {
         *n += 1;
         *n
     };
-    if fp.armed(step, &Point::During(n)) {
-        crash(step, &format!("during@{n}"));
+    if let Some(action) = fp.armed(step, &Point::During(n)) {
+        fire(step, &format!("during@{n}"), action);
     }
 }
 
@@ -128,11 +158,14 @@ mod tests {
 
     #[test]
     fn parses() {
-        let fp = Failpoints::parse("a:before, b-c:after,d:during@3").unwrap();
-        assert!(fp.armed("a", &Point::Before));
-        assert!(fp.armed("b-c", &Point::After));
-        assert!(fp.armed("d", &Point::During(3)));
-        assert!(!fp.armed("a", &Point::After));
+        let fp = Failpoints::parse("a:before, b-c:after,d:during@3,e:during@1:stop").unwrap();
+        assert_eq!(fp.armed("a", &Point::Before), Some(Action::Kill));
+        assert_eq!(fp.armed("b-c", &Point::After), Some(Action::Kill));
+        assert_eq!(fp.armed("d", &Point::During(3)), Some(Action::Kill));
+        assert_eq!(fp.armed("e", &Point::During(1)), Some(Action::Stop));
+        assert_eq!(fp.armed("a", &Point::After), None);
+        assert!(Failpoints::parse("a:before:pause").is_err());
+        assert!(Failpoints::parse("a:before:stop:x").is_err());
         assert!(Failpoints::parse("a").is_err());
         assert!(Failpoints::parse("a:sometime").is_err());
         assert!(Failpoints::parse("a:during@0").is_err());

@@ -49,10 +49,20 @@ pub enum EngineError {
     #[error("no run {0} in the journal")]
     NotFound(i64),
     #[error(
-        "recovery run {run} is {state}: continue it with `recoveryctl resume`, start it over with \
-         `recoveryctl restart`, or cancel it with `recoveryctl cancel`"
+        "recovery run {run} {}: continue it with `recoveryctl resume`, start it over with \
+         `recoveryctl restart`, or cancel it with `recoveryctl cancel`",
+        if *interrupted {
+            "was interrupted (the process that ran it is gone)".to_string()
+        } else {
+            format!("is {state}")
+        }
     )]
-    RecoveryOpen { run: i64, state: RunState },
+    RecoveryOpen {
+        run: i64,
+        state: RunState,
+        /// Recorded as running, but no process holds the lock: it was killed or crashed.
+        interrupted: bool,
+    },
     #[error("run {run} is {state}; it cannot be continued{hint}")]
     NotResumable {
         run: i64,

@@ -9,11 +9,15 @@ use super::step::{Step, StepContext};
 use crate::journal::{RunKind, RunState};
 
 /// Called once when a run ends in failure, timeout or cancellation (e.g. remove a partial
-/// generation). Must be idempotent and must not fail the run a second time.
+/// generation). Must be idempotent and must not fail the run a second time. It is journaled as
+/// a `cleanup` attempt of its own; the text it returns is that attempt's detail.
 #[async_trait]
 pub trait Cleanup: Send + Sync {
-    async fn cleanup(&self, cx: &StepContext, state: RunState) -> anyhow::Result<()>;
+    async fn cleanup(&self, cx: &StepContext, state: RunState) -> anyhow::Result<String>;
 }
+
+/// The name and stage under which a run's cleanup is journaled.
+pub const CLEANUP: &str = "cleanup";
 
 /// Called when a run starts or resumes, before its first step (e.g. repair what a crash in the
 /// previous process left behind). An error fails the run.

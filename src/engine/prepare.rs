@@ -9,10 +9,12 @@ use super::{BREAKER_BOOT, Engine, EngineError, MessageId, Plan, Prepared, Trigge
 use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState};
 
 impl Engine {
-    /// Mark backups left open by a crash as failed (they are taken again, not continued).
-    pub fn abandon_stale_backups(&self) -> Result<()> {
+    /// Mark backups left open by a crash as failed (they are taken again, not continued), then
+    /// run `clean` (remove what they left in the store) under the same lock.
+    pub fn abandon_stale_backups(&self, clean: impl FnOnce() -> Result<String>) -> Result<String> {
         let _lock = self.lock()?;
-        self.fail_stale_backups()
+        self.fail_stale_backups()?;
+        clean()
     }
 
     fn fail_stale_backups(&self) -> Result<()> {
@@ -41,9 +43,11 @@ impl Engine {
             RunKind::Backup => self.fail_stale_backups()?,
             RunKind::Recovery => {
                 if let Some(open) = self.journal.open_run(RunKind::Recovery)? {
+                    // We hold the lock: a run recorded as running has no process any more.
                     return Err(EngineError::RecoveryOpen {
                         run: open.id,
                         state: open.state,
+                        interrupted: open.state == RunState::Running,
                     }
                     .into());
                 }
@@ -181,7 +185,11 @@ fn breaker_message(record: &RunRecord, boots: u32, journal: &Journal) -> String 
     let last = journal
         .steps(record.id)
         .ok()
-        .and_then(|s| s.into_iter().last())
+        .and_then(|s| {
+            s.into_iter()
+                .rev()
+                .find(|s| s.stage != super::plan::CLEANUP)
+        })
         .map(|s| format!(" at step {} (attempt {}, {})", s.name, s.attempt, s.state))
         .unwrap_or_default();
     format!(

@@ -19,6 +19,7 @@
 //! complete and durable, and every object it refers to was flushed before it existed. The
 //! previous generation is never touched before the new one is committed.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
@@ -81,12 +82,24 @@ impl Generation {
         object_path(&self.objects, hash)
     }
 
-    /// Read the manifest, checking it against the hash in `generation.json`.
+    /// Read the manifest, checking it against the hash in `generation.json` and every rule of
+    /// [`super::validate`].
     pub fn manifest(&self) -> Result<Manifest> {
-        Ok(Manifest::read_file(
-            &self.manifest_path(),
-            Some(&self.info.manifest_hash),
-        )?)
+        let m = Manifest::read_file(&self.manifest_path(), Some(&self.info.manifest_hash))?;
+        if m.header.generation != self.info.id {
+            return Err(super::manifest::ManifestError::Invalid {
+                path: self.manifest_path().display().to_string(),
+                violation: super::validate::Violation {
+                    what: "header.generation".into(),
+                    why: format!(
+                        "names generation {}, but it is the manifest of {}",
+                        m.header.generation, self.info.id
+                    ),
+                },
+            }
+            .into());
+        }
+        Ok(m)
     }
 }
 
@@ -100,8 +113,29 @@ pub struct Store {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcStats {
     pub removed: u64,
+    /// Bytes on disk freed.
     pub bytes: u64,
     pub kept: u64,
+}
+
+/// What the object store holds; bytes are bytes on disk (allocated blocks), so a sparse file
+/// counts what it really takes of the recovery partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub generations: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub referenced_objects: u64,
+    pub referenced_bytes: u64,
+    pub unreferenced_objects: u64,
+    pub unreferenced_bytes: u64,
+    /// Half-written objects (a copy in progress, or one a crash interrupted).
+    pub tmp_files: u64,
+}
+
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
 }
 
 impl Store {
@@ -193,8 +227,8 @@ impl Store {
     }
 
     /// The hashes of every object present.
-    pub fn present_objects(&self) -> Result<std::collections::HashSet<String>> {
-        let mut out = std::collections::HashSet::new();
+    pub fn present_objects(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
         self.for_each_object(|e| {
             out.insert(e.file_name().to_string_lossy().into_owned());
             Ok(())
@@ -202,10 +236,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Every object hash some committed generation refers to.
-    pub fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {
-        let mut out = std::collections::HashSet::new();
-        for g in self.list()? {
+    /// Every object hash a committed generation, or a staging generation's finished copy,
+    /// refers to. Strict: anything under `generations/` that is not a readable generation
+    /// is an error, because its objects would otherwise look unreferenced.
+    pub fn referenced_objects(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for g in self.list_strict()? {
             let m = g.manifest().with_context(|| {
                 format!(
                     "reading the manifest of generation {} to keep its objects",
@@ -214,13 +250,21 @@ impl Store {
             })?;
             out.extend(m.entries.into_iter().filter_map(|e| e.hash));
         }
+        // A backup in progress (this process holds the run lock): what its copy recorded.
+        for staging in self.staging_dirs()? {
+            if let Ok(t) = std::fs::read_to_string(staging.join(NEW_OBJECTS)) {
+                out.extend(t.lines().map(str::to_string));
+            }
+        }
         Ok(out)
     }
 
-    /// Remove objects no committed generation refers to (left by pruned generations and by
-    /// failed backups). Refuses to run if any committed manifest cannot be read, since its
-    /// objects would look unreferenced.
-    pub fn gc(&self) -> Result<GcStats> {
+    /// Remove objects no generation refers to (left by pruned generations, failed or cancelled
+    /// backups, a crash). Must run under the run lock, so that no backup is copying at the same
+    /// time. Crash-safe: what is referenced is read before anything is removed, and only
+    /// unreferenced objects are removed; a kill part-way leaves fewer orphans, never a missing
+    /// object. `checkpoint` is called before each removal (cancellation, failpoints).
+    pub fn gc(&self, checkpoint: &dyn Fn() -> Result<()>) -> Result<GcStats> {
         let referenced = self.referenced_objects()?;
         let mut stats = GcStats::default();
         self.for_each_object(|e| {
@@ -229,9 +273,16 @@ impl Store {
                 stats.kept += 1;
                 return Ok(());
             }
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            std::fs::remove_file(e.path())
-                .with_context(|| format!("removing object {}", e.path().display()))?;
+            checkpoint()?;
+            let len = e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("removing object {}", e.path().display()));
+                }
+            }
             stats.removed += 1;
             stats.bytes += len;
             Ok(())
@@ -239,17 +290,60 @@ impl Store {
         Ok(stats)
     }
 
-    /// A new generation id: the UTC time, unique within the store.
-    pub fn new_id(&self) -> String {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let base: String = now.chars().filter(|c| *c != '-' && *c != ':').collect();
-        let mut id = base.clone();
-        let mut n = 1;
-        while self.path(&id).exists() || self.staging_path(&id).exists() {
-            n += 1;
-            id = format!("{base}-{n}");
+    /// How much the store holds, and how much of it no generation refers to.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let referenced = self.referenced_objects()?;
+        let mut s = StoreStats::default();
+        self.for_each_object(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
+            s.objects += 1;
+            s.bytes += len;
+            if referenced.contains(&name) {
+                s.referenced_objects += 1;
+                s.referenced_bytes += len;
+            } else {
+                s.unreferenced_objects += 1;
+                s.unreferenced_bytes += len;
+            }
+            Ok(())
+        })?;
+        if let Ok(rd) = std::fs::read_dir(self.objects_tmp()) {
+            s.tmp_files = rd.count() as u64;
         }
-        id
+        s.generations = self.list()?.len() as u64;
+        Ok(s)
+    }
+
+    /// A new generation id: the UTC time to the second (`20261125T121846Z`), made later than
+    /// every id on disk and in `known` (the journal's, pruned ones included) with a `-N`
+    /// suffix when needed. Ids therefore sort in the order the generations were taken (see
+    /// [`id_order`]) even within one second or when the clock steps back, and are never reused.
+    pub fn new_id(&self, known: &[String]) -> String {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let candidate: String = now.chars().filter(|c| *c != '-' && *c != ':').collect();
+        let mut on_disk: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map(|n| {
+                        n.strip_prefix(STAGING_PREFIX)
+                            .or_else(|| n.strip_prefix(TRASH_PREFIX))
+                            .unwrap_or(&n)
+                            .to_string()
+                    })
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        on_disk.extend(known.iter().cloned());
+        match on_disk.iter().max_by(|a, b| id_order(a).cmp(&id_order(b))) {
+            Some(latest) if id_order(&candidate) <= id_order(latest) => {
+                let (base, n) = id_order(latest);
+                format!("{base}-{}", n + 1)
+            }
+            _ => candidate,
+        }
     }
 
     pub fn path(&self, id: &str) -> PathBuf {
@@ -335,8 +429,38 @@ impl Store {
         })
     }
 
-    /// Committed generations on disk, oldest first.
+    /// The staging directories present (a backup being written, or one abandoned).
+    fn staging_dirs(&self) -> Result<Vec<PathBuf>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e?;
+            if e.file_name()
+                .as_encoded_bytes()
+                .starts_with(STAGING_PREFIX.as_bytes())
+            {
+                out.push(e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Committed generations, oldest first; an entry that is not a readable generation is an
+    /// error (for collecting objects, where skipping one would lose its content).
+    pub fn list_strict(&self) -> Result<Vec<Generation>> {
+        self.list_with(true)
+    }
+
+    /// Committed generations on disk, oldest first (unreadable ones are logged and skipped).
     pub fn list(&self) -> Result<Vec<Generation>> {
+        self.list_with(false)
+    }
+
+    fn list_with(&self, strict: bool) -> Result<Vec<Generation>> {
         let mut out = Vec::new();
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
@@ -351,10 +475,17 @@ impl Store {
             }
             match self.open(&name.to_string_lossy()) {
                 Ok(g) => out.push(g),
+                Err(err) if strict => {
+                    return Err(err.context(format!(
+                        "{} is not a readable generation; objects are not collected while it is \
+                         there (move it out of the state directory if it is damaged beyond use)",
+                        e.path().display()
+                    )));
+                }
                 Err(err) => tracing::warn!("ignoring {}: {err:#}", e.path().display()),
             }
         }
-        out.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        out.sort_by(|a, b| id_order(&a.info.id).cmp(&id_order(&b.info.id)));
         Ok(out)
     }
 
@@ -399,6 +530,17 @@ impl Store {
         std::fs::rename(&from, &to).with_context(|| format!("removing generation {id}"))?;
         sync_dir(&self.dir)?;
         remove_dir_all(&to)
+    }
+}
+
+/// The order of generation ids: by their time, then by their `-N` suffix (`…Z` is 1), so that
+/// `…Z-10` comes after `…Z-9`.
+pub fn id_order(id: &str) -> (&str, u64) {
+    match id.rsplit_once('-') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (base, n.parse().unwrap_or(u64::MAX))
+        }
+        _ => (id, 1),
     }
 }
 

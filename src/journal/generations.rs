@@ -56,16 +56,32 @@ impl Journal {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// The id of every generation ever recorded, pruned ones included (ids are never reused).
+    pub fn generation_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT id FROM generations")
+            .map_err(|e| self.sql_err(e))?;
+        st.query_map(params![], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql_err(e))
+    }
+
     /// Committed generations, newest first.
     pub fn generations(&self) -> Result<Vec<GenerationRecord>> {
         let conn = self.conn();
         let mut st = conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM generations WHERE state = 'committed' ORDER BY id DESC"
+                "SELECT {COLUMNS} FROM generations WHERE state = 'committed'"
             ))
             .map_err(|e| self.sql_err(e))?;
-        st.query_map(params![], row)
+        let mut v: Vec<GenerationRecord> = st
+            .query_map(params![], row)
             .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_err(e))
+            .map_err(|e| self.sql_err(e))?;
+        v.sort_by(|a, b| {
+            crate::files::store::id_order(&b.id).cmp(&crate::files::store::id_order(&a.id))
+        });
+        Ok(v)
     }
 }

@@ -192,6 +192,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Mark every attempt of a run still recorded as started as failed (the run could not
+    /// record their end).
+    pub fn fail_started_steps(&self, run: i64, detail: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE steps SET state = 'failed', detail = ?2,
+                    finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE run = ?1 AND state = 'started'",
+                params![run, detail],
+            )
+            .map_err(|e| self.sql_err(e))?;
+        Ok(())
+    }
+
     /// Change an attempt's state without ending it (a reboot barrier waiting for the reboot).
     pub fn step_set_state(&self, row: i64, state: StepState, detail: Option<&str>) -> Result<()> {
         self.conn()
@@ -234,7 +248,7 @@ impl Journal {
     pub fn completed_steps(&self, run: i64) -> Result<u32> {
         self.conn()
             .query_row(
-                "SELECT COUNT(*) FROM steps s WHERE s.run = ?1 AND s.state IN ('done', 'skipped')
+                "SELECT COUNT(*) FROM steps s WHERE s.run = ?1 AND s.state IN ('done', 'skipped') AND s.stage != 'cleanup'
                    AND s.id = (SELECT MAX(id) FROM steps t WHERE t.run = s.run AND t.name = s.name)",
                 [run],
                 |r| r.get(0),

@@ -29,14 +29,18 @@ pub struct Preflight(pub Arc<PlanContext>);
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "not enough space in {dir}: the backup needs {} plus a margin of {}, but only {} is free",
-    human_bytes(*need), human_bytes(*margin), human_bytes(*free)
+    "not enough space in {dir}: the backup needs {} plus a margin of {}, but only {} is free \
+     (files already stored are not counted; {})",
+    human_bytes(*need), human_bytes(*margin), human_bytes(*free),
+    if cleaned.is_empty() { "nothing was left to clean up" } else { cleaned.as_str() }
 )]
 pub struct NoSpace {
     pub dir: String,
     pub need: u64,
     pub margin: u64,
     pub free: u64,
+    /// What the pre-flight removed before it measured.
+    pub cleaned: String,
 }
 
 #[async_trait]
@@ -91,15 +95,11 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         notes.push("state directory is not a separate mount".to_string());
     }
     p.store.ensure()?;
-    let removed = p.store.clean_abandoned()?;
-    if !removed.is_empty() {
-        // An interrupted backup may also have left objects nothing refers to.
-        let gc = p.store.gc()?;
-        notes.push(format!(
-            "removed abandoned {} and {} unreferenced objects",
-            removed.join(", "),
-            gc.removed
-        ));
+    // Start from a clean store: what a crash left (staging, trash, half-written objects) and
+    // objects no generation refers to are removed before the space is measured.
+    let freed = clean_store(p, &|| cx.checkpoint())?;
+    if !freed.is_empty() {
+        notes.push(freed.clone());
     }
     super::reconcile(&cx.journal, &p.store)?;
 
@@ -129,13 +129,14 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             need,
             margin,
             free,
+            cleaned: freed,
         }
         .into());
     }
     let id = match cx.var("generation")? {
         Some(id) => id,
         None => {
-            let id = p.store.new_id();
+            let id = p.store.new_id(&cx.journal.generation_ids()?);
             cx.set_var("generation", &id)?;
             id
         }
@@ -151,6 +152,26 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         ),
     );
     Ok(Outcome::Done(notes.join("; ")))
+}
+
+/// Remove abandoned staging and trash directories, half-written objects, and objects no
+/// generation refers to. Returns what was removed, for the journal (empty: nothing).
+pub(super) fn clean_store(p: &PlanContext, checkpoint: &dyn Fn() -> Result<()>) -> Result<String> {
+    let removed = p.store.clean_abandoned()?;
+    let gc = p.store.gc(checkpoint)?;
+    let mut parts = removed;
+    if gc.removed > 0 {
+        parts.push(format!(
+            "{} unreferenced objects ({})",
+            gc.removed,
+            human_bytes(gc.bytes)
+        ));
+    }
+    Ok(if parts.is_empty() {
+        String::new()
+    } else {
+        format!("removed {}", parts.join(", "))
+    })
 }
 
 /// What `cluster-backup.sh` will write, measured as the existing script does: the etcd
@@ -534,37 +555,60 @@ impl Step for Prune {
                 cx.journal.mark_generation_pruned(&g.info.id)?;
                 removed.push(g.info.id);
             }
-            Ok(if removed.is_empty() {
+            // Their content, and anything else no generation refers to any more.
+            let gc = p.store.gc(&|| cx.checkpoint())?;
+            let collected = format!(
+                "{} unreferenced objects removed ({}), {} kept",
+                gc.removed,
+                human_bytes(gc.bytes),
+                gc.kept
+            );
+            Ok(if removed.is_empty() && gc.removed == 0 {
                 Outcome::Skipped(format!(
-                    "{} generation(s) kept, none to remove",
+                    "{} generation(s) kept, none to remove; {collected}",
                     n.min(keep)
                 ))
+            } else if removed.is_empty() {
+                Outcome::Done(collected)
             } else {
-                Outcome::Done(format!("removed {}", removed.join(", ")))
+                Outcome::Done(format!("removed {}; {collected}", removed.join(", ")))
             })
         })
         .await
     }
 }
 
-/// On failure or timeout: remove the partial generation; the previous one stays as it was.
+/// On failure, timeout or cancellation: remove the partial generation and every object only
+/// it referred to; the previous generation stays as it was, and the store holds nothing that
+/// no generation refers to.
 pub struct RemoveStaging(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Cleanup for RemoveStaging {
-    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<()> {
-        let Some(id) = cx.var("generation")? else {
-            return Ok(());
-        };
-        let staging = self.0.store.staging_path(&id);
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("removing {}", staging.display()))?;
-            tracing::info!(
-                recovery_run = cx.run,
-                "backup ended {state}: removed the partial generation {id}"
-            );
-        }
-        Ok(())
+    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<String> {
+        let p = self.0.clone();
+        let id = cx.var("generation")?;
+        blocking(move || {
+            let mut parts = Vec::new();
+            if let Some(id) = &id {
+                let staging = p.store.staging_path(id);
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging)
+                        .with_context(|| format!("removing {}", staging.display()))?;
+                    parts.push(format!("removed the partial generation {id}"));
+                }
+            }
+            let freed = clean_store(&p, &|| Ok(()))?;
+            if !freed.is_empty() {
+                parts.push(freed);
+            }
+            let text = if parts.is_empty() {
+                format!("backup ended {state}; nothing to clean up")
+            } else {
+                format!("backup ended {state}: {}", parts.join("; "))
+            };
+            Ok(text)
+        })
+        .await
     }
 }

@@ -81,6 +81,12 @@ pub fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
     v
 }
 
+/// Remove what interrupted runs left in the store (staging, trash, half-written objects) and
+/// every object no generation refers to; the caller holds the run lock.
+pub fn clean_store(cx: &PlanContext) -> Result<String> {
+    backup::clean_store(cx, &|| Ok(()))
+}
+
 /// Record in the journal any committed generation it does not know (a crash between the
 /// commit's rename and its journal record leaves one).
 pub fn reconcile(journal: &Journal, store: &Store) -> Result<()> {

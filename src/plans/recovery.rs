@@ -172,7 +172,7 @@ pub struct ReportNodeState(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Cleanup for ReportNodeState {
-    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<()> {
+    async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<String> {
         let units = node_state(&self.0).await;
         let selinux = match self.0.host.selinux.enforcing() {
             Ok(Some(true)) => "SELinux enforcing",
@@ -183,6 +183,6 @@ impl Cleanup for ReportNodeState {
         let text = format!("after the recovery ended {state}: {units}; {selinux}");
         tracing::warn!(recovery_run = cx.run, "{text}");
         cx.set_var("node-state-at-end", &text)?;
-        Ok(())
+        Ok(text)
     }
 }

@@ -1,0 +1,662 @@
+//! The store keeps itself clean and never trusts a manifest: objects collected on every prune,
+//! failed and cancelled backup (and a kill during collection loses nothing referenced); a
+//! full disk cleaned up and retried; tampered manifests refused with nothing changed; two
+//! first backups racing; misleading messages made specific.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, install_cluster_fakes, merge_toml, run, sh};
+use serde_json::Value;
+
+const HOST_OFF: &str =
+    "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
+
+fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    ctl_fp(node, None, args)
+}
+
+fn ctl_fp(node: &Node, fp: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
+    c.arg("--config").arg(&node.config).args(args);
+    match fp {
+        Some(fp) => c.env("RECOVERYD_FAILPOINTS", fp),
+        None => c.env_remove("RECOVERYD_FAILPOINTS"),
+    };
+    run(&mut c)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "this test mounts file systems: run tests/run.sh as root"
+    );
+}
+
+/// A small node: /etc with 60 files in three directories, /usr/local, /var/lib/kubelet, and a
+/// machine-config file outside the trees.
+fn populate(root: &Path) {
+    sh(&format!(
+        r#"cd {r}
+mkdir -p etc/a etc/b etc/c usr/local/bin var/lib/kubelet usr/lib/mco etc/machine-config-daemon
+for d in a b c; do for i in $(seq 1 20); do head -c 2000 /dev/urandom > etc/$d/f$i; done; done
+echo 127.0.0.1 localhost > etc/hosts
+printf '#!/bin/sh\n' > usr/local/bin/tool; chmod 755 usr/local/bin/tool
+echo kubelet > var/lib/kubelet/config.yaml
+echo extra=1 > usr/lib/mco/extra.conf
+echo '{{"spec":{{"config":{{"storage":{{"files":[{{"path":"/usr/lib/mco/extra.conf"}}]}}}}}}}}' > etc/machine-config-daemon/currentconfig
+"#,
+        r = root.display()
+    ));
+}
+
+fn node(extra: &str) -> Node {
+    let node = Node::new(&merge_toml(&[HOST_OFF, extra]));
+    populate(&node.root());
+    node
+}
+
+fn state(node: &Node) -> PathBuf {
+    node.path("/var/recovery")
+}
+
+fn status(node: &Node) -> Value {
+    let (code, out, err) = ctl(node, &["--offline", "status", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Every object file in the store, by hash.
+fn objects_on_disk(state: &Path) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for fan in std::fs::read_dir(state.join("objects")).unwrap() {
+        let fan = fan.unwrap();
+        if fan.file_name() == "tmp" {
+            continue;
+        }
+        for o in std::fs::read_dir(fan.path()).unwrap() {
+            out.insert(o.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+fn generation_dirs(state: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(state.join("generations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The hashes the committed generations' manifests refer to, read by the test itself.
+fn referenced(state: &Path) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for g in generation_dirs(state) {
+        let name = g.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "left behind: {name}");
+        for line in std::fs::read_to_string(g.join("manifest"))
+            .unwrap()
+            .lines()
+            .skip(1)
+        {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if let Some(h) = v["hash"].as_str()
+                && v.get("path").is_some()
+            {
+                out.insert(h.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn tmp_files(state: &Path) -> usize {
+    std::fs::read_dir(state.join("objects/tmp"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+}
+
+/// Change 5 % of the node's files, the way a day of a running node does.
+fn change_some(root: &Path, round: usize) {
+    sh(&format!(
+        "cd {r} && for i in 1 2 3; do head -c 3000 /dev/urandom > etc/a/f$(( ({round} * 3 + i) % 20 + 1 )); done && echo {round} > etc/hosts",
+        r = root.display()
+    ));
+}
+
+#[test]
+fn ten_backup_and_prune_cycles_leave_no_unreferenced_object() {
+    let node = node("[backup]\nkeep = 2\n");
+    let st = state(&node);
+    for round in 0..10 {
+        change_some(&node.root(), round);
+        let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+        assert_eq!(code, 0, "round {round}: {out}{err}");
+        let on_disk = objects_on_disk(&st);
+        let refs = referenced(&st);
+        assert_eq!(
+            on_disk.difference(&refs).count(),
+            0,
+            "round {round}: objects no generation refers to"
+        );
+        assert!(
+            refs.is_subset(&on_disk),
+            "round {round}: a referenced object is missing"
+        );
+        assert_eq!(tmp_files(&st), 0);
+        assert!(
+            generation_dirs(&st).len() <= 2,
+            "{:?} {err}",
+            generation_dirs(&st)
+        );
+        let s = status(&node);
+        assert_eq!(s["store"]["unreferenced_objects"], 0, "round {round}: {s}");
+        assert_eq!(s["store"]["unreferenced_bytes"], 0);
+        assert_eq!(s["store"]["objects"], on_disk.len());
+        assert_eq!(s["store"]["generations"], 2.min(round + 1));
+    }
+    let (_, out, _) = ctl(&node, &["--offline", "status"]);
+    assert!(
+        out.contains("store: ") && out.contains(", 0 B unreferenced in 0 objects"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_kill_while_objects_are_collected_never_loses_a_referenced_one() {
+    let node = node("[backup]\nkeep = 1\n");
+    let st = state(&node);
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    // Each round leaves the pruned generation's three changed files and /etc/hosts as orphans.
+    for (round, n) in [1u32, 2, 4].into_iter().enumerate() {
+        change_some(&node.root(), round + 1);
+        let fp = format!("prune:during@{n}");
+        let (code, _, err) = ctl_fp(&node, Some(&fp), &["--offline", "backup"]);
+        assert_eq!(code, -9, "killed at {fp}: {err}");
+        // Whatever was committed verifies completely: nothing it needs was collected.
+        for g in generation_dirs(&st) {
+            let id = g.file_name().unwrap().to_string_lossy().into_owned();
+            if id.starts_with('.') {
+                continue;
+            }
+            let (code, out, err) = ctl(&node, &["verify", &id]);
+            assert_eq!(code, 0, "after {fp}, generation {id}: {out}{err}");
+        }
+        assert!(referenced(&st).is_subset(&objects_on_disk(&st)));
+    }
+    // The next backup collects what the kills left.
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(status(&node)["store"]["unreferenced_objects"], 0);
+    assert_eq!(objects_on_disk(&st), referenced(&st));
+}
+
+#[test]
+fn a_failed_or_cancelled_backup_leaves_nothing_behind() {
+    let node = node("");
+    let st = state(&node);
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let before = objects_on_disk(&st);
+    // New content, then the backup fails after copying it (at the commit).
+    sh(&format!(
+        "cd {} && for i in 1 2 3 4 5; do head -c 5000 /dev/urandom > etc/b/new$i; done",
+        node.root().display()
+    ));
+    std::fs::create_dir_all(st.join("generations")).unwrap();
+    let (code, _, err) = ctl_fp(&node, Some("commit:before"), &["--offline", "backup"]);
+    assert_eq!(code, -9, "{err}");
+    // Killed: the next run cleans up what the kill left (a staging directory, new objects).
+    assert!(objects_on_disk(&st).len() > before.len());
+    // An injected failure of a step (not a kill): its cleanup runs and is journaled.
+    let fakes = install_cluster_fakes(&node.root());
+    let cfg = merge_toml(&[
+        &format!("root = \"{}\"\n", node.root().display()),
+        HOST_OFF,
+        &fakes,
+        "[host]\ncluster = true\n",
+    ]);
+    std::fs::write(&node.config, cfg).unwrap();
+    std::fs::write(node.path("/opt/fake-cluster/state/fail-backup"), "").unwrap();
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert_eq!(
+        objects_on_disk(&st),
+        before,
+        "objects of the failed backups remain"
+    );
+    assert_eq!(tmp_files(&st), 0);
+    assert_eq!(generation_dirs(&st).len(), 1);
+    let (_, out, _) = ctl(&node, &["journal", "--json"]);
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    let run = runs[0]["id"].as_i64().unwrap();
+    let (_, out, _) = ctl(&node, &["journal", "--run", &run.to_string(), "--json"]);
+    let detail: Value = serde_json::from_str(&out).unwrap();
+    let cleanup = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cleanup")
+        .unwrap_or_else(|| panic!("no cleanup in the journal: {detail}"));
+    assert_eq!(cleanup["state"], "done");
+    assert!(
+        cleanup["detail"]
+            .as_str()
+            .unwrap()
+            .contains("removed the partial generation"),
+        "{cleanup}"
+    );
+}
+
+/// Wait until a process is stopped (SIGSTOP) or gone.
+fn wait_stopped(pid: u32) {
+    let t = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        if state == Some("T") || stat.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "process {pid} never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_during_the_copy_is_cleaned_up_and_the_retry_succeeds() {
+    require_root();
+    let node = node("");
+    let st = state(&node);
+    sh(&format!("mount -t tmpfs -o size=6m tmpfs {}", st.display()));
+    let _u = Unmount(st.clone());
+    // 2 MiB of new content to copy.
+    sh(&format!(
+        "cd {} && mkdir etc/big && for i in $(seq 1 16); do head -c 131072 /dev/urandom > etc/big/b$i; done",
+        node.root().display()
+    ));
+    // Stop the backup once it is copying, fill the disk, let it go on: ENOSPC mid-copy.
+    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(["--offline", "backup"])
+        .env("RECOVERYD_FAILPOINTS", "copy-files:during@12:stop")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id());
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}/filler", st.display()))
+        .status();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // Nothing of the failed backup remains: no staging, no half-written, no orphan object.
+    assert_eq!(tmp_files(&st), 0);
+    assert!(
+        generation_dirs(&st).is_empty(),
+        "{:?}",
+        generation_dirs(&st)
+    );
+    assert!(objects_on_disk(&st).is_empty());
+    // Space freed: the same backup goes through.
+    std::fs::remove_file(st.join("filler")).unwrap();
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(ctl(&node, &["verify"]).0, 0);
+    assert_eq!(status(&node)["store"]["unreferenced_objects"], 0);
+}
+
+/// A digest of every file below `dir`: names, kinds, modes and contents (the journal's WAL
+/// side files, which SQLite creates and removes around every connection, left out).
+fn dir_digest(dir: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    fn walk(base: &Path, d: &Path, h: &mut blake3::Hasher) {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let n = p.to_string_lossy();
+            if n.ends_with("-wal") || n.ends_with("-shm") {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            h.update(p.strip_prefix(base).unwrap().as_os_str().as_encoded_bytes());
+            h.update(&m.permissions().mode().to_le_bytes());
+            if m.is_dir() {
+                walk(base, &p, h);
+            } else if m.is_file() {
+                h.update(&std::fs::read(&p).unwrap());
+            } else if m.file_type().is_symlink() {
+                h.update(
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
+            }
+        }
+    }
+    walk(dir, dir, &mut h);
+    h.finalize().to_hex().to_string()
+}
+
+/// Rewrite a generation's manifest lines with `edit`, and make every recorded hash agree, as
+/// someone who can write the state directory could.
+fn tamper(node: &Node, gdir: &Path, edit: impl Fn(&mut Vec<Value>)) {
+    let text = std::fs::read_to_string(gdir.join("manifest")).unwrap();
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    edit(&mut lines);
+    let mut out = String::new();
+    for l in &lines {
+        out.push_str(&serde_json::to_string(l).unwrap());
+        out.push('\n');
+    }
+    std::fs::write(gdir.join("manifest"), &out).unwrap();
+    let hash = blake3::hash(out.as_bytes()).to_hex().to_string();
+    let info_path = gdir.join("generation.json");
+    let mut info: Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    info["manifest_hash"] = hash.clone().into();
+    std::fs::write(&info_path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+    let db = rusqlite::Connection::open(node.journal_path()).unwrap();
+    db.execute(
+        "UPDATE generations SET manifest_hash = ?1 WHERE id = ?2",
+        rusqlite::params![hash, info["id"].as_str().unwrap()],
+    )
+    .unwrap();
+}
+
+fn entry_index(lines: &[Value], path: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the manifest"))
+}
+
+#[test]
+fn tampered_manifests_are_refused_and_nothing_changes() {
+    type Edit = Box<dyn Fn(&mut Vec<Value>)>;
+    let set_path = |from: &'static str, to: &'static str| -> Edit {
+        Box::new(move |l: &mut Vec<Value>| {
+            let i = entry_index(l, from);
+            l[i]["path"] = to.into();
+        })
+    };
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "dot-dot",
+            set_path("etc/hosts", "etc/../../canary"),
+            "a `..` component",
+        ),
+        (
+            "absolute",
+            set_path("etc/hosts", "/etc/hosts"),
+            "an absolute path",
+        ),
+        (
+            "dot",
+            set_path("etc/hosts", "etc/./hosts"),
+            "a `.` component",
+        ),
+        (
+            "empty component",
+            set_path("etc/hosts", "etc//hosts"),
+            "an empty path component",
+        ),
+        (
+            "duplicate",
+            Box::new(|l: &mut Vec<Value>| {
+                let i = entry_index(l, "etc/hosts");
+                let dup = l[i].clone();
+                l.insert(i + 1, dup);
+            }),
+            "listed twice",
+        ),
+        (
+            "child before parent",
+            Box::new(|l: &mut Vec<Value>| {
+                let i = entry_index(l, "etc/a");
+                let dir = l.remove(i);
+                let last_child = l
+                    .iter()
+                    .rposition(|x| x["path"].as_str().is_some_and(|p| p.starts_with("etc/a/")));
+                l.insert(last_child.unwrap() + 1, dir);
+            }),
+            "is not listed before it",
+        ),
+        (
+            "outside every tree",
+            set_path("etc/hosts", "root/.ssh/authorized_keys"),
+            "outside every tree",
+        ),
+        (
+            "object name",
+            Box::new(|l: &mut Vec<Value>| {
+                let i = entry_index(l, "etc/hosts");
+                l[i]["hash"] = "../../../../canary".into();
+            }),
+            "is not a content hash",
+        ),
+    ];
+    for (name, edit, why) in cases {
+        let node = node("");
+        std::fs::write(node.dir.path().join("canary"), "outside the root").unwrap();
+        assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+        let g = generation_dirs(&state(&node)).pop().unwrap();
+        tamper(&node, &g, edit);
+        // The node changes the way an upgrade changes it: a restore would have work to do.
+        change_some(&node.root(), 7);
+        let before = dir_digest(node.dir.path());
+        let (code, out, err) = ctl(&node, &["verify"]);
+        assert_eq!(code, 6, "{name}: verify: {out}{err}");
+        assert!(out.contains(why), "{name}: verify says: {out}");
+        for args in [
+            &["--offline", "restore-files"][..],
+            &["diff"][..],
+            &["--offline", "recover"][..],
+            &["recover", "--dry-run"][..],
+        ] {
+            let (code, out, err) = ctl(&node, args);
+            assert_eq!(code, 6, "{name}: {args:?}: {out}{err}");
+            assert!(
+                err.contains("is corrupt and was not used") && err.contains(why),
+                "{name}: {args:?} says: {err}"
+            );
+        }
+        assert_eq!(
+            dir_digest(node.dir.path()),
+            before,
+            "{name}: something changed"
+        );
+        assert!(node.dir.path().join("canary").exists());
+    }
+}
+
+fn slow_backup_node(seconds: u32) -> Node {
+    let node = Node::new("");
+    let fakes = install_cluster_fakes(&node.root());
+    std::fs::write(
+        &node.config,
+        merge_toml(&[
+            &format!("root = \"{}\"\n", node.root().display()),
+            HOST_OFF,
+            &fakes,
+            "[host]\ncluster = true\n",
+        ]),
+    )
+    .unwrap();
+    std::fs::write(
+        node.path("/opt/fake-cluster/state/slow-backup"),
+        seconds.to_string(),
+    )
+    .unwrap();
+    populate(&node.root());
+    node
+}
+
+#[test]
+fn two_first_backups_started_together_one_succeeds_the_other_is_busy() {
+    for round in 0..20 {
+        let node = slow_backup_node(1);
+        assert!(!node.journal_path().exists());
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+                .arg("--config")
+                .arg(&node.config)
+                .args(["--offline", "backup"])
+                .env_remove("RECOVERYD_FAILPOINTS")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let mut codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
+        codes.sort();
+        let texts: Vec<String> = outs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect();
+        assert_eq!(codes, [0, 5], "round {round}: {texts:?}");
+        let loser = &texts[outs
+            .iter()
+            .position(|o| o.status.code() == Some(5))
+            .unwrap()];
+        assert!(
+            loser.contains("busy: backup run 1 is in progress (pid "),
+            "round {round}: the holder is not named: {loser}"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_restore_says_its_process_is_gone() {
+    let node = node("");
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    change_some(&node.root(), 3);
+    let (code, _, _) = ctl_fp(
+        &node,
+        Some("restore-files:during@5"),
+        &["--offline", "restore-files"],
+    );
+    assert_eq!(code, -9);
+    let (code, _, err) = ctl(&node, &["--offline", "restore-files"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("was interrupted (the process that ran it is gone)")
+            && err.contains("recoveryctl resume"),
+        "{err}"
+    );
+    let (code, out, err) = ctl(&node, &["--offline", "resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+fn restore(node: &Node) -> (i32, String, String) {
+    ctl(node, &["--offline", "restore-files"])
+}
+
+#[test]
+fn a_tree_root_turned_into_a_symlink_is_repaired_never_followed() {
+    let node = node("");
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let root = node.root();
+    // /etc becomes a symlink to another directory: the restore makes /etc a directory again
+    // and leaves the symlink's target alone.
+    sh(&format!(
+        "cd {r} && mv etc etc.moved && mkdir elsewhere && echo keep > elsewhere/mine && ln -s elsewhere etc",
+        r = root.display()
+    ));
+    let (code, out, _) = ctl(&node, &["diff"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("/etc  (a symlink to elsewhere -> directory)"),
+        "{out}"
+    );
+    let (code, out, err) = restore(&node);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        std::fs::symlink_metadata(root.join("etc"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("elsewhere")).unwrap().count(),
+        1,
+        "the symlink's target was written into"
+    );
+    // A machine-config file's parent turned into a symlink: repaired the same way.
+    sh(&format!(
+        "cd {r} && rm -r usr/lib/mco && mkdir other && ln -s ../../other usr/lib/mco && echo x > other/extra.conf",
+        r = root.display()
+    ));
+    let (code, out, err) = restore(&node);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        std::fs::symlink_metadata(root.join("usr/lib/mco"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("usr/lib/mco/extra.conf")).unwrap(),
+        "extra=1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("other/extra.conf")).unwrap(),
+        "x\n"
+    );
+    // An ancestor the backup does not hold (/usr above /usr/local) is named, never changed.
+    sh(&format!(
+        "cd {r} && mv usr usr.real && mkdir usr2 && ln -s usr2 usr",
+        r = root.display()
+    ));
+    let (code, _, err) = restore(&node);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "cannot restore /usr/local: /usr is now a symlink to usr2 (a directory at backup time)"
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(root.join("usr2")).unwrap().count(), 0);
+}
