@@ -6,6 +6,7 @@
 mod generations;
 mod lock;
 mod model;
+mod pins;
 mod runs;
 pub mod schema;
 
@@ -123,8 +124,19 @@ impl Journal {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
         };
-        journal.migrate(version)?;
+        if version < schema::CURRENT || !journal.has_every_feature() {
+            journal.migrate(version)?;
+        }
         Ok(journal)
+    }
+
+    /// Whether the journal already has every feature this build adds (a read: no write lock
+    /// for the common case of opening a journal that is up to date).
+    fn has_every_feature(&self) -> bool {
+        let have = self.features().unwrap_or_default();
+        schema::FEATURES
+            .iter()
+            .all(|(name, _)| have.iter().any(|h| h == name))
     }
 
     /// Bring the schema to [`schema::CURRENT`]. Two processes may open a new journal at the same
@@ -148,7 +160,9 @@ impl Journal {
                 });
             }
             let Some(sql) = schema::MIGRATIONS.get(version as usize) else {
-                return tx.commit().map_err(|e| self.sql_err(e));
+                tx.commit().map_err(|e| self.sql_err(e))?;
+                drop(conn);
+                return self.add_features();
             };
             let to = version + 1;
             tx.execute_batch(sql).map_err(|e| self.sql_err(e))?;
@@ -159,6 +173,43 @@ impl Journal {
                 tracing::info!(journal = %self.path.display(), "migrated journal schema to version {to}");
             }
         }
+    }
+
+    /// Add the additive features this build knows and the journal lacks (idempotent; a
+    /// concurrent opener waits on the write lock and finds them added).
+    fn add_features(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_err(e))?;
+        tx.execute_batch(schema::FEATURES_TABLE)
+            .map_err(|e| self.sql_err(e))?;
+        for (name, sql) in schema::FEATURES {
+            let present: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM features WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.sql_err(e))?;
+            if !present {
+                tx.execute_batch(sql).map_err(|e| self.sql_err(e))?;
+                tx.execute("INSERT INTO features (name) VALUES (?1)", [name])
+                    .map_err(|e| self.sql_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sql_err(e))
+    }
+
+    /// The features the journal has (a newer recoveryd's included).
+    pub fn features(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT name FROM features ORDER BY added, name")
+            .map_err(|e| self.sql_err(e))?;
+        st.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql_err(e))
     }
 
     /// The schema version of the open database.

@@ -1,11 +1,47 @@
-//! The journal's schema and its migrations.
+//! The journal's schema, its migrations, and what stays readable across versions.
 //!
-//! `PRAGMA user_version` holds the schema version. Each migration moves the database from
-//! version N-1 to N inside one transaction; a database newer than [`CURRENT`] is refused rather
-//! than guessed at, because an older recoveryd could misread a recovery in progress.
+//! Two kinds of change, as ext4 has incompatible and compatible features:
+//! - `PRAGMA user_version` is the **format**: bumped only by a change an older recoveryd would
+//!   misread (a column whose meaning changes, one removed, a new state value it must act on).
+//!   Each migration in [`MIGRATIONS`] moves the format from N-1 to N; a journal of a newer
+//!   format is refused, never guessed at.
+//! - **Features** ([`FEATURES`]) are additive: a new table, or a column with a default, that an
+//!   older recoveryd of the same format does not read and cannot break. They are recorded by
+//!   name in the `features` table; a reader ignores names it does not know.
+//!
+//! The rule that follows: a recoveryd resumes any journal of its own format or older, whatever
+//! features a newer recoveryd added. A recovery crosses versions (the failed, newer OS starts it;
+//! the older, rolled-back OS resumes it), so `recover` compares the journal's format with the
+//! one the generation's recoveryd reads (recorded in each generation) before it changes
+//! anything. Format 2 has been the format since generations exist, so every generation without
+//! that record was taken by a format-2 recoveryd.
 
-/// The schema version this build writes.
+/// The format this build reads and writes.
 pub const CURRENT: u32 = 2;
+
+/// Additive features, in the order they were added: a name and idempotent SQL.
+pub const FEATURES: &[(&str, &str)] = &[("pins", PINS)];
+
+/// Which deployments recoveryd pinned: only those it unpins again.
+const PINS: &str = r#"
+CREATE TABLE IF NOT EXISTS pins (
+    osname   TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    serial   INTEGER NOT NULL,
+    run      INTEGER,
+    pinned   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    unpinned TEXT,
+    PRIMARY KEY (osname, checksum, serial, pinned)
+);
+"#;
+
+/// The table that lists the features present.
+pub const FEATURES_TABLE: &str = r#"
+CREATE TABLE IF NOT EXISTS features (
+    name  TEXT PRIMARY KEY,
+    added TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+"#;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[V1, V2];
