@@ -606,6 +606,42 @@ async fn logind_reboot_blocked_by_another_programs_inhibitor_is_an_error() {
 }
 
 #[tokio::test]
+async fn logind_inhibitor_refusals_are_understood_in_every_systemd_version() {
+    // RHEL 9 (252) and 257 refuse with AccessDenied, 258 and later with BlockedByInhibitorLock.
+    for version in [252, 257, 258] {
+        let l = logind(&[], |st| st["systemd_version"] = json!(version)).await;
+        let login = Login1Proxy::new(&l.conn).await.unwrap();
+        let other_lock = bounded(
+            "Inhibit",
+            login.inhibit("shutdown", "other-tool", "firmware update", "block"),
+        )
+        .await
+        .unwrap();
+        // What this logind says, as a client sees it.
+        let raw = bounded("RebootWithFlags", login.reboot_with_flags(1))
+            .await
+            .unwrap_err();
+        let name = recoveryd::host::bus::error_name(&raw).unwrap();
+        let expected = if version < 258 {
+            "org.freedesktop.DBus.Error.AccessDenied"
+        } else {
+            "org.freedesktop.login1.BlockedByInhibitorLock"
+        };
+        assert_eq!(name, expected, "systemd {version}");
+        let err = bounded("reboot", l.power.reboot(Duration::ZERO))
+            .await
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("blocked by a shutdown inhibitor") && msg.contains("other-tool"),
+            "systemd {version}: {msg}"
+        );
+        assert!(l.fake.calls_named("RebootRequested").is_empty());
+        drop(other_lock);
+    }
+}
+
+#[tokio::test]
 async fn logind_reboot_refused_by_logind_is_an_error() {
     let l = logind(&[], |st| {
         st["reboot_blocked"] = json!(true);
@@ -753,7 +789,9 @@ async fn rpm_ostree_rollback_runs_the_whole_transaction_protocol() {
         format!("testos-{}.0", csum('b')),
     );
 
-    let out = bounded("rollback", r.client.rollback()).await.unwrap();
+    let out = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap();
     assert_eq!(
         out,
         format!("default deployment for the next boot: {b} -> {a}")
@@ -794,7 +832,7 @@ async fn rpm_ostree_rollback_runs_the_whole_transaction_protocol() {
             .any(|c| c["reason"] == "finished")
     })
     .await;
-    let out = bounded("second rollback", r.client.rollback())
+    let out = bounded("second rollback", r.client.rollback("testos"))
         .await
         .unwrap();
     assert_eq!(
@@ -814,7 +852,9 @@ async fn rpm_ostree_busy_is_rollback_error_busy() {
     let mut state = default_rpm_state();
     state["faults"]["busy"] = json!(true);
     let r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
     match rollback_error(&err) {
         RollbackError::Busy(text) => {
             assert_eq!(text, "Transaction in progress: rollback")
@@ -830,12 +870,38 @@ async fn rpm_ostree_busy_is_rollback_error_busy() {
 }
 
 #[tokio::test]
+async fn a_transaction_in_progress_makes_another_one_busy() {
+    // A cleanup that does not finish (another client's, say) holds the daemon's one slot.
+    let mut state = default_rpm_state();
+    state["faults"]["hang"] = json!(true);
+    let r = std::sync::Arc::new(rpm_ostree(state, OP_TIMEOUT, &[]));
+    let first = {
+        let r = r.clone();
+        tokio::spawn(async move { r.client.cleanup_pending("testos").await })
+    };
+    eventually("the cleanup transaction starts", || {
+        !r.fake.calls_named("Start").is_empty()
+    })
+    .await;
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
+    match rollback_error(&err) {
+        RollbackError::Busy(text) => assert_eq!(text, "Transaction in progress: cleanup"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    first.abort();
+}
+
+#[tokio::test]
 async fn rpm_ostree_without_a_rollback_target_is_rollback_error_no_rollback() {
     // Only the booted deployment: rpm-ostree finds nothing to roll back to.
     let mut state = default_rpm_state();
     state["deployments"] = json!([deployment('b', "2.0")]);
     let r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(rollback_error(&err), RollbackError::NoRollback),
         "{err:#}"
@@ -847,7 +913,9 @@ async fn rpm_ostree_without_a_rollback_target_is_rollback_error_no_rollback() {
     let mut state = default_rpm_state();
     state["faults"]["no_rollback"] = json!(true);
     let r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(rollback_error(&err), RollbackError::NoRollback),
         "{err:#}"
@@ -858,93 +926,230 @@ async fn rpm_ostree_without_a_rollback_target_is_rollback_error_no_rollback() {
 #[tokio::test]
 async fn rpm_ostree_transaction_failure_is_rollback_error_failed() {
     let mut state = default_rpm_state();
-    state["faults"]["finish_error"] = json!("Staged deployment (remove with cleanup -p)");
+    state["faults"]["finish_error"] = json!("error: Writing deployments: No space left on device");
     let r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
     match rollback_error(&err) {
         RollbackError::Failed(text) => {
+            assert_eq!(text, "error: Writing deployments: No space left on device")
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(r.fake.calls_named("UnregisterClient").len(), 1);
+    assert_eq!(r.fake.read_state()["deployments"][0]["checksum"], csum('b'));
+}
+
+#[tokio::test]
+async fn a_staged_deployment_refuses_the_rollback_until_cleanup_removes_it() {
+    // The failed upgrade staged c (finalized at shutdown): rpm-ostree refuses to roll back.
+    let mut state = default_rpm_state();
+    state["deployments"] = json!([
+        deployment('c', "3.0"),
+        deployment('b', "2.0"),
+        deployment('a', "1.0")
+    ]);
+    state["staged"] = json!(format!("testos-{}.0", csum('c')));
+    let r = rpm_ostree(state, OP_TIMEOUT, &[]);
+    let status = bounded("status", r.client.status()).await.unwrap();
+    assert!(status.deployments[0].staged);
+    assert_eq!(
+        (status.pending, status.booted, status.rollback),
+        (Some(0), Some(1), Some(2))
+    );
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
+    match rollback_error(&err) {
+        RollbackError::Staged(text) => {
             assert_eq!(text, "Staged deployment (remove with cleanup -p)")
         }
-        other => panic!("expected Failed, got {other:?}"),
+        other => panic!("expected Staged, got {other:?}"),
     }
-    assert_eq!(r.fake.calls_named("UnregisterClient").len(), 1);
-    assert_eq!(r.fake.read_state()["deployments"][0]["checksum"], csum('b'));
+    // Cleanup(["pending-deploy"]) through its own transaction removes it.
+    let out = bounded("cleanup", r.client.cleanup_pending("testos"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "removed the pending deployment(s) testos-{}.0 (staged)",
+            csum('c')
+        )
+    );
+    let cleanup = r.fake.calls_named("Cleanup");
+    assert_eq!(cleanup[0]["args"], json!([["pending-deploy"]]));
+    let state = r.fake.read_state();
+    assert_eq!(state["staged"], Value::Null);
+    assert_eq!(state["deployments"].as_array().unwrap().len(), 2);
+    eventually("the cleanup transaction closes", || {
+        r.fake.calls_named("TransactionClosed").len() == 2
+    })
+    .await;
+    bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap();
+    assert_eq!(r.fake.read_state()["deployments"][0]["checksum"], csum('a'));
 }
 
 #[tokio::test]
-async fn rpm_ostree_not_booted_from_ostree_is_rollback_error_failed() {
+async fn cleanup_keeps_pinned_deployments_and_other_os_names() {
+    // Before the booted b: another OS's deployment and a pinned and an unpinned one of testos.
+    let mut pinned = deployment('p', "2.1");
+    pinned["pinned"] = json!(true);
+    let mut other = deployment('o', "9.0");
+    other["osname"] = json!("otheros");
     let mut state = default_rpm_state();
-    state["booted"] = json!("");
+    state["deployments"] = json!([
+        deployment('c', "3.0"),
+        other,
+        pinned,
+        deployment('b', "2.0"),
+        deployment('a', "1.0")
+    ]);
     let r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
-    match rollback_error(&err) {
-        RollbackError::Failed(text) => assert!(text.contains("not booted"), "{text}"),
-        other => panic!("expected Failed, got {other:?}"),
-    }
-    assert!(r.fake.calls_named("Rollback").is_empty());
-    assert_eq!(r.fake.calls_named("UnregisterClient").len(), 1);
+    bounded("cleanup", r.client.cleanup_pending("testos"))
+        .await
+        .unwrap();
+    let left: Vec<String> = r.fake.read_state()["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["checksum"].as_str().unwrap()[..1].to_string())
+        .collect();
+    assert_eq!(left, ["o", "p", "b", "a"]);
+    // The other OS has its own object; its pending deployment goes through it.
+    bounded("cleanup otheros", r.client.cleanup_pending("otheros"))
+        .await
+        .unwrap();
+    let status = bounded("status", r.client.status()).await.unwrap();
+    let ids: Vec<&str> = status
+        .deployments
+        .iter()
+        .map(|d| &d.checksum[..1])
+        .collect();
+    assert_eq!(ids, ["p", "b", "a"]);
+    assert_eq!(
+        r.fake.calls_named("GetOS").last().unwrap()["args"],
+        json!(["otheros"])
+    );
 }
 
 #[tokio::test]
-async fn rpm_ostree_daemon_crash_mid_transaction_is_rollback_error_daemon_vanished() {
+async fn rpm_ostree_rollback_stays_within_the_booted_os() {
+    // otheros's deployment lies between the booted b and testos's a: a is still the rollback.
+    let mut other = deployment('o', "9.0");
+    other["osname"] = json!("otheros");
     let mut state = default_rpm_state();
-    state["faults"]["crash_mid_txn"] = json!(true);
-    let mut r = rpm_ostree(state, OP_TIMEOUT, &[]);
-    let t = Instant::now();
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
-    assert!(
-        matches!(rollback_error(&err), RollbackError::DaemonVanished),
-        "{err:#}"
+    state["deployments"] = json!([deployment('b', "2.0"), other, deployment('a', "1.0")]);
+    let r = rpm_ostree(state, OP_TIMEOUT, &[]);
+    let status = bounded("status", r.client.status()).await.unwrap();
+    assert_eq!(
+        (status.booted, status.pending, status.rollback),
+        (Some(0), None, Some(2))
     );
-    assert!(
-        t.elapsed() < OP_TIMEOUT,
-        "noticed before the timeout: {:?}",
-        t.elapsed()
-    );
-    let names = call_names(&r.fake);
-    let start = position_after(&names, 0, "Start");
-    position_after(&names, start, "Crash");
-    eventually("the fake exits", || r.fake.try_exit_status().is_some()).await;
+    bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap();
+    let first = &r.fake.read_state()["deployments"][0];
+    assert_eq!(first["checksum"], csum('a'));
 }
 
 #[tokio::test]
-async fn rpm_ostree_transaction_that_never_finishes_is_rollback_error_timeout() {
-    let mut state = default_rpm_state();
-    state["faults"]["hang"] = json!(true);
-    let r = rpm_ostree(state, SHORT, &[]);
-    let t = Instant::now();
-    let err = bounded("rollback", r.client.rollback()).await.unwrap_err();
-    let elapsed = t.elapsed();
+async fn the_sysroot_lock_held_by_ostree_is_rollback_error_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = tokio::task::spawn_blocking({
+        let (path, scratch) = (dir.path().join("sysroot"), dir.path().to_path_buf());
+        move || sysroot::Sysroot::build(&path, &scratch)
+    })
+    .await
+    .unwrap();
+    let deps = sr.deployments();
+    let state = json!({"osname": "testos", "booted": format!("{}.{}", deps[0].0, deps[0].1)});
+    let sysroot_arg = sr.path.display().to_string();
+    let r = rpm_ostree(state, OP_TIMEOUT, &["--sysroot", sysroot_arg.as_str()]);
+    // What `ostree admin` takes while it works.
+    let lock = std::fs::File::create(sr.path.join("ostree/lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let err = bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap_err();
     match rollback_error(&err) {
-        RollbackError::Timeout(d) => assert_eq!(*d, SHORT),
-        other => panic!("expected Timeout, got {other:?}"),
+        RollbackError::Busy(text) => assert_eq!(text, "System transaction in progress"),
+        other => panic!("expected Busy, got {other:?}"),
     }
-    assert!(
-        elapsed >= SHORT && elapsed < SHORT + Duration::from_secs(5),
-        "{elapsed:?}"
-    );
-    let names = call_names(&r.fake);
-    let start = position_after(&names, 0, "Start");
-    position_after(&names, start, "UnregisterClient");
-    assert_eq!(r.fake.read_state()["deployments"][0]["checksum"], csum('b'));
+    drop(lock);
+    // Released: the rollback writes the real sysroot, and ostree sees the new order.
+    bounded("rollback", r.client.rollback("testos"))
+        .await
+        .unwrap();
+    assert_eq!(sr.deployments(), [deps[1].clone(), deps[0].clone()]);
 }
 
-#[tokio::test]
-async fn rpm_ostree_absent_from_the_bus_is_rollback_error_absent() {
-    let bus = TestBus::start(&[]);
-    let client = DbusRpmOstree::new(system_bus(&bus), OP_TIMEOUT);
-    let err = bounded("rollback", client.rollback()).await.unwrap_err();
-    match rollback_error(&err) {
-        RollbackError::Absent(text) => {
-            assert!(text.contains("ServiceUnknown"), "{text}")
-        }
-        other => panic!("expected Absent, got {other:?}"),
-    }
-    let err = bounded("status", client.status()).await.unwrap_err();
-    assert!(
-        matches!(rollback_error(&err), RollbackError::Absent(_)),
-        "{err:#}"
+/// Call an OS method on the fake with GDBus (which prints the error's name and text, where
+/// busctl prints only an errno's), as root or (through setpriv) as `uid`. `params` is a GVariant
+/// text such as `({},)`.
+fn os_call(bus: &TestBus, uid: Option<u32>, method: &str, params: &str) -> (i32, String, String) {
+    let script = format!(
+        r#"import sys
+from gi.repository import Gio, GLib
+c = Gio.DBusConnection.new_for_address_sync("{addr}",
+    Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION, None, None)
+try:
+    c.call_sync("org.projectatomic.rpmostree1", "/org/projectatomic/rpmostree1/testos",
+        "org.projectatomic.rpmostree1.OS", "{method}", GLib.Variant.parse(None, "{params}", None, None),
+        None, Gio.DBusCallFlags.NONE, 10000, None)
+except GLib.Error as e:
+    print(e.message, file=sys.stderr)
+    sys.exit(1)
+"#,
+        addr = bus.address
     );
+    let mut c = std::process::Command::new(if uid.is_some() {
+        "setpriv"
+    } else {
+        "/usr/bin/python3"
+    });
+    if let Some(u) = uid {
+        c.args([
+            &format!("--reuid={u}"),
+            &format!("--regid={u}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+        ]);
+    }
+    c.args(["-c", &script]);
+    common::run(&mut c)
+}
+
+#[test]
+fn a_caller_polkit_does_not_authorize_is_refused() {
+    // rpm-ostree's own bus policy lets anyone reach the OS interface; polkit decides.
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support/org.projectatomic.rpmostree1.conf");
+    let bus = TestBus::start(&[&policy]);
+    let fake = start_fake(&bus, "fake-rpm-ostreed", &[]);
+    for (method, params) in [
+        ("Rollback", "(@a{sv} {},)"),
+        ("Cleanup", "(['pending-deploy'],)"),
+    ] {
+        let (code, out, err) = os_call(&bus, Some(65534), method, params);
+        assert_ne!(code, 0, "{method}: {out}");
+        assert!(
+            err.contains(&format!(
+                "org.freedesktop.DBus.Error.AccessDenied: rpmostreed OS operation {method} not allowed for user"
+            )),
+            "{method}: {err}"
+        );
+    }
+    // Nothing started: no transaction, no change.
+    assert!(fake.calls_named("Start").is_empty());
+    assert!(fake.calls_named("WriteDeployments").is_empty());
+    // An unknown cleanup element, from root: refused by name.
+    let (code, _, err) = os_call(&bus, None, "Cleanup", "(['everything'],)");
+    assert_ne!(code, 0);
+    assert!(err.contains("Invalid cleanup type: everything"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

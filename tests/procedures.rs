@@ -5,278 +5,14 @@
 
 mod common;
 
-use common::bus;
-use common::sysroot;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use bus::{Fake, TestBus, start_fake};
+use common::world::{World, subsequence};
 use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run, sh};
-use recoveryd::journal::{Journal, RunState, StepState};
+use recoveryd::journal::{RunState, StepState};
 use serde_json::{Value, json};
-
-/// A node with everything a recovery touches.
-struct World {
-    bus: TestBus,
-    node: Node,
-    sysroot: sysroot::Sysroot,
-    systemd: Fake,
-    rpm: Option<Fake>,
-    /// (checksum, serial) of the deployment booted at backup time ("old") and of the upgrade.
-    old: (String, u32),
-    new: (String, u32),
-    rpm_args: Vec<String>,
-}
-
-const TREES: [&str; 3] = ["etc", "usr/local", "var/lib/kubelet"];
-
-impl World {
-    fn new(extra: &str) -> World {
-        let bus = TestBus::start(&[]);
-        let node = Node::new("");
-        let root = node.root();
-        let fakes = install_cluster_fakes(&root);
-        let sr = sysroot::Sysroot::build(&root.join("sysroot"), node.dir.path());
-        let deps = sr.deployments();
-        // ostree lists the newer commit first; the node boots the older one at backup time.
-        let (new, old) = (deps[0].clone(), deps[1].clone());
-        let cfg = merge_toml(&[
-            &format!("root = \"{}\"\n", root.display()),
-            &fakes,
-            "[host]\nsysroot = \"/sysroot\"\n[backup]\nspace_margin = 0\n[recovery]\ncontainer_timeout = 20\nrevision_timeout = 20\n[engine]\nretry_delay = 0\n",
-            extra,
-        ]);
-        std::fs::write(&node.config, cfg).unwrap();
-        sh(&format!(
-            r#"cd {r}
-mkdir -p etc/ssh etc/machine-config-daemon etc/kubernetes/manifests usr/local/bin var/lib/kubelet/pods usr/lib/mco sys/fs/selinux
-echo node1 > etc/hostname; echo 0123456789abcdef0123456789abcdef > etc/machine-id
-echo 127.0.0.1 localhost > etc/hosts; echo key > etc/ssh/key; chmod 600 etc/ssh/key
-echo 'apiVersion: v1' > etc/kubernetes/manifests/etcd.yaml
-printf '#!/bin/sh\necho hi\n' > usr/local/bin/helper; chmod 755 usr/local/bin/helper
-echo 'kind: KubeletConfiguration' > var/lib/kubelet/config.yaml; echo pod > var/lib/kubelet/pods/p1
-echo 'extra=1' > usr/lib/mco/extra.conf
-echo '{{"spec":{{"config":{{"storage":{{"files":[{{"path":"/usr/lib/mco/extra.conf"}},{{"path":"/etc/hosts"}}]}}}}}}}}' > etc/machine-config-daemon/currentconfig
-echo 1 > sys/fs/selinux/enforce
-"#,
-            r = root.display()
-        ));
-        let systemd = start_fake(&bus, "fake-systemd", &[]);
-        let mut w = World {
-            rpm_args: vec![
-                "--state".into(),
-                bus.dir.path().join("rpm.json").display().to_string(),
-                "--log".into(),
-                bus.dir.path().join("rpm.log").display().to_string(),
-                "--txn-socket".into(),
-                bus.dir.path().join("rpm.sock").display().to_string(),
-                "--sysroot".into(),
-                sr.path.display().to_string(),
-            ],
-            bus,
-            node,
-            sysroot: sr,
-            systemd,
-            rpm: None,
-            old,
-            new,
-        };
-        w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
-        w.start_rpm();
-        w
-    }
-
-    fn deployment(&self, d: &(String, u32)) -> Value {
-        let version = if *d == self.old { "1.0" } else { "2.0" };
-        json!({"checksum": d.0, "serial": d.1, "version": version, "timestamp": 0,
-               "origin": "testos/stable", "pinned": false, "staged": false})
-    }
-
-    fn rpm_state_path(&self) -> PathBuf {
-        PathBuf::from(&self.rpm_args[1])
-    }
-
-    fn write_rpm_state(&self, order: &[(String, u32)], booted: &(String, u32), boot_default: bool) {
-        let state = json!({
-            "osname": "testos",
-            "deployments": order.iter().map(|d| self.deployment(d)).collect::<Vec<_>>(),
-            "booted": format!("{}.{}", booted.0, booted.1),
-            "boot_default": boot_default,
-            "faults": {"busy": false, "no_rollback": false, "hang": false, "crash_mid_txn": false, "finish_error": null, "txn_delay_ms": 50},
-        });
-        std::fs::write(
-            self.rpm_state_path(),
-            serde_json::to_vec_pretty(&state).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn start_rpm(&mut self) {
-        let args: Vec<&str> = self.rpm_args.iter().map(String::as_str).collect();
-        self.rpm = Some(start_fake(&self.bus, "fake-rpm-ostreed", &args));
-    }
-
-    fn rpm(&self) -> &Fake {
-        self.rpm.as_ref().unwrap()
-    }
-
-    fn root(&self) -> PathBuf {
-        self.node.root()
-    }
-
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        self.ctl_env(args, None)
-    }
-
-    fn ctl_env(&self, args: &[&str], failpoints: Option<&str>) -> (i32, String, String) {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
-        c.arg("--config")
-            .arg(&self.node.config)
-            .arg("--offline")
-            .args(args)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus.address)
-            .env_remove("RECOVERYD_FAILPOINTS");
-        if let Some(fp) = failpoints {
-            c.env("RECOVERYD_FAILPOINTS", fp);
-        }
-        run(&mut c)
-    }
-
-    /// Take the backup, keep an independent copy of the trees, then break the node the way a
-    /// failed upgrade does.
-    fn backup_then_break(&self) -> PathBuf {
-        let (code, out, err) = self.ctl(&["backup"]);
-        assert_eq!(code, 0, "backup: {out}{err}");
-        let reference = self.node.dir.path().join("reference");
-        for t in TREES {
-            std::fs::create_dir_all(reference.join(t)).unwrap();
-            sh(&format!(
-                "rsync -aAXH --numeric-ids {}/{t}/ {}/{t}/",
-                self.root().display(),
-                reference.display()
-            ));
-        }
-        std::fs::create_dir_all(reference.join("extra")).unwrap();
-        std::fs::copy(
-            self.root().join("usr/lib/mco/extra.conf"),
-            reference.join("extra/extra.conf"),
-        )
-        .unwrap();
-        // The upgrade: a new deployment boots, the old one is the rollback target.
-        self.write_rpm_state(
-            &[self.new.clone(), self.old.clone()],
-            &self.new.clone(),
-            false,
-        );
-        sh(&format!(
-            r#"cd {r}
-echo 10.0.0.9 upgraded >> etc/hosts; rm etc/ssh/key; echo new > etc/added.conf
-echo changed > usr/local/bin/helper; echo added > usr/local/bin/new-tool
-echo 'kind: Changed' > var/lib/kubelet/config.yaml; rm var/lib/kubelet/pods/p1; echo x > var/lib/kubelet/pods/p2
-echo 'extra=2' > usr/lib/mco/extra.conf
-echo manifest-from-upgrade > etc/kubernetes/manifests/etcd.yaml
-"#,
-            r = self.root().display()
-        ));
-        reference
-    }
-
-    /// The node reboots: a new boot id, and rpm-ostree boots its default deployment.
-    fn reboot(&mut self, boot: &str) {
-        self.node.set_boot_id(boot);
-        if let Some(mut f) = self.rpm.take() {
-            f.stop();
-        }
-        let mut state: Value =
-            serde_json::from_slice(&std::fs::read(self.rpm_state_path()).unwrap()).unwrap();
-        state["boot_default"] = json!(true);
-        std::fs::write(
-            self.rpm_state_path(),
-            serde_json::to_vec_pretty(&state).unwrap(),
-        )
-        .unwrap();
-        self.start_rpm();
-    }
-
-    fn booted(&self) -> String {
-        self.rpm().read_state()["booted"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// rsync's differences between the reference and the live trees (empty when equal).
-    fn differences(&self, reference: &Path) -> String {
-        let mut all = String::new();
-        for t in TREES {
-            let out = Command::new("rsync")
-                .args([
-                    "-naAXHc",
-                    "--delete",
-                    "--numeric-ids",
-                    "--itemize-changes",
-                    "--exclude",
-                    "/kubernetes/manifests",
-                ])
-                .arg(format!("{}/{t}/", reference.display()))
-                .arg(format!("{}/{t}/", self.root().display()))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "rsync: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            all.push_str(&String::from_utf8_lossy(&out.stdout));
-        }
-        if std::fs::read(reference.join("extra/extra.conf")).unwrap()
-            != std::fs::read(self.root().join("usr/lib/mco/extra.conf")).unwrap()
-        {
-            all.push_str("extra.conf differs\n");
-        }
-        all
-    }
-
-    /// The unit and reboot calls systemd and logind received, in order.
-    fn unit_calls(&self) -> Vec<String> {
-        self.systemd
-            .calls()
-            .into_iter()
-            .filter_map(|c| {
-                let call = c["call"].as_str()?.to_string();
-                let arg = c["args"].get(0).map(|a| match a {
-                    Value::String(s) => s.clone(),
-                    Value::Array(v) => v
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                });
-                match call.as_str() {
-                    "StopUnit" | "StartUnit" | "RestartUnit" | "EnableUnitFiles"
-                    | "DisableUnitFiles" => Some(format!("{call} {}", arg.unwrap_or_default())),
-                    "Reload" | "RebootWithFlags" | "ScheduleShutdown" => Some(call),
-                    _ => None,
-                }
-            })
-            .collect()
-    }
-
-    fn unit(&self, name: &str) -> Value {
-        self.systemd.read_state()["units"][name].clone()
-    }
-
-    fn journal(&self) -> Journal {
-        Journal::open_existing(&self.node.journal_path()).unwrap()
-    }
-}
-
-fn subsequence(haystack: &[String], needles: &[&str]) -> bool {
-    let mut it = haystack.iter();
-    needles.iter().all(|n| it.any(|h| h.starts_with(n)))
-}
 
 #[test]
 fn backup_then_recovery_with_rollback_and_reboots_restores_everything() {
@@ -463,31 +199,49 @@ fn when_the_pinned_deployment_is_booted_there_is_no_rollback() {
 }
 
 #[test]
-fn without_a_pinned_deployment_nothing_changes() {
+fn when_the_generations_deployment_is_gone_nothing_changes_and_force_stays_on_the_booted_one() {
     let w = World::new("");
     let reference = w.backup_then_break();
+    // Someone removed the old deployment (it was pinned: unpin first, then undeploy).
+    let idx = w
+        .sysroot
+        .deployments()
+        .iter()
+        .position(|d| *d == w.old)
+        .unwrap();
+    w.sysroot.pin(idx, false);
     sh(&format!(
-        "ostree admin pin -u --sysroot={} 1",
+        "ostree admin undeploy --sysroot={} {idx}",
         w.sysroot.path.display()
     ));
     let before = w.differences(&reference);
     let (code, _, err) = w.ctl(&["recover"]);
     assert_eq!(code, 4, "{err}");
+    let gone = format!("testos-{}.{}", w.old.0, w.old.1);
     assert!(
-        err.contains("no deployment is pinned") && err.contains("--force"),
+        err.contains(&format!("this node no longer has the deployment {gone}"))
+            && err.contains("nothing was changed"),
         "{err}"
     );
     assert!(w.unit_calls().is_empty());
+    assert!(
+        w.rpm().calls_named("Rollback").is_empty() && w.rpm().calls_named("Cleanup").is_empty()
+    );
     assert_eq!(
         w.differences(&reference),
         before,
         "the node was not touched"
     );
-    // --force skips the deployment check (after the failed run is cancelled).
+    // --force skips the deployment check: the recovery stays on the booted deployment.
     assert_eq!(w.ctl(&["cancel"]).0, 0);
     let (code, _, err) = w.ctl(&["recover", "--force"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("--force: deployment check skipped"), "{err}");
+    assert!(
+        err.contains(
+            "--force: the deployment check is skipped; the recovery stays on the booted testos-"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -517,7 +271,7 @@ fn a_corrupted_generation_stops_the_recovery_before_anything_changes() {
 }
 
 #[test]
-fn a_generation_from_another_node_needs_force() {
+fn a_generation_from_another_node_needs_allow_foreign_not_force() {
     let w = World::new("");
     w.backup_then_break();
     std::fs::write(
@@ -528,14 +282,21 @@ fn a_generation_from_another_node_needs_force() {
     let (code, _, err) = w.ctl(&["recover"]);
     assert_eq!(code, 4, "{err}");
     assert!(
-        err.contains("taken elsewhere") && err.contains("machine-id"),
+        err.contains("taken elsewhere")
+            && err.contains("machine-id")
+            && err.contains("--allow-foreign"),
         "{err}"
     );
     assert!(w.unit_calls().is_empty());
     assert_eq!(w.ctl(&["cancel"]).0, 0);
+    // --force only skips the deployment check: a foreign backup is still refused.
     let (code, _, err) = w.ctl(&["recover", "--force"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("taken elsewhere"), "{err}");
+    assert_eq!(w.ctl(&["cancel"]).0, 0);
+    let (code, _, err) = w.ctl(&["recover", "--allow-foreign"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("accepted with --force"), "{err}");
+    assert!(err.contains("accepted with --allow-foreign"), "{err}");
 }
 
 #[test]
@@ -653,7 +414,7 @@ fn dry_run_shows_the_plan_and_changes_nothing() {
     assert_eq!(code, 0, "{err}");
     for expected in [
         "== stage check",
-        "would roll back from testos-",
+        "would roll testos back to testos-",
         "== stage restore-files",
         "stop kubelet.service through systemd's D-Bus API (now active)",
         "content  /etc/hosts",
@@ -703,7 +464,7 @@ fn crash_matrix_over_the_recovery_plan() {
             .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
             .collect()
     };
-    assert_eq!(steps.len(), 25, "{steps:?}");
+    assert_eq!(steps.len(), 26, "{steps:?}");
     let mut points: Vec<String> = Vec::new();
     for s in &steps {
         points.push(format!("{s}:before"));

@@ -232,13 +232,14 @@ pub(super) fn recovery_dry_run(
     cli: &Cli,
     config: &Config,
     force: bool,
+    allow_foreign: bool,
     step: bool,
     generation: &Option<String>,
 ) -> Result<u8> {
     let plans = crate::plans::PlanContext::new(Arc::new(config.clone()));
     let g = super::checked_generation(config, &plans.store, generation)?;
     let journal = journal_if_present(config).map(Arc::new);
-    let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
+    let options = serde_json::json!({"plan": "recover", "force": force, "allow_foreign": allow_foreign, "step": step, "generation": g.info.id});
     let plan = crate::plans::recovery_plan(&plans);
     let pc = crate::engine::PreviewContext {
         config: plans.config.clone(),

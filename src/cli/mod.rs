@@ -125,9 +125,13 @@ pub enum Command {
     Generations,
     /// Recover the node from a generation: check, restore files, reboot, restore the cluster.
     Recover {
-        /// Skip the deployment check, and accept a generation from another node.
+        /// Skip the deployment check: recover onto the booted deployment instead of the one the
+        /// backup was taken on (what upgrade-recovery.sh's --force does).
         #[arg(long)]
         force: bool,
+        /// Accept a generation taken on another node or cluster.
+        #[arg(long)]
+        allow_foreign: bool,
         /// Run one stage, then stop.
         #[arg(long)]
         step: bool,
@@ -267,12 +271,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Diff { ref generation } => inspect::diff(&cli, &config, generation),
         Command::Recover {
             force,
+            allow_foreign,
             step,
             dry_run: true,
             ref generation,
-        } => inspect::recovery_dry_run(&cli, &config, force, step, generation),
+        } => inspect::recovery_dry_run(&cli, &config, force, allow_foreign, step, generation),
         Command::Recover {
             force,
+            allow_foreign,
             step,
             dry_run: false,
             ref generation,
@@ -280,6 +286,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             &cli,
             remote::Start::Recover {
                 force,
+                allow_foreign,
                 step,
                 generation: generation.clone(),
             },
@@ -287,12 +294,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
         ),
         Command::Recover {
             force,
+            allow_foreign,
             step,
             dry_run: false,
             ref generation,
         } => start::new_offline(cli.json, config, |plans| {
             let g = checked_generation(&plans.config, &plans.store, generation)?;
-            let options = serde_json::json!({"plan": "recover", "force": force, "step": step, "generation": g.info.id});
+            if !force && let Some(j) = journal_if_present(&plans.config) {
+                crate::plans::check::journal_readable_after_rollback(&g.info, &j)?;
+            }
+            let options = serde_json::json!({"plan": "recover", "force": force, "allow_foreign": allow_foreign, "step": step, "generation": g.info.id});
             Ok((crate::plans::recovery_plan(plans), options))
         }),
         Command::Resume { boot, step: false } if !cli.offline => {

@@ -62,6 +62,7 @@ pub enum Start {
     Backup,
     Recover {
         force: bool,
+        allow_foreign: bool,
         step: bool,
         generation: Option<String>,
     },
@@ -129,11 +130,13 @@ pub async fn dbus_start(start: Start, wait: bool, json: bool, console: &Console)
         Start::Backup => proxy.start_backup(HashMap::new()).await,
         Start::Recover {
             force,
+            allow_foreign,
             step,
             generation,
         } => {
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             o.insert("force", Variant::from(*force));
+            o.insert("allow_foreign", Variant::from(*allow_foreign));
             o.insert("step", Variant::from(*step));
             if let Some(g) = generation {
                 o.insert("generation", Variant::from(g.as_str()));

@@ -19,10 +19,12 @@ pub(super) fn remote_start(cli: &Cli, start: remote::Start, wait: bool) -> Resul
                 remote::Start::Backup => serde_json::json!({"op": "backup", "wait": wait}),
                 remote::Start::Recover {
                     force,
+                    allow_foreign,
                     step,
                     generation,
                 } => serde_json::json!({
-                    "op": "recover", "force": force, "step": step, "generation": generation, "wait": wait}),
+                    "op": "recover", "force": force, "allow_foreign": allow_foreign, "step": step,
+                    "generation": generation, "wait": wait}),
                 remote::Start::Resume { boot } => {
                     serde_json::json!({"op": "resume", "boot": boot, "wait": wait})
                 }

@@ -88,6 +88,9 @@ fn options(
         let bad = |t: &str| BusError::InvalidArgs(format!("option `{k}` must be {t}"));
         match k.as_str() {
             "force" => o.force = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?,
+            "allow_foreign" => {
+                o.allow_foreign = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?
+            }
             "step" => o.step = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?,
             "generation" => {
                 let g = v.downcast_ref::<&str>().map_err(|_| bad("a string"))?;
@@ -118,7 +121,7 @@ impl ManagerIface {
         Ok(run_path(self.manager.start_backup()?))
     }
 
-    /// Start a recovery. Options: `force` (b), `step` (b), `generation` (s).
+    /// Start a recovery. Options: `force` (b), `allow_foreign` (b), `step` (b), `generation` (s).
     #[zbus(out_args("run"))]
     async fn start_recovery(
         &self,
@@ -127,7 +130,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, BusError> {
         require_root(&hdr, conn, "StartRecovery").await?;
-        let o = self::options(&options, &["force", "step", "generation"])?;
+        let o = self::options(&options, &["force", "allow_foreign", "step", "generation"])?;
         Ok(run_path(self.manager.start_recovery(o)?))
     }
 

@@ -266,6 +266,7 @@ pub struct RunManager {
 #[derive(Debug, Clone, Default)]
 pub struct RecoverOptions {
     pub force: bool,
+    pub allow_foreign: bool,
     pub step: bool,
     pub generation: Option<String>,
 }
@@ -397,8 +398,13 @@ impl RunManager {
                 ApiError::Failed(format!("{e:#}"))
             }
         })?;
+        if !o.force {
+            crate::plans::check::journal_readable_after_rollback(&generation.info, &self.journal)
+                .map_err(|e| ApiError::Failed(format!("{e:#}")))?;
+        }
         let options = serde_json::json!({
-            "plan": "recover", "force": o.force, "step": o.step, "generation": generation.info.id,
+            "plan": "recover", "force": o.force, "allow_foreign": o.allow_foreign, "step": o.step,
+            "generation": generation.info.id,
         });
         let plan = crate::plans::recovery_plan(&self.plans);
         self.launch(|e| e.prepare_new(plan, options))

@@ -45,6 +45,8 @@ pub enum Request {
         #[serde(default)]
         force: bool,
         #[serde(default)]
+        allow_foreign: bool,
+        #[serde(default)]
         step: bool,
         #[serde(default)]
         generation: Option<String>,
@@ -207,6 +209,7 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
         Request::Backup { wait } => (manager.start_backup().map(Some), wait),
         Request::Recover {
             force,
+            allow_foreign,
             step,
             generation,
             wait,
@@ -214,6 +217,7 @@ async fn client(stream: UnixStream, manager: Arc<RunManager>) -> std::io::Result
             manager
                 .start_recovery(RecoverOptions {
                     force,
+                    allow_foreign,
                     step,
                     generation,
                 })

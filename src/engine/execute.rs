@@ -67,14 +67,7 @@ impl Engine {
             "{kind} run {run}: the journal could not be written: {e:#}"
         );
         if let Some(cleanup) = &plan.cleanup {
-            let cx = self.context(
-                run,
-                kind,
-                CLEANUP,
-                CLEANUP,
-                options,
-                CancellationToken::new(),
-            );
+            let cx = self.cleanup_context(run, kind, options);
             match cleanup.cleanup(&cx, RunState::Failed).await {
                 Ok(detail) => info!(recovery_run = run, "cleanup: {detail}"),
                 Err(ce) => warn!(recovery_run = run, "cleanup failed too: {ce:#}"),
@@ -148,7 +141,22 @@ impl Engine {
                     && matches!(l.state, StepState::Started | StepState::AwaitingReboot)
                     && l.boot_id != self.boot_id
                 {
-                    let detail = format!("rebooted: boot {} -> {}", l.boot_id, self.boot_id);
+                    let cx = self.context(run, kind, name, stage, &options, cancel.child_token());
+                    let checked = match step.after_reboot(&cx).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Not done, and no progress: the node came back wrong.
+                            let message = format!("after the reboot of step {name}: {e:#}");
+                            return self
+                                .end(run, kind, plan, RunState::Failed, message, &options)
+                                .await;
+                        }
+                    };
+                    let mut detail = format!("rebooted: boot {} -> {}", l.boot_id, self.boot_id);
+                    if !checked.is_empty() {
+                        detail.push_str("; ");
+                        detail.push_str(&checked);
+                    }
                     self.step_ended(&at, l.id, StepState::Done, &detail)?;
                     self.note_progress(run, &mut progress_reset)?;
                     stage_of_this_invocation.get_or_insert(stage);
@@ -364,6 +372,17 @@ impl Engine {
         }
     }
 
+    fn cleanup_context(&self, run: i64, kind: RunKind, options: &serde_json::Value) -> StepContext {
+        self.context(
+            run,
+            kind,
+            CLEANUP,
+            CLEANUP,
+            options,
+            CancellationToken::new(),
+        )
+    }
+
     fn stopped_for_shutdown(&self, run: i64, kind: RunKind, next: &str) -> Report {
         let message =
             format!("stopped for a shutdown before step {next}; the run resumes at the next start");
@@ -413,14 +432,7 @@ impl Engine {
                 attempt,
                 &self.boot_id,
             )?;
-            let cx = self.context(
-                run,
-                kind,
-                CLEANUP,
-                CLEANUP,
-                options,
-                CancellationToken::new(),
-            );
+            let cx = self.cleanup_context(run, kind, options);
             match cleanup.cleanup(&cx, state).await {
                 Ok(detail) => {
                     info!(recovery_run = run, "cleanup after {state}: {detail}");

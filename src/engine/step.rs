@@ -36,6 +36,12 @@ pub trait Step: Send + Sync {
     fn reboot_barrier(&self) -> bool {
         false
     }
+    /// For a reboot barrier: checked when the run resumes in a later boot, before the barrier
+    /// counts as done (the node booted what it should). An error stops the run, leaves the
+    /// barrier waiting and counts as no progress; the detail returned is journaled.
+    async fn after_reboot(&self, _cx: &StepContext) -> Result<String> {
+        Ok(String::new())
+    }
     /// Do the work.
     async fn run(&self, cx: &StepContext) -> Result<Outcome>;
     /// What running the step would change, without changing anything (`--dry-run`).

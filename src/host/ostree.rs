@@ -1,10 +1,14 @@
 //! ostree deployments through the `ostree admin` CLI, against a sysroot beneath `root`:
-//! list them, pin one, undeploy one.
+//! list them, pin and unpin one, undeploy one, make one the default (`set-default`, ostree
+//! 2023.6 and later; probed, since older ones lack it).
 //!
 //! rpm-ostree has no pin method on D-Bus (a pin is libostree state in the deployment's origin
 //! file), so pinning goes through `ostree admin pin`. Debian's and RHEL's ostree have no
 //! `--json` for `admin status`, so its text is parsed here, strictly: a line that is not
 //! understood is an error, never skipped. The parser is tested on real output.
+//!
+//! Note that `ostree admin undeploy` removes a pinned deployment without a word: the callers
+//! never ask it to.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +38,14 @@ pub struct OstreeDeployment {
 impl OstreeDeployment {
     pub fn csum_serial(&self) -> String {
         format!("{}.{}", self.checksum, self.serial)
+    }
+
+    pub fn key(&self) -> super::rpmostree::DeploymentRef {
+        super::rpmostree::DeploymentRef {
+            osname: self.osname.clone(),
+            checksum: self.checksum.clone(),
+            serial: self.serial as i32,
+        }
     }
 }
 
@@ -129,7 +141,12 @@ pub fn parse_status(text: &str) -> Result<Vec<OstreeDeployment>> {
 pub trait Ostree: Send + Sync {
     async fn deployments(&self) -> Result<Vec<OstreeDeployment>>;
     async fn pin(&self, index: usize) -> Result<String>;
+    async fn unpin(&self, index: usize) -> Result<String>;
     async fn undeploy(&self, index: usize) -> Result<String>;
+    /// Whether this ostree has `admin set-default`.
+    async fn can_set_default(&self) -> Result<bool>;
+    /// Make deployment `index` the first (the default for the next boot), keeping the others.
+    async fn set_default(&self, index: usize) -> Result<String>;
 }
 
 /// The `ostree` CLI on a sysroot.
@@ -173,6 +190,46 @@ impl Ostree for OstreeCli {
         Ok(format!("{} ({})", out.stdout_tail.trim(), d.csum_serial()))
     }
 
+    async fn unpin(&self, index: usize) -> Result<String> {
+        let out = self
+            .programs
+            .run(&self.admin(&["pin".into(), "--unpin".into(), index.to_string()]))
+            .await?;
+        let after = self.deployments().await?;
+        let d = after
+            .get(index)
+            .with_context(|| format!("deployment {index} vanished after unpinning it"))?;
+        anyhow::ensure!(
+            !d.pinned,
+            "ostree says it unpinned deployment {index}, but it is still pinned"
+        );
+        Ok(format!("{} ({})", out.stdout_tail.trim(), d.csum_serial()))
+    }
+
+    async fn can_set_default(&self) -> Result<bool> {
+        // `ostree admin --help` lists the verbs this ostree has, one per line after two spaces
+        // (an unknown verb with --help prints that same list and exits 0, so it tells nothing).
+        let spec = CommandSpec::new(&self.program, self.timeout).args(["admin", "--help"]);
+        let out = self.programs.run(&spec).await?;
+        Ok(has_verb(
+            &String::from_utf8_lossy(&out.stdout),
+            "set-default",
+        ))
+    }
+
+    async fn set_default(&self, index: usize) -> Result<String> {
+        let out = self
+            .programs
+            .run(&self.admin(&["set-default".into(), index.to_string()]))
+            .await?;
+        Ok(out
+            .stdout_tail
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string())
+    }
+
     async fn undeploy(&self, index: usize) -> Result<String> {
         let out = self
             .programs
@@ -187,9 +244,25 @@ impl Ostree for OstreeCli {
     }
 }
 
+/// Whether `ostree admin --help` lists `verb` among its builtin commands.
+fn has_verb(help: &str, verb: &str) -> bool {
+    help.lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .any(|l| l.split_whitespace().next() == Some(verb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbs_from_the_help() {
+        let help = "Builtin \"admin\" Commands:\n  cleanup            Delete untagged deployments\n  set-default        Set the default deployment\n\nHelp Options:\n  -h, --help         Show help options\n";
+        assert!(has_verb(help, "set-default"));
+        assert!(has_verb(help, "cleanup"));
+        assert!(!has_verb(help, "set-origin"));
+        assert!(!has_verb(help, "--help"));
+    }
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!(

@@ -57,6 +57,23 @@ pub trait Power: Send + Sync {
     async fn reboot(&self, delay: Duration) -> Result<String>;
 }
 
+/// Whether logind refused a reboot because of a block inhibitor. How it says so depends on the
+/// systemd version (`verify_shutdown_creds` in `logind-dbus.c`): up to 256 (RHEL 9 has 252),
+/// root checking inhibitors gets `org.freedesktop.DBus.Error.AccessDenied` "Access denied to
+/// root due to active block inhibitor"; 257 says `AccessDenied` "Access denied due to active
+/// block inhibitor"; 258 and later `org.freedesktop.login1.BlockedByInhibitorLock`.
+fn blocked_by_inhibitor(e: &zbus::Error) -> bool {
+    match error_name(e).as_deref() {
+        Some("org.freedesktop.login1.BlockedByInhibitorLock") => true,
+        Some("org.freedesktop.DBus.Error.AccessDenied") => match e {
+            zbus::Error::MethodError(_, Some(m), _) => m.contains("inhibitor"),
+            zbus::Error::FDO(f) => f.to_string().contains("inhibitor"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 pub struct DbusPower {
     bus: std::sync::Arc<SystemBus>,
 }
@@ -133,13 +150,15 @@ impl Power for DbusPower {
                     .context("starting reboot.target")?;
                 Ok("systemd reboot.target (logind absent)".into())
             }
-            Err(e)
-                if error_name(&e).as_deref()
-                    == Some("org.freedesktop.login1.BlockedByInhibitorLock") =>
-            {
+            Err(e) if blocked_by_inhibitor(&e) => {
                 let who = self.inhibitors_text(&login).await;
                 Err(anyhow::anyhow!(
-                    "the reboot is blocked by a shutdown inhibitor ({who}); it is retried, or release the lock"
+                    "the reboot is blocked by a shutdown inhibitor ({}); it is retried, or release the lock",
+                    if who.is_empty() {
+                        "held by another program"
+                    } else {
+                        who.as_str()
+                    }
                 ))
             }
             Err(e) => Err(e).context("asking logind to reboot"),

@@ -1,8 +1,12 @@
-//! rpm-ostree over D-Bus (`org.projectatomic.rpmostree1`): the deployments, and a rollback
-//! with the full client transaction protocol (what `rpm-ostree rollback` does): register,
-//! `Rollback({"reboot": false})`, a peer-to-peer connection to the returned address, the
-//! signal stream opened before `Start`, wait for `Finished`, unregister. The daemon vanishing
-//! from the bus mid-transaction and a transaction that never finishes are errors of their own.
+//! rpm-ostree over D-Bus (`org.projectatomic.rpmostree1`): the deployments, and two
+//! transactions with the full client protocol (what `rpm-ostree rollback` and `rpm-ostree
+//! cleanup -p` do): register, `Rollback({"reboot": false})` or `Cleanup(["pending-deploy"])` on
+//! the OS object of the OS name concerned, a peer-to-peer connection to the returned address,
+//! the signal stream opened before `Start`, wait for `Finished`, unregister. The daemon
+//! vanishing from the bus mid-transaction, a transaction that never finishes, another
+//! transaction or the sysroot lock in the way ("Transaction in progress", "System transaction in
+//! progress"), polkit's refusal and a staged deployment in the way of a rollback are errors of
+//! their own.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,7 +21,11 @@ use super::bus::{SystemBus, error_name, service_absent};
 
 pub const SERVICE: &str = "org.projectatomic.rpmostree1";
 const TXN_IFACE: &str = "org.projectatomic.rpmostree1.Transaction";
+/// `G_IO_ERROR_BUSY`: "Transaction in progress", or "System transaction in progress" while
+/// something else (`ostree admin ...`) holds the sysroot lock.
 const BUSY: &str = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code26";
+/// What polkit's refusal comes back as (`os_authorize_method`).
+const DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 
 #[zbus::proxy(
     interface = "org.projectatomic.rpmostree1.Sysroot",
@@ -42,8 +50,25 @@ pub trait Sysroot {
 )]
 pub trait Os {
     fn rollback(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<String>;
+    fn cleanup(&self, elements: &[&str]) -> zbus::Result<String>;
     #[zbus(property)]
     fn default_deployment(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+}
+
+/// A deployment's identity: its OS name (stateroot), commit and serial. Two OS names can hold
+/// the same commit at the same serial, so all three are needed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct DeploymentRef {
+    pub osname: String,
+    pub checksum: String,
+    pub serial: i32,
+}
+
+impl std::fmt::Display for DeploymentRef {
+    /// As rpm-ostree names deployments: `<osname>-<checksum>.<serial>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}.{}", self.osname, self.checksum, self.serial)
+    }
 }
 
 /// One deployment as rpm-ostree reports it.
@@ -60,9 +85,25 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// `<checksum>.<serial>`, as ostree names a deployment.
+    /// `<checksum>.<serial>`, as ostree names a deployment within its OS.
     pub fn csum_serial(&self) -> String {
         format!("{}.{}", self.checksum, self.serial)
+    }
+
+    pub fn key(&self) -> DeploymentRef {
+        DeploymentRef {
+            osname: self.osname.clone(),
+            checksum: self.checksum.clone(),
+            serial: self.serial,
+        }
+    }
+
+    /// For messages: the id and the version.
+    pub fn describe(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{} (version {v})", self.id),
+            None => self.id.clone(),
+        }
     }
 
     fn from_dict(d: &HashMap<String, OwnedVariant>) -> Result<Deployment> {
@@ -95,7 +136,8 @@ impl Deployment {
     }
 }
 
-/// All deployments in boot order, and which is booted, pending and rollback.
+/// All deployments in boot order (index 0 boots next), and which is booted, pending and
+/// rollback for the booted OS.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub deployments: Vec<Deployment>,
@@ -105,25 +147,42 @@ pub struct Status {
 }
 
 impl Status {
-    /// Pending and rollback as rpm-ostree computes them: among the booted OS's deployments, the
-    /// first before the booted one is pending, the first after it is the rollback.
     pub fn new(deployments: Vec<Deployment>) -> Status {
         let booted = deployments.iter().position(|d| d.booted);
-        let (mut pending, mut rollback) = (None, None);
-        if let Some(b) = booted {
-            let os = &deployments[b].osname;
-            pending = deployments[..b].iter().position(|d| &d.osname == os);
-            rollback = deployments[b + 1..]
-                .iter()
-                .position(|d| &d.osname == os)
-                .map(|i| i + b + 1);
-        }
-        Status {
+        let mut s = Status {
             deployments,
             booted,
-            pending,
-            rollback,
+            pending: None,
+            rollback: None,
+        };
+        if let Some(b) = booted {
+            let os = s.deployments[b].osname.clone();
+            (s.pending, s.rollback) = s.pending_and_rollback(&os);
         }
+        s
+    }
+
+    /// `ostree_sysroot_query_deployments_for(osname)`, as rpm-ostree computes them: passing
+    /// over the booted deployment and other OS names, the first deployment of `osname` before
+    /// the booted one is pending, the first after it the rollback.
+    pub fn pending_and_rollback(&self, osname: &str) -> (Option<usize>, Option<usize>) {
+        let (mut pending, mut rollback, mut found_booted) = (None, None, false);
+        for (i, d) in self.deployments.iter().enumerate() {
+            if Some(i) == self.booted {
+                found_booted = true;
+                continue;
+            }
+            if d.osname != osname {
+                continue;
+            }
+            if !found_booted && pending.is_none() {
+                pending = Some(i);
+            }
+            if found_booted && rollback.is_none() {
+                rollback = Some(i);
+            }
+        }
+        (pending, rollback)
     }
 
     pub fn booted(&self) -> Option<&Deployment> {
@@ -137,32 +196,72 @@ impl Status {
     pub fn pinned(&self) -> Vec<&Deployment> {
         self.deployments.iter().filter(|d| d.pinned).collect()
     }
+
+    /// Where a deployment is in the boot order.
+    pub fn find(&self, key: &DeploymentRef) -> Option<usize> {
+        self.deployments.iter().position(|d| d.key() == *key)
+    }
+
+    /// The deployments before the booted one (of any OS): a staged one, or ones deployed
+    /// since the boot. Any of them would boot next instead of the booted one.
+    pub fn before_booted(&self) -> &[Deployment] {
+        match self.booted {
+            Some(b) => &self.deployments[..b],
+            None => &[],
+        }
+    }
 }
 
 /// Errors a recovery decides on.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
-    #[error("rpm-ostree is busy with another transaction: {0}")]
+    /// Another transaction runs, or something holds the sysroot lock (`ostree admin`): G_IO_ERROR_BUSY.
+    #[error("rpm-ostree is busy: {0}")]
     Busy(String),
     #[error("rpm-ostree has no rollback deployment")]
     NoRollback,
+    /// A staged deployment (finalized at shutdown) is in the way of a rollback.
+    #[error("rpm-ostree refuses to roll back while a deployment is staged: {0}")]
+    Staged(String),
+    /// polkit refused the caller (`rpmostreed OS operation ... not allowed for user`).
+    #[error("rpm-ostree refused the request: {0}")]
+    Denied(String),
     #[error(
-        "rpm-ostree's daemon left the bus during the rollback transaction (it likely crashed; see `journalctl -u rpm-ostreed`)"
+        "rpm-ostree's daemon left the bus during the transaction (it likely crashed; see `journalctl -u rpm-ostreed`)"
     )]
     DaemonVanished,
-    #[error("the rpm-ostree rollback transaction did not finish within {0:?}")]
+    #[error("the rpm-ostree transaction did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("rpm-ostree rollback failed: {0}")]
+    #[error("the rpm-ostree transaction failed: {0}")]
     Failed(String),
     #[error("rpm-ostree is not running on this host ({0})")]
     Absent(String),
 }
 
+/// Which transaction to run.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Rollback,
+    CleanupPending,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Rollback => "rollback",
+            Method::CleanupPending => "cleanup of the pending deployment",
+        }
+    }
+}
+
 #[async_trait]
 pub trait RpmOstree: Send + Sync {
     async fn status(&self) -> Result<Status>;
-    /// Make the rollback deployment the default for the next boot (no reboot).
-    async fn rollback(&self) -> Result<String>;
+    /// Make the rollback deployment of `osname` the default for the next boot (no reboot).
+    async fn rollback(&self, osname: &str) -> Result<String>;
+    /// Remove the pending deployments of `osname` (a staged one included; pinned ones stay):
+    /// what `rpm-ostree cleanup -p` does.
+    async fn cleanup_pending(&self, osname: &str) -> Result<String>;
 }
 
 pub struct DbusRpmOstree {
@@ -182,19 +281,24 @@ impl DbusRpmOstree {
             .await?)
     }
 
-    async fn transaction(&self, sysroot: &SysrootProxy<'static>) -> Result<String, RollbackError> {
+    async fn transaction(
+        &self,
+        sysroot: &SysrootProxy<'static>,
+        method: Method,
+        osname: &str,
+    ) -> Result<String, RollbackError> {
         let conn = self
             .bus
             .get()
             .await
             .map_err(|e| RollbackError::Failed(format!("{e:#}")))?;
         let failed = |e: zbus::Error| RollbackError::Failed(e.to_string());
-        let os_path = sysroot.booted().await.map_err(failed)?;
-        if os_path.as_str() == "/" {
+        if sysroot.booted().await.map_err(failed)?.as_str() == "/" {
             return Err(RollbackError::Failed(
                 "the system is not booted from an ostree deployment".into(),
             ));
         }
+        let os_path = sysroot.get_os(osname).await.map_err(failed)?;
         let os = OsProxy::builder(conn)
             .path(os_path)
             .cache_properties(zbus::proxy::CacheProperties::No)
@@ -207,13 +311,18 @@ impl DbusRpmOstree {
             .receive_name_owner_changed_with_args(&[(0, SERVICE)])
             .await
             .map_err(failed)?;
-        let address = os
-            .rollback(HashMap::from([("reboot", Variant::from(false))]))
-            .await
-            .map_err(|e| match error_name(&e).as_deref() {
-                Some(BUSY) => RollbackError::Busy(message_of(&e)),
-                _ => RollbackError::Failed(e.to_string()),
-            })?;
+        let address = match method {
+            Method::Rollback => {
+                os.rollback(HashMap::from([("reboot", Variant::from(false))]))
+                    .await
+            }
+            Method::CleanupPending => os.cleanup(&["pending-deploy"]).await,
+        }
+        .map_err(|e| match error_name(&e).as_deref() {
+            Some(BUSY) => RollbackError::Busy(message_of(&e)),
+            Some(DENIED) => RollbackError::Denied(message_of(&e)),
+            _ => RollbackError::Failed(e.to_string()),
+        })?;
         let p2p = zbus::connection::Builder::address(address.as_str())
             .p2p()
             .method_timeout(self.timeout)
@@ -240,7 +349,10 @@ impl DbusRpmOstree {
             .deserialize()
             .map_err(failed)?;
         if !started {
-            tracing::info!("attached to a rollback transaction already in progress");
+            tracing::info!(
+                "attached to a {} transaction already in progress",
+                method.name()
+            );
         }
         let wait = async {
             loop {
@@ -278,7 +390,7 @@ impl DbusRpmOstree {
                         // and polling it again would spin).
                         None => {
                             return Err(RollbackError::Failed(
-                                "lost the system bus while waiting for the rollback transaction".into(),
+                                "lost the system bus while waiting for the rpm-ostree transaction".into(),
                             ));
                         }
                     },
@@ -293,6 +405,8 @@ impl DbusRpmOstree {
             Ok(text)
         } else if text.contains("No rollback deployment") {
             Err(RollbackError::NoRollback)
+        } else if text.contains("Staged deployment") {
+            Err(RollbackError::Staged(text))
         } else {
             Err(RollbackError::Failed(text))
         }
@@ -327,34 +441,60 @@ impl RpmOstree for DbusRpmOstree {
         Ok(Status::new(deployments))
     }
 
-    async fn rollback(&self) -> Result<String> {
-        let sysroot = self.sysroot().await?;
-        // Read the starting point first: nothing can fail between registering and unregistering
-        // but the transaction itself.
+    async fn rollback(&self, osname: &str) -> Result<String> {
         let before = self.status().await?;
-        let client = HashMap::from([("id", Variant::from("recoveryd"))]);
-        match sysroot.register_client(client).await {
-            Err(e) if service_absent(&e) => return Err(RollbackError::Absent(e.to_string()).into()),
-            r => r.context("registering with rpm-ostree")?,
-        }
-        let result = self.transaction(&sysroot).await;
-        let _ = sysroot.unregister_client(HashMap::new()).await;
-        let text = result?;
+        let text = self.run(Method::Rollback, osname).await?;
         let after = self.status().await?;
-        let from = before
-            .deployments
-            .first()
-            .map(|d| d.id.clone())
-            .unwrap_or_default();
-        let to = after
-            .deployments
-            .first()
-            .map(|d| d.id.clone())
-            .unwrap_or_default();
+        let first = |s: &Status| {
+            s.deployments
+                .first()
+                .map(|d| d.id.clone())
+                .unwrap_or_default()
+        };
+        let (from, to) = (first(&before), first(&after));
         Ok(if text.is_empty() {
             format!("default deployment for the next boot: {from} -> {to}")
         } else {
             format!("default deployment for the next boot: {from} -> {to} ({text})")
         })
+    }
+
+    async fn cleanup_pending(&self, osname: &str) -> Result<String> {
+        let before = self.status().await?;
+        self.run(Method::CleanupPending, osname).await?;
+        let after = self.status().await?;
+        let removed: Vec<String> = before
+            .deployments
+            .iter()
+            .filter(|d| after.find(&d.key()).is_none())
+            .map(|d| {
+                if d.staged {
+                    format!("{} (staged)", d.id)
+                } else {
+                    d.id.clone()
+                }
+            })
+            .collect();
+        Ok(if removed.is_empty() {
+            format!("no pending deployment of {osname} to remove")
+        } else {
+            format!("removed the pending deployment(s) {}", removed.join(", "))
+        })
+    }
+}
+
+impl DbusRpmOstree {
+    /// Register, run one transaction, unregister: nothing between registering and
+    /// unregistering can fail but the transaction itself.
+    async fn run(&self, method: Method, osname: &str) -> Result<String> {
+        let sysroot = self.sysroot().await?;
+        let client = HashMap::from([("id", Variant::from("recoveryd"))]);
+        match sysroot.register_client(client).await {
+            Err(e) if service_absent(&e) => return Err(RollbackError::Absent(e.to_string()).into()),
+            r => r.context("registering with rpm-ostree")?,
+        }
+        let result = self.transaction(&sysroot, method, osname).await;
+        let _ = sysroot.unregister_client(HashMap::new()).await;
+        Ok(result?)
     }
 }

@@ -533,8 +533,9 @@ impl Step for Prune {
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let p = self.0.clone();
-        let cx = cx.clone();
-        blocking(move || {
+        let bcx = cx.clone();
+        let (removed, gc, kept) = blocking(move || {
+            let cx = bcx;
             let current = generation_id(&cx)?;
             let mut protected = vec![current.clone()];
             if let Some(r) = cx.journal.open_run(RunKind::Recovery)?
@@ -557,24 +558,32 @@ impl Step for Prune {
             }
             // Their content, and anything else no generation refers to any more.
             let gc = p.store.gc(&|| cx.checkpoint())?;
-            let collected = format!(
-                "{} unreferenced objects removed ({}), {} kept",
-                gc.removed,
-                human_bytes(gc.bytes),
-                gc.kept
-            );
-            Ok(if removed.is_empty() && gc.removed == 0 {
+            Ok((removed, gc, n.min(keep)))
+        })
+        .await?;
+        // The pins recoveryd made for deployments no kept generation was taken on.
+        let unpinned = super::deployment::unpin_unused(&self.0, cx).await?;
+        let mut collected = format!(
+            "{} unreferenced objects removed ({}), {} kept",
+            gc.removed,
+            human_bytes(gc.bytes),
+            gc.kept
+        );
+        if !unpinned.is_empty() {
+            collected.push_str("; ");
+            collected.push_str(&unpinned.join(", "));
+        }
+        Ok(
+            if removed.is_empty() && gc.removed == 0 && unpinned.is_empty() {
                 Outcome::Skipped(format!(
-                    "{} generation(s) kept, none to remove; {collected}",
-                    n.min(keep)
+                    "{kept} generation(s) kept, none to remove; {collected}"
                 ))
             } else if removed.is_empty() {
                 Outcome::Done(collected)
             } else {
                 Outcome::Done(format!("removed {}; {collected}", removed.join(", ")))
-            })
-        })
-        .await
+            },
+        )
     }
 }
 

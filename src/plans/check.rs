@@ -9,7 +9,9 @@ use super::blocking;
 use super::context::PlanContext;
 use crate::engine::{Outcome, PreviewContext, Step, StepContext};
 use crate::files::backup::Hooks;
+use crate::files::store::GenerationInfo;
 use crate::files::verify;
+use crate::journal::Journal;
 
 /// Re-hash the whole generation against its manifest before anything is changed.
 pub struct VerifyBackup(pub Arc<PlanContext>);
@@ -56,7 +58,46 @@ impl Step for VerifyBackup {
     }
 }
 
-/// Refuse a generation taken on another node or another cluster (unless `--force`).
+/// The journal format the recoveryd that took this generation reads (format 2 for every
+/// generation taken before the record existed).
+fn journal_format_read_by(g: &GenerationInfo) -> u32 {
+    g.identity
+        .get("recoveryd")
+        .and_then(|r| r.get("journal_format"))
+        .and_then(|v| v.as_u64())
+        .map_or(2, |v| v as u32)
+}
+
+/// A recovery rolls back to the generation's OS, whose recoveryd resumes it after the reboot.
+/// Refuse up front, before anything changes, when that recoveryd could not read this journal.
+/// (With `--force` the node stays on the booted OS, so the question does not arise.)
+pub fn journal_readable_after_rollback(g: &GenerationInfo, journal: &Journal) -> Result<()> {
+    let reads = journal_format_read_by(g);
+    let format = journal.schema_version()?;
+    if format > reads {
+        let who = g
+            .identity
+            .get("recoveryd")
+            .and_then(|r| r.get("version"))
+            .and_then(|v| v.as_str())
+            .map(|v| format!("recoveryd {v}"))
+            .unwrap_or_else(|| "an older recoveryd".into());
+        let on = super::deployment::generation_deployment(g)
+            .map(|d| format!(" on {d}"))
+            .unwrap_or_default();
+        bail!(
+            "generation {} was taken by {who}{on}, which reads journal format {reads}; this journal \
+             is format {format}, so after the rollback that recoveryd could not resume the recovery. \
+             Nothing was changed. Recover with --force to stay on the booted OS, or move the journal \
+             aside (the generations stay usable) before recovering",
+            g.id
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a generation taken on another node or another cluster (unless `--allow-foreign`),
+/// or one whose OS's recoveryd could not read this journal.
 pub struct CheckIdentity(pub Arc<PlanContext>);
 
 #[async_trait]
@@ -68,10 +109,13 @@ impl Step for CheckIdentity {
         "check"
     }
     fn describe(&self) -> String {
-        "check that the backup was taken on this node and this cluster".into()
+        "check that the backup was taken on this node and this cluster, and that the recoveryd of its OS can read this journal".into()
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let g = self.0.generation_for(cx)?;
+        if !cx.option_bool("force") {
+            journal_readable_after_rollback(&g.info, &cx.journal)?;
+        }
         let id = &g.info.identity;
         let mut mismatches = Vec::new();
         let mut checked = Vec::new();
@@ -128,10 +172,17 @@ impl Step for CheckIdentity {
             g.info.id,
             mismatches.join("; ")
         );
-        if cx.option_bool("force") {
-            tracing::warn!(recovery_run = cx.run, "{what}; going on because of --force");
-            return Ok(Outcome::Done(format!("{what} (accepted with --force)")));
+        if cx.option_bool("allow_foreign") {
+            tracing::warn!(
+                recovery_run = cx.run,
+                "{what}; going on because of --allow-foreign"
+            );
+            return Ok(Outcome::Done(format!(
+                "{what} (accepted with --allow-foreign)"
+            )));
         }
-        bail!("{what}. Nothing was changed; use --force only if you are sure it belongs here")
+        bail!(
+            "{what}. Nothing was changed; use --allow-foreign only if you are sure it belongs here"
+        )
     }
 }

@@ -74,6 +74,7 @@ impl PlanContext {
         serde_json::json!({
             "hostname": self.node_name(),
             "machine_id": self.host_file("/etc/machine-id"),
+            "recoveryd": super::deployment::recoveryd_identity(),
         })
     }
 

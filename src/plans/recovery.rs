@@ -13,7 +13,7 @@ use super::cluster::{
     WipeCrio, node_state,
 };
 use super::context::PlanContext;
-use super::deployment::{CheckDeployment, ROLLED_BACK};
+use super::deployment::{CheckDeployment, CheckNextBoot, ROLLED_BACK, expect_booted};
 use super::restore::{RestoreStep, SELINUX_WAS_ENFORCING, Trees};
 use super::units::{DaemonReload, NodeUnit, Reboot, UnitStep, UnitVerb};
 use crate::engine::{Cleanup, Plan, Prologue, StepContext};
@@ -44,7 +44,7 @@ pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
         .step(CheckDeployment(cx.clone()))
         .step(Reboot {
             cx: cx.clone(),
-            name: "reboot-after-rollback",
+            name: ROLLBACK_BARRIER,
             stage: "check",
             only_if_var: Some(ROLLED_BACK),
         })
@@ -99,6 +99,7 @@ pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
             NodeUnit::Kubelet,
         ))
         // 3. reboot
+        .step(CheckNextBoot(cx.clone()))
         .step(Reboot {
             cx: cx.clone(),
             name: "reboot",
@@ -142,17 +143,35 @@ pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
         .step(WaitContainers(cx.clone()))
         // 5. post-restore
         .step(RedeployOperators(cx.clone()));
-    p.prologue = Some(Arc::new(RepairSelinux(cx.clone())));
+    p.prologue = Some(Arc::new(ResumeChecks(cx.clone())));
     p.cleanup = Some(Arc::new(ReportNodeState(cx.clone())));
     p
 }
 
-/// A crash while a step had SELinux permissive leaves it so until the next boot: put it back.
-pub struct RepairSelinux(pub Arc<PlanContext>);
+/// Before any step of an invocation: repair what a crash left (SELinux permissive), and once
+/// the run is past its rollback, check that the node runs the recovery's deployment.
+pub struct ResumeChecks(pub Arc<PlanContext>);
+
+/// The barrier after which the node must run the target deployment.
+const ROLLBACK_BARRIER: &str = "reboot-after-rollback";
 
 #[async_trait]
-impl Prologue for RepairSelinux {
+impl Prologue for ResumeChecks {
     async fn prologue(&self, cx: &StepContext) -> Result<()> {
+        self.repair_selinux(cx)?;
+        let past_rollback = cx
+            .journal
+            .last_attempt(cx.run, ROLLBACK_BARRIER)?
+            .is_some_and(|l| l.state.is_complete());
+        if past_rollback {
+            expect_booted(&self.0, cx).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ResumeChecks {
+    fn repair_selinux(&self, cx: &StepContext) -> Result<()> {
         if cx.var(SELINUX_WAS_ENFORCING)?.is_some_and(|v| v == "1") {
             if self.0.host.selinux.enforcing()? == Some(false) {
                 self.0.host.selinux.set_enforcing(true)?;

@@ -156,6 +156,9 @@ impl Step for Reboot {
             None => "reboot the node; the recovery resumes by itself at the next boot".into(),
         }
     }
+    async fn after_reboot(&self, cx: &StepContext) -> Result<String> {
+        super::deployment::expect_booted(&self.cx, cx).await
+    }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         if let Some(var) = self.only_if_var
             && cx.var(var)?.is_none()

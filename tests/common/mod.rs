@@ -7,6 +7,7 @@ use std::process::Command;
 pub mod bus;
 mod examples;
 pub mod sysroot;
+pub mod world;
 
 pub use examples::example;
 

@@ -9,6 +9,13 @@ use std::process::Command;
 pub struct Sysroot {
     pub path: PathBuf,
     pub osname: String,
+    /// Where new commits' trees are built.
+    scratch: PathBuf,
+}
+
+/// The libostree helper (`tests/support/ostree-sysroot.py`).
+pub fn helper() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ostree-sysroot.py")
 }
 
 fn sh(script: &str) -> String {
@@ -53,7 +60,72 @@ ostree admin deploy --sysroot={s} --os=testos --retain testos/stable >/dev/null
         Sysroot {
             path: path.to_path_buf(),
             osname: "testos".into(),
+            scratch: scratch.to_path_buf(),
         }
+    }
+
+    /// Commit a new version of the tree and deploy it in `osname` (created if new) as the new
+    /// first deployment, keeping the others; returns its `(checksum, serial)`.
+    pub fn deploy(&self, osname: &str, version: &str) -> (String, u32) {
+        let (s, t) = (self.path.display(), self.scratch.join("tree"));
+        let t = t.display();
+        let out = sh(&format!(
+            r#"
+[ -d {s}/ostree/deploy/{osname} ] || ostree admin os-init --sysroot={s} {osname} >/dev/null
+echo {version} > {t}/usr/bin/version
+c=$(ostree --repo={s}/ostree/repo commit -b {osname}/stable --add-metadata-string=version={version} -s {version} --tree=dir={t})
+ostree --repo={s}/ostree/repo refs --create=keep/{osname}-{version} $c
+ostree admin deploy --sysroot={s} --os={osname} --retain $c >/dev/null
+echo $c
+"#
+        ));
+        let checksum = out.lines().last().unwrap().trim().to_string();
+        let serial = self
+            .list()
+            .into_iter()
+            .find(|(o, c, _)| o == osname && *c == checksum)
+            .map(|(_, _, s)| s)
+            .unwrap();
+        (checksum, serial)
+    }
+
+    /// `(osname, checksum, serial)` of each deployment in boot order.
+    pub fn list(&self) -> Vec<(String, String, u32)> {
+        self.status()
+            .lines()
+            .filter(|l| !l.starts_with("    "))
+            .filter_map(|l| {
+                let mut w = l.trim_start_matches(['*', ' ']).split_whitespace();
+                let os = w.next()?.to_string();
+                let (c, s) = w.next()?.rsplit_once('.')?;
+                Some((os, c.to_string(), s.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Write this boot order (what rpm-ostree's rollback does, through libostree); deployments
+    /// not named are removed. Names are `osname:checksum.serial`.
+    pub fn set_order(&self, order: &[String]) {
+        let out = Command::new(helper())
+            .arg("write")
+            .arg(&self.path)
+            .args(order)
+            .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn pin(&self, index: usize, pin: bool) {
+        sh(&format!(
+            "ostree admin pin {} --sysroot={} {index}",
+            if pin { "" } else { "--unpin" },
+            self.path.display()
+        ));
     }
 
     pub fn status(&self) -> String {
@@ -77,14 +149,21 @@ ostree admin deploy --sysroot={s} --os=testos --retain testos/stable >/dev/null
     }
 
     pub fn origin(&self, checksum: &str, serial: u32) -> PathBuf {
+        self.origin_in(&self.osname, checksum, serial)
+    }
+
+    pub fn origin_in(&self, osname: &str, checksum: &str, serial: u32) -> PathBuf {
         self.path.join(format!(
-            "ostree/deploy/{}/deploy/{checksum}.{serial}.origin",
-            self.osname
+            "ostree/deploy/{osname}/deploy/{checksum}.{serial}.origin"
         ))
     }
 
     pub fn pinned(&self, checksum: &str, serial: u32) -> bool {
-        std::fs::read_to_string(self.origin(checksum, serial))
+        self.pinned_in(&self.osname, checksum, serial)
+    }
+
+    pub fn pinned_in(&self, osname: &str, checksum: &str, serial: u32) -> bool {
+        std::fs::read_to_string(self.origin_in(osname, checksum, serial))
             .unwrap()
             .lines()
             .any(|l| l.trim() == "pinned=true")

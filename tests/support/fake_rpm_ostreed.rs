@@ -1,35 +1,47 @@
 //! A fake rpm-ostree daemon (`org.projectatomic.rpmostree1`) for tests, on the bus named by
 //! `DBUS_SYSTEM_BUS_ADDRESS`. It follows rpm-ostree's D-Bus API (`org.projectatomic.rpmostree1.xml`
-//! upstream): the Sysroot and OS objects under an ObjectManager, deployment dictionaries, GError wire names, and rollback
-//! transactions served on a separate peer-to-peer socket. Built by `cargo test` as the example
-//! `fake-rpm-ostreed`.
+//! upstream) and its daemon's behaviour as read in its source (`rpmostreed-os.c`,
+//! `rpmostreed-transaction-types.c`, `rpmostreed-sysroot.c`, `rpmostree-core` syscore): the
+//! Sysroot and one OS object per OS name (stateroot) under an ObjectManager, deployment
+//! dictionaries, GError wire names, polkit refusals for callers other than root, "Transaction
+//! in progress" while another transaction runs and "System transaction in progress" while the
+//! sysroot lock (`ostree/lock`) is held, and `Rollback` and `Cleanup` transactions served on a
+//! separate peer-to-peer socket. Built by `cargo test` as the example `fake-rpm-ostreed`.
 //!
-//! Usage: `fake-rpm-ostreed --state FILE --log FILE --txn-socket PATH [--sysroot DIR]`
+//! Usage: `fake-rpm-ostreed --state FILE --log FILE --txn-socket PATH [--sysroot DIR]
+//! [--sysroot-helper PATH]`
 //!
-//! State file (JSON; deployments in boot order, index 0 = default next boot):
+//! With `--sysroot DIR` the deployments are those of the real ostree sysroot at DIR: read with
+//! `ostree admin status`, and written (a rollback's new order, a cleanup) through libostree's
+//! `ostree_sysroot_write_deployments`, as rpm-ostreed writes them (`ostree-sysroot.py`, the
+//! helper). Without it they are the state file's `deployments`. State file (JSON):
 //!
 //! ```json
 //! {"osname": "testos",
-//!  "deployments": [{"checksum": "aaa…", "serial": 0, "version": "1.0", "timestamp": 0,
-//!                   "origin": "testos/stable", "pinned": false, "staged": false}],
-//!  "booted": "aaa….0",
+//!  "deployments": [{"osname": "testos", "checksum": "aaa…", "serial": 0, "version": "1.0",
+//!                   "timestamp": 0, "origin": "testos/stable", "pinned": false}],
+//!  "booted": "testos-aaa….0",
+//!  "staged": null,
 //!  "boot_default": false,
+//!  "polkit_allow": [],
 //!  "faults": {"busy": false, "no_rollback": false, "hang": false, "crash_mid_txn": false,
 //!             "finish_error": null, "txn_delay_ms": 100}}
 //! ```
 //!
-//! The file is re-read whenever the fake needs it and written back when a rollback reorders the
-//! deployments. With `"boot_default": true` the fake starts like a fresh boot: `booted` becomes
-//! deployment 0. With `--sysroot DIR`, `pinned` is read live from the ostree origin files under
-//! `DIR/ostree/deploy/<osname>/deploy/`. If FILE does not exist, a default state with two
-//! deployments (booted = index 0) is written there.
+//! Deployments are named as rpm-ostree names them, `<osname>-<checksum>.<serial>`; `booted`
+//! and `staged` may also be `<checksum>.<serial>` when that is unique. `staged` marks the first
+//! deployment as staged (written by `rpm-ostree upgrade` and finalized at shutdown). With
+//! `"boot_default": true` the fake starts like a fresh boot: the staged deployment is finalized
+//! and the default deployment (index 0) becomes `booted`. `polkit_allow` lists the uids other
+//! than 0 that polkit authorizes. If FILE does not exist, a default state with two deployments
+//! (booted = index 0) is written there.
 //!
 //! Every call (bus and transaction socket) is appended to the log as a JSON line, like
 //! `{"call": "Rollback", "args": [{"reboot": false}], "sender": ":1.4", "sender_uid": 0}`, plus
-//! events (`TransactionClosed`, `RebootRequested`, `Crash`). `READY` is printed once the name is
-//! owned.
+//! events (`TransactionClosed`, `RebootRequested`, `Crash`, `WriteDeployments`). `READY` is
+//! printed once the name is owned.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,9 +78,15 @@ struct Args {
     /// Where transactions listen (the real daemon uses /run/rpm-ostree-transaction.sock).
     #[arg(long)]
     txn_socket: PathBuf,
-    /// An ostree sysroot to read `pinned` from.
+    /// The ostree sysroot whose deployments these are.
     #[arg(long)]
     sysroot: Option<PathBuf>,
+    /// The libostree helper that writes deployments to the sysroot.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ostree-sysroot.py"))]
+    sysroot_helper: PathBuf,
+    /// The ostree CLI that reads the sysroot.
+    #[arg(long, default_value = "ostree")]
+    ostree: PathBuf,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -77,22 +95,33 @@ struct Args {
 
 #[derive(Serialize, Deserialize, Clone)]
 struct State {
+    /// The OS name of state-file deployments that name none.
     osname: String,
+    /// Without a sysroot: the deployments, in boot order.
+    #[serde(default)]
     deployments: Vec<Deployment>,
-    /// `<checksum>.<serial>` of the booted deployment ("" = not booted from ostree).
+    /// The booted deployment ("" = not booted from ostree).
     #[serde(default)]
     booted: String,
+    /// The staged deployment (it is the first one), if any.
+    #[serde(default)]
+    staged: Option<String>,
     /// At start-up, boot the default deployment (simulates the reboot after a rollback).
     #[serde(default)]
     boot_default: bool,
+    /// Uids besides 0 that polkit authorizes for OS operations.
+    #[serde(default)]
+    polkit_allow: Vec<u32>,
     #[serde(default)]
     faults: Faults,
     #[serde(flatten)]
     extra: serde_json::Map<String, Value>,
 }
 
-#[derive(Serialize, Deserialize, Clone)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 struct Deployment {
+    #[serde(default)]
+    osname: String,
     checksum: String,
     #[serde(default)]
     serial: i32,
@@ -104,22 +133,35 @@ struct Deployment {
     origin: Option<String>,
     #[serde(default)]
     pinned: bool,
-    #[serde(default)]
+    /// Filled in from `staged`; not read from the file.
+    #[serde(default, skip_deserializing)]
     staged: bool,
     #[serde(flatten)]
     extra: serde_json::Map<String, Value>,
 }
 
 impl Deployment {
-    /// `<checksum>.<serial>`, as ostree names deployments.
-    fn key(&self) -> String {
+    /// rpm-ostree's deployment id.
+    fn id(&self) -> String {
+        format!("{}-{}.{}", self.osname, self.checksum, self.serial)
+    }
+
+    /// `<checksum>.<serial>`, as ostree names deployments within a stateroot.
+    fn csum_serial(&self) -> String {
         format!("{}.{}", self.checksum, self.serial)
+    }
+
+    /// Whether `name` (an id, or a unique `<checksum>.<serial>`) names this deployment.
+    fn named(&self, name: &str, all: &[Deployment]) -> bool {
+        name == self.id()
+            || (name == self.csum_serial()
+                && all.iter().filter(|d| d.csum_serial() == name).count() == 1)
     }
 }
 
 #[derive(Serialize, Deserialize, Clone)]
 struct Faults {
-    /// Rollback fails with Code26 "Transaction in progress".
+    /// OS methods fail with Code26 "Transaction in progress".
     #[serde(default)]
     busy: bool,
     /// The transaction ends with `Finished(false, "No rollback deployment found")`.
@@ -159,21 +201,35 @@ impl Default for Faults {
     }
 }
 
-impl State {
-    fn booted_index(&self) -> Option<usize> {
-        self.deployments.iter().position(|d| d.key() == self.booted)
+/// The deployments as the daemon sees them now: boot order, booted, staged.
+#[derive(Clone)]
+struct View {
+    deployments: Vec<Deployment>,
+    booted: Option<usize>,
+}
+
+impl View {
+    fn osnames(&self) -> BTreeSet<String> {
+        self.deployments.iter().map(|d| d.osname.clone()).collect()
     }
 
-    /// `ostree_sysroot_query_deployments_for`: skipping the booted deployment, the first one
-    /// before it is *pending*, the first one after it is *rollback*.
-    fn pending_and_rollback(&self) -> (Option<usize>, Option<usize>) {
-        let (mut pending, mut rollback, mut seen_booted) = (None, None, false);
+    /// `ostree_sysroot_query_deployments_for (sysroot, osname, &pending, &rollback)`: passing
+    /// over the booted deployment (of any OS) and the other OSes' deployments, the first one of
+    /// `osname` before the booted one is pending, the first one after it is the rollback.
+    fn pending_and_rollback(&self, osname: &str) -> (Option<usize>, Option<usize>) {
+        let (mut pending, mut rollback, mut found_booted) = (None, None, false);
         for (i, d) in self.deployments.iter().enumerate() {
-            if d.key() == self.booted {
-                seen_booted = true;
-            } else if !seen_booted && pending.is_none() {
+            if Some(i) == self.booted {
+                found_booted = true;
+                continue;
+            }
+            if d.osname != osname {
+                continue;
+            }
+            if !found_booted && pending.is_none() {
                 pending = Some(i);
-            } else if seen_booted && rollback.is_none() {
+            }
+            if found_booted && rollback.is_none() {
                 rollback = Some(i);
             }
         }
@@ -253,6 +309,14 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// What `os_authorize_method` returns when polkit says no.
+    fn denied(method: &str) -> Failure {
+        Failure {
+            name: "org.freedesktop.DBus.Error.AccessDenied".into(),
+            message: format!("rpmostreed OS operation {method} not allowed for user"),
+        }
+    }
 }
 
 impl zbus::DBusError for Failure {
@@ -300,21 +364,159 @@ fn options_json(options: &HashMap<String, OwnedVariant>) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reading and writing a real sysroot
+// ---------------------------------------------------------------------------------------------
+
+/// `ostree admin status --sysroot=DIR` of a sysroot that is not booted: deployments in boot
+/// order, with their version and pin. (The fake's own parser: the code under test has its own,
+/// and the two are not shared.)
+fn parse_ostree_status(text: &str) -> Vec<Deployment> {
+    let mut out: Vec<Deployment> = Vec::new();
+    for line in text.lines() {
+        if let Some(prop) = line.strip_prefix("    ") {
+            if let Some(d) = out.last_mut() {
+                if let Some(v) = prop.strip_prefix("Version: ") {
+                    d.version = Some(v.trim().to_string());
+                } else if prop.trim() == "Pinned: yes" {
+                    d.pinned = true;
+                } else if let Some(o) = prop.strip_prefix("origin refspec: ") {
+                    d.origin = Some(o.trim().to_string());
+                }
+            }
+            continue;
+        }
+        let mut words = line.trim_start_matches(['*', ' ']).split_whitespace();
+        let (Some(osname), Some(id)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Some((checksum, serial)) = id.rsplit_once('.') else {
+            continue;
+        };
+        out.push(Deployment {
+            osname: osname.into(),
+            checksum: checksum.into(),
+            serial: serial.parse().unwrap_or(0),
+            version: None,
+            timestamp: 0,
+            origin: None,
+            pinned: false,
+            staged: false,
+            extra: Default::default(),
+        });
+    }
+    out
+}
+
+/// The sysroot's deployments, cached until libostree bumps `ostree/deploy`'s mtime (it does on
+/// every deployment or pin change).
+struct SysrootReader {
+    dir: PathBuf,
+    ostree: PathBuf,
+    helper: PathBuf,
+    cache: Mutex<Option<(std::time::SystemTime, Vec<Deployment>)>>,
+}
+
+impl SysrootReader {
+    fn stamp(&self) -> std::time::SystemTime {
+        std::fs::metadata(self.dir.join("ostree/deploy"))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH)
+    }
+
+    fn deployments(&self) -> Vec<Deployment> {
+        let stamp = self.stamp();
+        if let Some((s, d)) = &*self.cache.lock().unwrap()
+            && *s == stamp
+        {
+            return d.clone();
+        }
+        let out = std::process::Command::new(&self.ostree)
+            .arg("admin")
+            .arg("status")
+            .arg(format!("--sysroot={}", self.dir.display()))
+            .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+            .output()
+            .expect("running ostree admin status");
+        assert!(
+            out.status.success(),
+            "ostree admin status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = parse_ostree_status(&String::from_utf8_lossy(&out.stdout));
+        *self.cache.lock().unwrap() = Some((stamp, d.clone()));
+        d
+    }
+
+    /// `ostree_sysroot_write_deployments` with these deployments, in this order.
+    fn write(&self, order: &[Deployment]) -> Result<(), String> {
+        let keys: Vec<String> = order
+            .iter()
+            .map(|d| format!("{}:{}", d.osname, d.csum_serial()))
+            .collect();
+        let out = std::process::Command::new(&self.helper)
+            .arg("write")
+            .arg(&self.dir)
+            .args(&keys)
+            .env("OSTREE_SYSROOT_DEBUG", "mutable-deployments")
+            .output()
+            .map_err(|e| format!("running {}: {e}", self.helper.display()))?;
+        *self.cache.lock().unwrap() = None;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// `ostree_sysroot_try_lock`: an exclusive, non-blocking flock on `ostree/lock`.
+    fn try_lock(&self) -> Option<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("ostree/lock"))
+            .ok()?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .ok()
+            .map(|()| f)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The daemon model
 // ---------------------------------------------------------------------------------------------
+
+/// What a transaction does.
+#[derive(Clone, Debug, PartialEq)]
+enum TxnKind {
+    Rollback { reboot: bool },
+    Cleanup { pending: bool, rollback: bool },
+}
+
+impl TxnKind {
+    fn title(&self) -> &'static str {
+        match self {
+            TxnKind::Rollback { .. } => "rollback",
+            TxnKind::Cleanup { .. } => "cleanup",
+        }
+    }
+}
 
 /// One transaction (only one exists at a time).
 struct Txn {
     /// Method and parameters that created it: an identical request joins it.
     method: String,
-    options: HashMap<String, OwnedVariant>,
+    kind: TxnKind,
+    /// The OS the method was called on.
+    osname: String,
     /// Unique bus name of the initiating client.
     sender: String,
     os_path: String,
     address: String,
     client_description: String,
-    reboot: bool,
     cancel: CancellationToken,
+    /// The sysroot lock, held for the transaction's life (as rpm-ostreed holds it).
+    sysroot_lock: Mutex<Option<std::fs::File>>,
     inner: Mutex<TxnInner>,
 }
 
@@ -333,9 +535,8 @@ struct TxnInner {
 struct Daemon {
     state: StateFile,
     log: CallLog,
-    sysroot: Option<PathBuf>,
+    sysroot: Option<SysrootReader>,
     txn_socket: PathBuf,
-    os_path: OwnedObjectPath,
     /// Our bus connection (set once built).
     bus: OnceLock<Connection>,
     txn: Mutex<Option<Arc<Txn>>>,
@@ -345,6 +546,8 @@ struct Daemon {
     rebooting: AtomicBool,
     /// Deployments as last announced, to tell whether `Reload` changes anything.
     announced: Mutex<Value>,
+    /// OS objects served, by OS name.
+    served: Mutex<BTreeSet<String>>,
     /// Serialises transaction creation (the real daemon is single-threaded).
     creating: tokio::sync::Mutex<()>,
 }
@@ -367,34 +570,73 @@ impl Daemon {
             .expect("bus connection is set before serving")
     }
 
-    /// `pinned` of deployment `d`: from its ostree origin file when we have a sysroot.
-    fn pinned(&self, osname: &str, d: &Deployment) -> bool {
-        let Some(sysroot) = &self.sysroot else {
-            return d.pinned;
+    /// The deployments now, in boot order, with `staged` and `booted` resolved.
+    fn view(&self) -> View {
+        let state = self.state.load();
+        let mut deployments = match &self.sysroot {
+            Some(s) => s.deployments(),
+            None => state
+                .deployments
+                .iter()
+                .cloned()
+                .map(|mut d| {
+                    if d.osname.is_empty() {
+                        d.osname = state.osname.clone();
+                    }
+                    d
+                })
+                .collect(),
         };
-        let origin = sysroot.join(format!("ostree/deploy/{osname}/deploy/{}.origin", d.key()));
-        match std::fs::read_to_string(origin) {
-            Ok(text) => origin_is_pinned(&text),
-            Err(_) => d.pinned,
+        let all = deployments.clone();
+        if let Some(staged) = &state.staged
+            && let Some(first) = deployments.first_mut()
+            && first.named(staged, &all)
+        {
+            first.staged = true;
+        }
+        let booted = deployments
+            .iter()
+            .position(|d| d.named(&state.booted, &all));
+        View {
+            deployments,
+            booted,
         }
     }
 
+    /// Write the deployments in this order (those left out are removed), as
+    /// `ostree_sysroot_write_deployments` does; a staged deployment left out is discarded.
+    fn write_deployments(&self, order: Vec<Deployment>) -> Result<(), String> {
+        self.log.record(json!({"call": "WriteDeployments",
+            "order": order.iter().map(Deployment::id).collect::<Vec<_>>()}));
+        match &self.sysroot {
+            Some(s) => s.write(&order)?,
+            None => self.state.update(|st| {
+                st.deployments = order.clone();
+            }),
+        }
+        self.state.update(|st| {
+            if let Some(staged) = st.staged.clone()
+                && !order.first().is_some_and(|d| d.named(&staged, &order))
+            {
+                st.staged = None;
+            }
+        });
+        Ok(())
+    }
+
     /// The deployment dictionary rpm-ostree puts in `Deployments`/`BootedDeployment`.
-    fn deployment_dict(&self, state: &State, d: &Deployment) -> HashMap<String, OwnedVariant> {
+    fn deployment_dict(&self, view: &View, i: usize) -> HashMap<String, OwnedVariant> {
+        let d = &view.deployments[i];
         let s = |v: &str| OwnedVariant::from(Str::from(v.to_string()));
         let strings = |v: Vec<String>| OwnedVariant::try_from(Variant::from(v)).unwrap();
         let mut m = HashMap::new();
-        let id = format!("{}-{}", state.osname, d.key());
-        m.insert("id".into(), s(&id));
-        m.insert("osname".into(), s(&state.osname));
+        m.insert("id".into(), s(&d.id()));
+        m.insert("osname".into(), s(&d.osname));
         m.insert("checksum".into(), s(&d.checksum));
         m.insert("serial".into(), OwnedVariant::from(d.serial));
-        m.insert("booted".into(), OwnedVariant::from(d.key() == state.booted));
+        m.insert("booted".into(), OwnedVariant::from(view.booted == Some(i)));
         m.insert("staged".into(), OwnedVariant::from(d.staged));
-        m.insert(
-            "pinned".into(),
-            OwnedVariant::from(self.pinned(&state.osname, d)),
-        );
+        m.insert("pinned".into(), OwnedVariant::from(d.pinned));
         m.insert("unlocked".into(), s("none"));
         m.insert("timestamp".into(), OwnedVariant::from(d.timestamp));
         if let Some(v) = &d.version {
@@ -422,32 +664,53 @@ impl Daemon {
     }
 
     fn deployments(&self) -> Vec<HashMap<String, OwnedVariant>> {
-        let state = self.state.load();
-        state
-            .deployments
-            .iter()
-            .map(|d| self.deployment_dict(&state, d))
+        let view = self.view();
+        (0..view.deployments.len())
+            .map(|i| self.deployment_dict(&view, i))
             .collect()
     }
 
     /// The dict of the deployment at `index`, or `{}`.
-    fn dict_at(&self, index: Option<usize>) -> HashMap<String, OwnedVariant> {
-        let state = self.state.load();
+    fn dict_at(&self, view: &View, index: Option<usize>) -> HashMap<String, OwnedVariant> {
         match index {
-            Some(i) => self.deployment_dict(&state, &state.deployments[i]),
+            Some(i) => self.deployment_dict(view, i),
             None => HashMap::new(),
         }
     }
 
     /// A comparable snapshot of what the deployment properties show.
     fn deployments_snapshot(&self) -> Value {
-        let state = self.state.load();
-        let pins: Vec<bool> = state
-            .deployments
-            .iter()
-            .map(|d| self.pinned(&state.osname, d))
-            .collect();
-        json!([serde_json::to_value(&state).unwrap(), pins])
+        let view = self.view();
+        json!([
+            view.deployments
+                .iter()
+                .map(|d| json!([d.id(), d.pinned, d.staged, d.version]))
+                .collect::<Vec<_>>(),
+            view.booted
+        ])
+    }
+
+    /// Serve an OS object for every OS name that has deployments (new ones appear when a test
+    /// adds a stateroot to the sysroot).
+    async fn serve_os_objects(self: &Arc<Self>) {
+        let mut names = self.view().osnames();
+        names.insert(self.state.load().osname);
+        for name in names {
+            if self.served.lock().unwrap().insert(name.clone()) {
+                let server = self.bus().object_server();
+                let path = os_object_path(&name);
+                let _ = server
+                    .at(
+                        &path,
+                        Os {
+                            daemon: self.clone(),
+                            osname: name.clone(),
+                        },
+                    )
+                    .await;
+                let _ = server.at(&path, OsExperimental).await;
+            }
+        }
     }
 
     /// Emits PropertiesChanged for the transaction and/or deployment properties.
@@ -466,16 +729,23 @@ impl Daemon {
         }
         if deployments {
             *self.announced.lock().unwrap() = self.deployments_snapshot();
-            if let Ok(os) = server.interface::<_, Os>(self.os_path.as_str()).await {
-                let (e, o) = (os.signal_emitter(), os.get().await);
-                let _ = o.booted_deployment_changed(e).await;
-                let _ = o.default_deployment_changed(e).await;
-                let _ = o.rollback_deployment_changed(e).await;
+            let names: Vec<String> = self.served.lock().unwrap().iter().cloned().collect();
+            for name in names {
+                if let Ok(os) = server
+                    .interface::<_, Os>(os_object_path(&name).as_str())
+                    .await
+                {
+                    let (e, o) = (os.signal_emitter(), os.get().await);
+                    let _ = o.booted_deployment_changed(e).await;
+                    let _ = o.default_deployment_changed(e).await;
+                    let _ = o.rollback_deployment_changed(e).await;
+                }
             }
         }
     }
 
-    /// Ends `txn`'s life: ActiveTransaction clears, the socket goes away, peers are dropped.
+    /// Ends `txn`'s life: ActiveTransaction clears, the socket goes away, peers are dropped,
+    /// the sysroot lock is released.
     async fn close_txn(&self, txn: &Arc<Txn>, reason: &str) {
         let (tasks, peers) = {
             let mut inner = txn.inner.lock().unwrap();
@@ -495,6 +765,7 @@ impl Daemon {
             }
         }
         txn.cancel.cancel();
+        txn.sysroot_lock.lock().unwrap().take();
         for t in tasks {
             t.abort();
         }
@@ -518,11 +789,63 @@ impl Daemon {
         }
     }
 
+    /// What every OS method that starts a transaction checks first, in rpm-ostreed's order:
+    /// polkit (`os_authorize_method`), a reboot in progress and an active transaction
+    /// (`rpmostreed_sysroot_prep_for_txn`), then the sysroot lock (`transaction_initable_init`).
+    /// Returns the transaction to join, or the lock to hold for a new one.
+    async fn prepare_txn(
+        &self,
+        hdr: &Header<'_>,
+        method: &str,
+        kind: &TxnKind,
+        osname: &str,
+    ) -> Result<Result<Arc<Txn>, Option<std::fs::File>>, Failure> {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        let uid = caller_uid(self.bus(), &sender).await.unwrap_or(u32::MAX);
+        if uid != 0 && !self.state.load().polkit_allow.contains(&uid) {
+            return Err(Failure::denied(method));
+        }
+        if self.rebooting.load(Ordering::SeqCst) {
+            return Err(Failure::gio(
+                0,
+                "Reboot initiated, cannot start new transaction",
+            ));
+        }
+        let busy = |title: &str| {
+            Failure::gio(
+                26,
+                format!(
+                    "Transaction in progress: {title}\n You can cancel the current transaction with `rpm-ostree cancel`"
+                ),
+            )
+        };
+        if let Some(txn) = self.txn.lock().unwrap().clone() {
+            if txn.method == method && txn.kind == *kind && txn.osname == osname {
+                // "Client joining existing transaction".
+                return Ok(Ok(txn));
+            }
+            return Err(busy(txn.kind.title()));
+        }
+        if self.state.load().faults.busy {
+            return Err(busy(kind.title()));
+        }
+        match &self.sysroot {
+            Some(s) => match s.try_lock() {
+                Some(lock) => Ok(Err(Some(lock))),
+                None => Err(Failure::gio(26, "System transaction in progress")),
+            },
+            None => Ok(Err(None)),
+        }
+    }
+
     /// Creates the transaction: binds the socket and starts serving it.
     async fn create_txn(
         self: &Arc<Self>,
         sender: &str,
-        options: HashMap<String, OwnedVariant>,
+        method: &str,
+        kind: TxnKind,
+        osname: &str,
+        lock: Option<std::fs::File>,
     ) -> Result<Arc<Txn>, Failure> {
         let io = |e: std::io::Error| Failure::gio(0, e.to_string());
         let _ = std::fs::remove_file(&self.txn_socket);
@@ -539,19 +862,16 @@ impl Daemon {
             ),
             None => format!("caller {sender}"),
         };
-        let reboot = options
-            .get("reboot")
-            .and_then(|v| bool::try_from(v.try_clone().ok()?).ok())
-            .unwrap_or(false);
         let txn = Arc::new(Txn {
-            method: "Rollback".into(),
-            options,
+            method: method.into(),
+            kind,
+            osname: osname.into(),
             sender: sender.into(),
-            os_path: self.os_path.to_string(),
+            os_path: os_object_path(osname).to_string(),
             address: format!("unix:path={}", self.txn_socket.display()),
             client_description,
-            reboot,
             cancel: CancellationToken::new(),
+            sysroot_lock: Mutex::new(lock),
             inner: Mutex::new(TxnInner::default()),
         });
         let accept = tokio::spawn(accept_peers(self.clone(), txn.clone(), listener));
@@ -559,22 +879,26 @@ impl Daemon {
         txn.inner.lock().unwrap().tasks.extend([accept, watch]);
         Ok(txn)
     }
-}
 
-/// `pinned=true` in the `[libostree-transient]` group of an origin file (GKeyFile syntax).
-fn origin_is_pinned(text: &str) -> bool {
-    let mut group = "";
-    for line in text.lines().map(str::trim) {
-        if let Some(g) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            group = g;
-        } else if group == "libostree-transient"
-            && let Some((key, value)) = line.split_once('=')
-            && key.trim() == "pinned"
-        {
-            return matches!(value.trim(), "true" | "1");
-        }
+    /// An OS method that runs a transaction: checks, then joins or creates one.
+    async fn start_txn(
+        self: &Arc<Self>,
+        hdr: &Header<'_>,
+        method: &str,
+        kind: TxnKind,
+        osname: &str,
+    ) -> Result<String, Failure> {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        let _creating = self.creating.lock().await;
+        let lock = match self.prepare_txn(hdr, method, &kind, osname).await? {
+            Ok(join) => return Ok(join.address.clone()),
+            Err(lock) => lock,
+        };
+        let txn = self.create_txn(&sender, method, kind, osname, lock).await?;
+        *self.txn.lock().unwrap() = Some(txn.clone());
+        self.announce(true, false).await;
+        Ok(txn.address.clone())
     }
-    false
 }
 
 /// `org.freedesktop.DBus.GetConnectionUnixUser(sender)`.
@@ -653,9 +977,11 @@ impl Sysroot {
         }
     }
 
-    /// A sync barrier; announces deployment changes made to the state file since last time.
+    /// A sync barrier; announces deployment changes made since last time (a test's edit of the
+    /// state file, an `ostree admin` command on the sysroot).
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) {
         self.0.record(conn, &hdr, "Reload", json!([])).await;
+        self.0.serve_os_objects().await;
         let changed = *self.0.announced.lock().unwrap() != self.0.deployments_snapshot();
         if changed {
             self.0.announce(false, true).await;
@@ -678,8 +1004,18 @@ impl Sysroot {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath, Failure> {
         self.0.record(conn, &hdr, "GetOS", json!([name])).await;
-        if name.is_empty() || name == self.0.state.load().osname {
-            Ok(self.0.os_path.clone())
+        self.0.serve_os_objects().await;
+        let view = self.0.view();
+        let name = if name.is_empty() {
+            match view.booted {
+                Some(b) => view.deployments[b].osname.clone(),
+                None => self.0.state.load().osname,
+            }
+        } else {
+            name
+        };
+        if self.0.served.lock().unwrap().contains(&name) {
+            Ok(os_object_path(&name))
         } else {
             Err(Failure::gio(1, format!("OS name \"{name}\" not found")))
         }
@@ -688,17 +1024,17 @@ impl Sysroot {
     /// The booted OS object, or `/` when not booted from ostree.
     #[zbus(property)]
     fn booted(&self) -> OwnedObjectPath {
-        if self.0.state.load().booted_index().is_some() {
-            self.0.os_path.clone()
-        } else {
-            OwnedObjectPath::try_from("/").unwrap()
+        let view = self.0.view();
+        match view.booted {
+            Some(b) => os_object_path(&view.deployments[b].osname),
+            None => OwnedObjectPath::try_from("/").unwrap(),
         }
     }
 
     #[zbus(property)]
     fn path(&self) -> String {
         match &self.0.sysroot {
-            Some(p) => p.display().to_string(),
+            Some(s) => s.dir.display().to_string(),
             None => "/".into(),
         }
     }
@@ -733,10 +1069,13 @@ impl Sysroot {
 }
 
 // ---------------------------------------------------------------------------------------------
-// org.projectatomic.rpmostree1.OS
+// org.projectatomic.rpmostree1.OS, one object per OS name
 // ---------------------------------------------------------------------------------------------
 
-struct Os(Arc<Daemon>);
+struct Os {
+    daemon: Arc<Daemon>,
+    osname: String,
+}
 
 #[interface(name = "org.projectatomic.rpmostree1.OS")]
 impl Os {
@@ -748,65 +1087,87 @@ impl Os {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, Failure> {
-        self.0
+        self.daemon
             .record(conn, &hdr, "Rollback", json!([options_json(&options)]))
             .await;
+        let reboot = options
+            .get("reboot")
+            .and_then(|v| bool::try_from(v.try_clone().ok()?).ok())
+            .unwrap_or(false);
+        self.daemon
+            .start_txn(&hdr, "Rollback", TxnKind::Rollback { reboot }, &self.osname)
+            .await
+    }
+
+    /// `Cleanup(as elements)`: `base`, `pending-deploy`, `rollback-deploy`, `repomd`.
+    #[zbus(out_args("transaction_address"))]
+    async fn cleanup(
+        &self,
+        elements: Vec<String>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Failure> {
+        self.daemon
+            .record(conn, &hdr, "Cleanup", json!([elements]))
+            .await;
         let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
-        if self.0.rebooting.load(Ordering::SeqCst) {
-            return Err(Failure::gio(
-                0,
-                "Reboot initiated, cannot start new transaction",
-            ));
+        let uid = caller_uid(self.daemon.bus(), &sender)
+            .await
+            .unwrap_or(u32::MAX);
+        if uid != 0 && !self.daemon.state.load().polkit_allow.contains(&uid) {
+            return Err(Failure::denied("Cleanup"));
         }
-        let busy = |title: &str| {
-            Failure::gio(
-                26,
-                format!(
-                    "Transaction in progress: {title}\n You can cancel the current transaction with `rpm-ostree cancel`"
-                ),
-            )
-        };
-        let _creating = self.0.creating.lock().await;
-        if let Some(txn) = self.0.txn.lock().unwrap().clone() {
-            if txn.method == "Rollback" && txn.options == options {
-                // "Client joining existing transaction".
-                return Ok(txn.address.clone());
+        let (mut pending, mut rollback) = (false, false);
+        for e in &elements {
+            match e.as_str() {
+                "base" | "repomd" => {}
+                "pending-deploy" => pending = true,
+                "rollback-deploy" => rollback = true,
+                other => {
+                    return Err(Failure::gio(0, format!("Invalid cleanup type: {other}")));
+                }
             }
-            return Err(busy("rollback"));
         }
-        if self.0.state.load().faults.busy {
-            return Err(busy("rollback"));
-        }
-        let txn = self.0.create_txn(&sender, options).await?;
-        *self.0.txn.lock().unwrap() = Some(txn.clone());
-        self.0.announce(true, false).await;
-        Ok(txn.address.clone())
+        self.daemon
+            .start_txn(
+                &hdr,
+                "Cleanup",
+                TxnKind::Cleanup { pending, rollback },
+                &self.osname,
+            )
+            .await
     }
 
     #[zbus(property)]
     fn name(&self) -> String {
-        self.0.state.load().osname
+        self.osname.clone()
     }
 
     /// `{}` unless this OS is booted.
     #[zbus(property)]
     fn booted_deployment(&self) -> HashMap<String, OwnedVariant> {
-        self.0.dict_at(self.0.state.load().booted_index())
+        let view = self.daemon.view();
+        let b = view
+            .booted
+            .filter(|&b| view.deployments[b].osname == self.osname);
+        self.daemon.dict_at(&view, b)
     }
 
     /// The pending deployment if there is one, else the booted one.
     #[zbus(property)]
     fn default_deployment(&self) -> HashMap<String, OwnedVariant> {
-        let state = self.0.state.load();
-        let (pending, _) = state.pending_and_rollback();
-        self.0.dict_at(pending.or(state.booted_index()))
+        let view = self.daemon.view();
+        let (pending, _) = view.pending_and_rollback(&self.osname);
+        let b = view.booted;
+        self.daemon.dict_at(&view, pending.or(b))
     }
 
     /// `{}` when there is no rollback target.
     #[zbus(property)]
     fn rollback_deployment(&self) -> HashMap<String, OwnedVariant> {
-        let (_, rollback) = self.0.state.load().pending_and_rollback();
-        self.0.dict_at(rollback)
+        let view = self.daemon.view();
+        let (_, rollback) = view.pending_and_rollback(&self.osname);
+        self.daemon.dict_at(&view, rollback)
     }
 
     #[zbus(property)]
@@ -916,8 +1277,8 @@ where
     }
 }
 
-/// The rollback job, run once on the first `Start` of the transaction.
-async fn run_rollback(daemon: Arc<Daemon>, txn: Arc<Txn>) {
+/// The transaction's job, run once on the first `Start`.
+async fn run_txn(daemon: Arc<Daemon>, txn: Arc<Txn>) {
     let faults = daemon.state.load().faults;
     if faults.crash_mid_txn {
         // Let the Start reply go out, then die like a crashing daemon.
@@ -938,10 +1299,17 @@ async fn run_rollback(daemon: Arc<Daemon>, txn: Arc<Txn>) {
     } else if let Some(text) = faults.finish_error {
         Err(text)
     } else {
-        rollback_deployments(&daemon, &txn, faults.no_rollback).await
+        match txn.kind {
+            TxnKind::Rollback { .. } => {
+                rollback_deployments(&daemon, &txn, faults.no_rollback).await
+            }
+            TxnKind::Cleanup { pending, rollback } => {
+                cleanup_deployments(&daemon, &txn, pending, rollback).await
+            }
+        }
     };
     let outcome = match outcome {
-        Ok(()) if txn.reboot => reboot(&daemon).await,
+        Ok(()) if txn.kind == (TxnKind::Rollback { reboot: true }) => reboot(&daemon).await,
         other => other,
     };
     let (success, message) = match outcome {
@@ -960,20 +1328,24 @@ async fn run_rollback(daemon: Arc<Daemon>, txn: Arc<Txn>) {
     daemon.close_txn(&txn, "forced close after finishing").await;
 }
 
-/// Moves the rollback target (or, without one, the booted deployment) to index 0.
+/// `rollback_transaction_execute`: the OS's rollback deployment (or, with only a pending one,
+/// the booted one) becomes the first deployment; a staged pending deployment is refused.
 async fn rollback_deployments(daemon: &Daemon, txn: &Txn, no_rollback: bool) -> Result<(), String> {
-    let state = daemon.state.load();
-    let (pending, rollback) = state.pending_and_rollback();
+    let view = daemon.view();
+    let (pending, rollback) = view.pending_and_rollback(&txn.osname);
     if no_rollback || (rollback.is_none() && pending.is_none()) {
         return Err("No rollback deployment found".into());
     }
-    if pending.is_some_and(|i| state.deployments[i].staged) {
+    if pending.is_some_and(|i| view.deployments[i].staged) {
         return Err("Staged deployment (remove with cleanup -p)".into());
     }
-    let target = rollback.or(state.booted_index()).unwrap();
-    let key = state.deployments[target].key();
+    let Some(target) = rollback.or(view.booted) else {
+        return Err("No rollback deployment found".into());
+    };
+    let d = view.deployments[target].clone();
+    let text = format!("Moving '{}' to be first deployment", d.csum_serial());
     broadcast(txn, |e| {
-        let text = format!("Moving '{key}' to be first deployment");
+        let text = text.clone();
         async move { Transaction::message(&e, &text).await }
     })
     .await;
@@ -981,18 +1353,65 @@ async fn rollback_deployments(daemon: &Daemon, txn: &Txn, no_rollback: bool) -> 
         Transaction::task_begin(&e, "Writing deployments").await
     })
     .await;
-    daemon.state.update(|s| {
-        if let Some(i) = s.deployments.iter().position(|d| d.key() == key) {
-            let d = s.deployments.remove(i);
-            s.deployments.insert(0, d);
-        }
-    });
+    if target != 0 {
+        let mut order = vec![d.clone()];
+        order.extend(
+            view.deployments
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != target)
+                .map(|(_, x)| x.clone()),
+        );
+        daemon.write_deployments(order)?;
+    }
     broadcast(txn, |e| async move {
         Transaction::percent_progress(&e, "Writing deployments", 100).await?;
         Transaction::progress_end(&e).await?;
         Transaction::task_end(&e, "done").await
     })
     .await;
+    daemon.announce(false, true).await;
+    Ok(())
+}
+
+/// `cleanup_transaction_execute` with `rpmostree_syscore_filter_deployments`: drop this OS's
+/// unpinned deployments before the booted one (`pending-deploy`, the staged one included)
+/// and/or after it (`rollback-deploy`); the booted one, other OSes' and pinned ones stay.
+async fn cleanup_deployments(
+    daemon: &Daemon,
+    txn: &Txn,
+    pending: bool,
+    rollback: bool,
+) -> Result<(), String> {
+    if !pending && !rollback {
+        return Ok(());
+    }
+    let view = daemon.view();
+    let mut keep = Vec::new();
+    let mut found_booted = false;
+    for (i, d) in view.deployments.iter().enumerate() {
+        if Some(i) == view.booted {
+            found_booted = true;
+            keep.push(d.clone());
+            continue;
+        }
+        if d.osname != txn.osname || d.pinned {
+            keep.push(d.clone());
+            continue;
+        }
+        if (!found_booted && pending) || (found_booted && rollback) {
+            continue;
+        }
+        keep.push(d.clone());
+    }
+    if keep.len() == view.deployments.len() {
+        broadcast(txn, |e| async move {
+            Transaction::message(&e, "Deployments unchanged.").await
+        })
+        .await;
+        return Ok(());
+    }
+    daemon.write_deployments(keep)?;
     daemon.announce(false, true).await;
     Ok(())
 }
@@ -1077,7 +1496,7 @@ impl Transaction {
             (first, inner.finished.clone())
         };
         if first {
-            tokio::spawn(run_rollback(self.daemon.clone(), self.txn.clone()));
+            tokio::spawn(run_txn(self.daemon.clone(), self.txn.clone()));
         } else if let Some((success, message)) = finished {
             let conn = conn.clone();
             tokio::spawn(async move {
@@ -1099,7 +1518,7 @@ impl Transaction {
 
     #[zbus(property)]
     fn title(&self) -> String {
-        "rollback".into()
+        self.txn.kind.title().into()
     }
 
     #[zbus(property)]
@@ -1140,6 +1559,7 @@ impl Transaction {
 
 fn default_state() -> State {
     let deployment = |checksum: &str, version: &str| Deployment {
+        osname: "testos".into(),
         checksum: checksum.repeat(64),
         serial: 0,
         version: Some(version.into()),
@@ -1152,9 +1572,11 @@ fn default_state() -> State {
     let deployments = vec![deployment("b", "2.0"), deployment("a", "1.0")];
     State {
         osname: "testos".into(),
-        booted: deployments[0].key(),
+        booted: deployments[0].id(),
+        staged: None,
         deployments,
         boot_default: false,
+        polkit_allow: Vec::new(),
         faults: Faults::default(),
         extra: Default::default(),
     }
@@ -1170,28 +1592,34 @@ async fn main() -> anyhow::Result<()> {
     if !args.state.exists() {
         state.save(&default_state());
     }
-    // A fresh boot boots the default deployment.
-    state.update(|s| {
-        if s.boot_default
-            && let Some(d) = s.deployments.first()
-        {
-            s.booted = d.key();
-        }
-    });
-    let osname = state.load().osname;
     let daemon = Arc::new(Daemon {
         state,
         log: CallLog::open(&args.log),
-        sysroot: args.sysroot,
+        sysroot: args.sysroot.map(|dir| SysrootReader {
+            dir,
+            ostree: args.ostree.clone(),
+            helper: args.sysroot_helper.clone(),
+            cache: Mutex::new(None),
+        }),
         txn_socket: args.txn_socket,
-        os_path: os_object_path(&osname),
         bus: OnceLock::new(),
         txn: Mutex::new(None),
         clients: Mutex::new(HashMap::new()),
         rebooting: AtomicBool::new(false),
         announced: Mutex::new(Value::Null),
+        served: Mutex::new(BTreeSet::new()),
         creating: tokio::sync::Mutex::new(()),
     });
+    // A fresh boot finalizes the staged deployment and boots the default one.
+    if daemon.state.load().boot_default {
+        let first = daemon.view().deployments.first().map(Deployment::id);
+        daemon.state.update(|s| {
+            s.staged = None;
+            if let Some(first) = first {
+                s.booted = first;
+            }
+        });
+    }
     *daemon.announced.lock().unwrap() = daemon.deployments_snapshot();
 
     // Build without serving, so `bus` is set before any call can arrive.
@@ -1200,8 +1628,7 @@ async fn main() -> anyhow::Result<()> {
     let server = conn.object_server();
     server.at(ROOT_PATH, zbus::fdo::ObjectManager).await?;
     server.at(SYSROOT_PATH, Sysroot(daemon.clone())).await?;
-    server.at(&daemon.os_path, Os(daemon.clone())).await?;
-    server.at(&daemon.os_path, OsExperimental).await?;
+    daemon.serve_os_objects().await;
     conn.request_name(BUS_NAME).await?;
 
     println!("READY");

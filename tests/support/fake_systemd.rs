@@ -85,16 +85,28 @@ struct Args {
 // State file and call log
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Serialize, Deserialize, Clone, Default)]
+fn default_systemd_version() -> u32 {
+    258
+}
+
+#[derive(Serialize, Deserialize, Clone)]
 struct State {
     #[serde(default)]
     units: BTreeMap<String, UnitState>,
     /// Emit `JobRemoved` before the method reply (the real systemd can).
     #[serde(default)]
     removed_before_reply: bool,
-    /// logind refuses every reboot with `BlockedByInhibitorLock`.
+    /// logind refuses every reboot as if a block inhibitor were held.
     #[serde(default)]
     reboot_blocked: bool,
+    /// The systemd version whose logind this is: how a refused reboot is said changed
+    /// (`verify_shutdown_creds` in `logind-dbus.c`): up to 256 root with
+    /// `SD_LOGIND_ROOT_CHECK_INHIBITORS` gets `AccessDenied` "Access denied to root due to active
+    /// block inhibitor"; 257 says `AccessDenied` "Access denied due to active block inhibitor";
+    /// from 258 on it is `BlockedByInhibitorLock` "Operation denied due to active block
+    /// inhibitor". RHEL 9 ships 252.
+    #[serde(default = "default_systemd_version")]
+    systemd_version: u32,
     /// Keys this fake does not know are kept when it writes the file back.
     #[serde(flatten)]
     extra: serde_json::Map<String, Value>,
@@ -818,14 +830,29 @@ impl Login {
     /// refused while one is held (no polkit here). `block-weak` locks of the caller's own uid
     /// never count. `reboot_blocked` in the state refuses every reboot.
     fn check_reboot(&self, uid: Option<u32>, flags: u64) -> Result<(), Failure> {
-        let blocked = Failure::new(
-            "org.freedesktop.login1.BlockedByInhibitorLock",
-            "Operation denied due to active block inhibitor",
-        );
-        if self.0.state.load().reboot_blocked {
+        let state = self.0.state.load();
+        let root = uid == Some(0);
+        let blocked = match state.systemd_version {
+            ..=256 if root => Failure::new(
+                "org.freedesktop.DBus.Error.AccessDenied",
+                "Access denied to root due to active block inhibitor",
+            ),
+            ..=256 => Failure::new(
+                "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+                "Interactive authentication required.",
+            ),
+            257 => Failure::new(
+                "org.freedesktop.DBus.Error.AccessDenied",
+                "Access denied due to active block inhibitor",
+            ),
+            _ => Failure::new(
+                "org.freedesktop.login1.BlockedByInhibitorLock",
+                "Operation denied due to active block inhibitor",
+            ),
+        };
+        if state.reboot_blocked {
             return Err(blocked);
         }
-        let root = uid == Some(0);
         if root && flags & SD_LOGIND_SKIP_INHIBITORS != 0 {
             return Ok(());
         }
@@ -1072,7 +1099,10 @@ fn default_state() -> State {
     units.insert("crio.service".into(), UnitState::new("active", "enabled"));
     State {
         units,
-        ..Default::default()
+        removed_before_reply: false,
+        reboot_blocked: false,
+        systemd_version: default_systemd_version(),
+        extra: Default::default(),
     }
 }
 

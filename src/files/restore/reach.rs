@@ -21,6 +21,26 @@ use crate::files::entry::Kind;
 use crate::files::fsx::{self, Target};
 use crate::files::manifest::TreeInfo;
 
+/// The node's root directory (followed if it is a symlink itself: it is configuration).
+fn open_root(root: &std::path::Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        root,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// The components of a relative byte path, each with the path up to and including it.
+fn components(rel: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut end = 0;
+    for (k, part) in rel.split(|b| *b == b'/').enumerate() {
+        end += part.len() + usize::from(k > 0);
+        out.push((part, &rel[..end]));
+    }
+    out
+}
+
 /// What a path component is now, in words (`a symlink to /x`, `a regular file`).
 fn what_it_is(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, kind: Kind) -> String {
     match kind {
@@ -62,20 +82,12 @@ impl Restorer<'_> {
             }
             return Ok(Some(fd));
         }
-        let mut dir = rustix::fs::open(
-            self.root,
-            rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
-        let mut end = 0;
-        for (k, part) in parts.iter().enumerate() {
-            end += part.len() + usize::from(k > 0);
-            let here = &rel[..end];
+        let mut dir = open_root(self.root)?;
+        let parts = components(rel);
+        let n = parts.len();
+        for (k, (part, here)) in parts.into_iter().enumerate() {
             let name = std::ffi::OsStr::from_bytes(part);
-            let last = k + 1 == parts.len();
+            let last = k + 1 == n;
             let st = fsx::try_lstat_at(dir.as_fd(), name)?;
             match st.as_ref().map(Kind::of) {
                 Some(Kind::Dir) => {}
@@ -118,21 +130,12 @@ impl Restorer<'_> {
     /// creating or repairing the ancestors the generation recorded. `None` in a dry run where
     /// one of them would be created or replaced.
     pub(super) fn reach_outside_dir(&mut self, rel: &[u8]) -> Result<Option<OwnedFd>> {
-        let mut dir = rustix::fs::open(
-            self.root,
-            rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
+        let mut dir = open_root(self.root)?;
         if rel.is_empty() {
             return Ok(Some(dir));
         }
-        let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
-        let mut end = 0;
-        for (k, part) in parts.iter().enumerate() {
-            end += part.len() + usize::from(k > 0);
-            let here = rel[..end].to_vec();
+        for (part, here) in components(rel) {
+            let here = here.to_vec();
             let name = std::ffi::OsStr::from_bytes(part);
             let recorded = self
                 .implicit
