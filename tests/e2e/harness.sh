@@ -82,7 +82,8 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------------------------
 # The node's file system
 
-ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,ostree"
+# python3-gi and gir1.2-ostree-1.0: the fake rpm-ostreed writes the sysroot through libostree.
+ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,ostree,python3-gi,gir1.2-ostree-1.0"
 
 rootfs_tarball() {
   local key
@@ -135,16 +136,34 @@ build_sysroot() {
   ostree admin deploy --sysroot="$s" --os=testos --retain testos/stable >/dev/null
 }
 
-# The fake rpm-ostree's model: deployments in boot order, the booted one.
+# The node as rpm-ostree sees it: the real sysroot's boot order (written through libostree, as a
+# rollback writes it) and, in the fake's state, the booted deployment and a staged one.
 rpm_state() {
-  local first=$1 second=$2 booted=$3
-  dep() { printf '{"checksum":"%s","serial":0,"version":"%s","timestamp":0,"origin":"testos/stable","pinned":false,"staged":false}' "$1" "$2"; }
-  local v_first v_second
-  if [ "$first" = "$OLD" ]; then v_first=4.15.1; v_second=4.16.0; else v_first=4.16.0; v_second=4.15.1; fi
+  local first=$1 second=$2 booted=$3 staged=${4:-}
+  local keys=("testos:$first.0" "testos:$second.0") k
+  while read -r k; do
+    case " ${keys[*]} " in *" $k "*) ;; *) keys+=("$k") ;; esac
+  done < <(ostree admin status --sysroot="$ROOT/sysroot" | awk '!/^    / {print $1 ":" $2}')
+  "$PROJECT/tests/support/ostree-sysroot.py" write "$ROOT/sysroot" "${keys[@]}" \
+    || fail "could not write the sysroot's boot order"
   mkdir -p "$ROOT/var/lib/fake-rpm-ostree"
-  printf '{"osname":"testos","deployments":[%s,%s],"booted":"%s.0","boot_default":true,"faults":{"busy":false,"no_rollback":false,"hang":false,"crash_mid_txn":false,"finish_error":null,"txn_delay_ms":200}}\n' \
-    "$(dep "$first" "$v_first")" "$(dep "$second" "$v_second")" "$booted" > "$ROOT/var/lib/fake-rpm-ostree/state.json.tmp"
+  local st=null
+  [ -n "$staged" ] && st="\"testos-$staged.0\""
+  printf '{"osname":"testos","booted":"testos-%s.0","staged":%s,"boot_default":true,"faults":{"busy":false,"no_rollback":false,"hang":false,"crash_mid_txn":false,"finish_error":null,"txn_delay_ms":200}}\n' \
+    "$booted" "$st" > "$ROOT/var/lib/fake-rpm-ostree/state.json.tmp"
   mv "$ROOT/var/lib/fake-rpm-ostree/state.json.tmp" "$ROOT/var/lib/fake-rpm-ostree/state.json"
+}
+
+# Commit a new version of the OS tree and deploy it (first, keeping the others) in stateroot
+# $1; prints its checksum.
+deploy_version() {
+  local os=$1 version=$2 s=$ROOT/sysroot t=$WORK/ostree-tree c
+  [ -d "$s/ostree/deploy/$os" ] || ostree admin os-init --sysroot="$s" "$os" >/dev/null
+  echo "$version" > "$t/usr/bin/version"
+  c=$(ostree --repo="$s/ostree/repo" commit -b "$os/stable" --add-metadata-string=version="$version" -s "$version" --tree=dir="$t")
+  ostree --repo="$s/ostree/repo" refs --create="keep/$os-$version" "$c"
+  ostree admin deploy --sysroot="$s" --os="$os" --retain "$c" >/dev/null
+  echo "$c"
 }
 
 prepare_node() {
@@ -159,11 +178,14 @@ prepare_node() {
   install_recoveryd
   install -D -m 0644 "$HERE/node/50-e2e.toml" "$ROOT/etc/recoveryd/config.d/50-e2e.toml"
   install -D -m 0755 "$TARGET/release/examples/fake-rpm-ostreed" "$ROOT/usr/libexec/recoveryd-e2e/fake-rpm-ostreed"
-  install -D -m 0644 "$HERE/node/org.projectatomic.rpmostree1.conf" "$ROOT/etc/dbus-1/system.d/org.projectatomic.rpmostree1.conf"
-  for u in kubelet.service crio.service fake-rpm-ostreed.service; do
+  install -D -m 0755 "$PROJECT/tests/support/ostree-sysroot.py" "$ROOT/usr/libexec/recoveryd-e2e/ostree-sysroot.py"
+  install -D -m 0644 "$PROJECT/tests/support/org.projectatomic.rpmostree1.conf" "$ROOT/etc/dbus-1/system.d/org.projectatomic.rpmostree1.conf"
+  for u in kubelet.service crio.service rpm-ostreed.service; do
     install -D -m 0644 "$HERE/node/$u" "$ROOT/etc/systemd/system/$u"
   done
-  systemctl --root="$ROOT" enable kubelet.service crio.service fake-rpm-ostreed.service >/dev/null 2>&1
+  install -D -m 0644 "$HERE/node/org.projectatomic.rpmostree1.service" \
+    "$ROOT/usr/share/dbus-1/system-services/org.projectatomic.rpmostree1.service"
+  systemctl --root="$ROOT" enable kubelet.service crio.service >/dev/null 2>&1
   mkdir -p "$ROOT/opt/fake-cluster/bin" "$ROOT/opt/fake-cluster/state"
   cp "$PROJECT"/tests/support/cluster-bin/* "$ROOT/opt/fake-cluster/bin/"
   mkdir -p "$ROOT/var/lib/fake-selinuxfs"; echo 1 > "$ROOT/var/lib/fake-selinuxfs/enforce"
@@ -291,7 +313,12 @@ backup_like_the_job() {
 
 break_the_node() {
   say "A failed upgrade: a new deployment boots, and /etc, /usr/local, /var/lib/kubelet and a machine-config file change"
-  rpm_state "$NEW" "$OLD" "$NEW"
+  # Besides, another OS's deployment, pinned by someone else, and a further upgrade staged for
+  # the next boot (finalized at shutdown): the recovery must boot neither.
+  FOREIGN=$(deploy_version otheros 9.0)
+  ostree admin pin --sysroot="$ROOT/sysroot" 0 >/dev/null
+  STAGED=$(deploy_version testos 4.17.0)
+  rpm_state "$STAGED" "$NEW" "$NEW" "$STAGED"
   echo "cluster-name: broken" > "$ROOT/etc/e2e/cluster.conf"
   rm "$ROOT/etc/e2e/secret"
   echo "added by the upgrade" > "$ROOT/etc/e2e/upgrade-leftover.conf"
@@ -300,7 +327,7 @@ break_the_node() {
   echo "kind: Broken" > "$ROOT/var/lib/kubelet/config.yaml"
   rm -r "$ROOT/var/lib/kubelet/pods/p1"
   echo "extra=2" > "$ROOT/usr/lib/mco/extra.conf"
-  detail "booted now: 4.16.0 (unpinned); the pinned 4.15.1 is the rollback deployment"
+  detail "booted now: 4.16.0 (unpinned), 4.17.0 staged, a pinned otheros 9.0 beside them; the pinned 4.15.1 is the rollback deployment"
 }
 
 start_recovery() {
@@ -323,6 +350,19 @@ check_trees() {
   [ -z "$diffs" ] || fail "the trees differ from the backup:
 $diffs"
   detail "/etc, /usr/local, /var/lib/kubelet and the machine-config file equal the backup (rsync -naAXHc: no difference)"
+}
+
+# The node runs the backup's deployment; the staged upgrade is gone; the foreign pin is kept.
+check_deployments() {
+  local booted
+  booted=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["booted"])' "$ROOT/var/lib/fake-rpm-ostree/state.json")
+  [ "$booted" = "testos-$OLD.0" ] || fail "the node booted $booted, not the backup's testos-$OLD.0"
+  ostree admin status --sysroot="$ROOT/sysroot" | grep -q "$STAGED" && fail "the staged upgrade $STAGED is still deployed"
+  [ "$(cat "$ROOT/sysroot/ostree/deploy/otheros/deploy/$FOREIGN.0.origin" | grep -c 'pinned=true')" = 1 ] \
+    || fail "the foreign pin on otheros $FOREIGN was removed"
+  grep -q '"call":"Cleanup"' "$ROOT/var/lib/fake-rpm-ostree/calls.log" \
+    || fail "rpm-ostree was never asked to clean up the staged deployment"
+  detail "booted the backup's 4.15.1; the staged 4.17.0 was removed through rpm-ostree's Cleanup; the foreign pin is intact"
 }
 
 check_units() {
@@ -444,6 +484,7 @@ cycle)
   say "The recovery succeeded; checking the node"
   check_trees
   check_units
+  check_deployments
   check_journal 2 3
   check_calls
   check_selinux
