@@ -9,5 +9,7 @@ pub mod files;
 pub mod host;
 pub mod journal;
 pub mod logging;
+pub mod ops;
 pub mod plans;
-pub mod status;
+pub mod protocol;
+pub mod text;

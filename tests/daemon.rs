@@ -373,10 +373,7 @@ fn one_run_at_a_time_and_runs_outlive_their_client() {
         "{err}"
     );
     let r = socket(&d.socket, b"{\"op\":\"recover\"}\n");
-    assert_eq!(
-        r[0]["error"]["name"], "org.recoveryd.Recovery1.Error.Busy",
-        "{r:?}"
-    );
+    assert_eq!(r[0]["name"], "org.recoveryd.Recovery1.Error.Busy", "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, out, _) = ctl(&bus, &node, &["status", "--json"]);
@@ -411,7 +408,8 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
     assert!(err.contains("succeeded"), "{err}");
     let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
     let last = lines.last().unwrap();
-    assert_eq!(last["ok"], true, "{lines:?}");
+    assert_eq!(last["reply"], "finished", "{lines:?}");
+    assert_eq!(last["state"], "succeeded", "{lines:?}");
     assert_eq!(last["phase"], "Succeeded");
     assert!(
         lines
@@ -449,13 +447,10 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
     ] {
         let r = socket(&d.socket, request);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert_eq!(r[0]["ok"], false);
-        assert_eq!(
-            r[0]["error"]["name"],
-            "org.recoveryd.Recovery1.Error.InvalidArgs"
-        );
+        assert_eq!(r[0]["reply"], "error", "{r:?}");
+        assert_eq!(r[0]["name"], "org.recoveryd.Recovery1.Error.InvalidArgs");
         assert!(
-            r[0]["error"]["message"].as_str().unwrap().contains(expect),
+            r[0]["message"].as_str().unwrap().contains(expect),
             "{expect}: {r:?}"
         );
     }
@@ -477,7 +472,7 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
     );
     // The daemon is still serving.
     let r = socket(&d.socket, b"{\"op\":\"status\"}\n");
-    assert_eq!(r[0]["ok"], true, "{r:?}");
+    assert_eq!(r[0]["reply"], "status", "{r:?}");
     assert_eq!(r[0]["state"], "idle");
 }
 

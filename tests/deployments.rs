@@ -14,7 +14,7 @@ use serde_json::Value;
 /// The id of the newest generation, from `recoveryctl generations --json`.
 fn newest_generation(w: &World) -> String {
     let (_, out, _) = w.ctl(&["generations", "--json"]);
-    let gens: Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     let gens = gens.as_array().unwrap();
     gens.last().unwrap()["info"]["id"]
         .as_str()
@@ -368,7 +368,7 @@ fn five_backup_and_upgrade_cycles_with_keep_2_leave_at_most_two_recoveryd_pins()
             w.sysroot.status()
         );
         let (_, out, _) = w.ctl(&["generations", "--json"]);
-        let gens: Value = serde_json::from_str(&out).unwrap();
+        let gens = common::json_list(&out, "generations");
         assert!(gens.as_array().unwrap().len() <= 2);
         // Every kept generation's deployment is still pinned.
         for g in gens.as_array().unwrap() {
@@ -421,7 +421,7 @@ fn a_journal_a_newer_recoveryd_extended_is_resumed_and_an_unreadable_one_refused
     // A generation taken by a recoveryd that reads an older journal format: after the rollback
     // it could not resume, so the recovery is refused before anything changes.
     let (_, out, _) = w.ctl(&["generations", "--json"]);
-    let gens: Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     let info_path = Path::new(gens[0]["dir"].as_str().unwrap()).join("generation.json");
     let mut info: Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
     info["identity"]["recoveryd"]["journal_format"] = 1.into();

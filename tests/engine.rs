@@ -11,7 +11,9 @@ use anyhow::Result;
 use async_trait::async_trait;
 use common::{Node, example, run, tree_contents};
 use recoveryd::config::{Config, ConfigSource};
-use recoveryd::engine::{Engine, EngineError, Outcome, Plan, Step, StepContext, observer::Silent};
+use recoveryd::engine::{
+    Engine, EngineError, Outcome, Plan, RunOptions, Step, StepContext, observer::Silent,
+};
 use recoveryd::journal::{Journal, JournalError, RunKind, RunState, StepState};
 use tokio_util::sync::CancellationToken;
 
@@ -318,9 +320,9 @@ async fn a_second_run_while_one_holds_the_lock_is_busy_and_named() {
     let node = Node::new("");
     let e = engine(&node);
     let plan = Plan::new(RunKind::Recovery).step(Fn_("a", || Ok(Outcome::Done(String::new()))));
-    let first = e.prepare_new(plan.clone(), serde_json::json!({})).unwrap();
+    let first = e.prepare_new(plan.clone(), RunOptions::default()).unwrap();
     let err = e
-        .prepare_new(plan.clone(), serde_json::json!({}))
+        .prepare_new(plan.clone(), RunOptions::default())
         .err()
         .unwrap();
     let busy = err.downcast_ref::<EngineError>().expect("typed error");
@@ -339,7 +341,7 @@ async fn a_second_run_while_one_holds_the_lock_is_busy_and_named() {
     let report = e.execute(first, CancellationToken::new()).await.unwrap();
     assert_eq!(report.state, RunState::Succeeded);
     // The lock is released with the run.
-    let second = e.prepare_new(plan, serde_json::json!({})).unwrap();
+    let second = e.prepare_new(plan, RunOptions::default()).unwrap();
     assert_eq!(second.run, 2);
 }
 
@@ -359,7 +361,7 @@ async fn timeouts_and_retries_come_from_the_config() {
     }));
     let r = e
         .execute(
-            e.prepare_new(plan, serde_json::json!({})).unwrap(),
+            e.prepare_new(plan, RunOptions::default()).unwrap(),
             CancellationToken::new(),
         )
         .await
@@ -376,7 +378,7 @@ async fn timeouts_and_retries_come_from_the_config() {
     let started = std::time::Instant::now();
     let r = e
         .execute(
-            e.prepare_new(plan, serde_json::json!({})).unwrap(),
+            e.prepare_new(plan, RunOptions::default()).unwrap(),
             CancellationToken::new(),
         )
         .await
@@ -396,7 +398,7 @@ async fn a_shutdown_during_a_retry_delay_stops_without_another_attempt() {
     let shutdown = CancellationToken::new();
     let e = engine(&node).with_shutdown(shutdown.clone());
     let plan = Plan::new(RunKind::Recovery).step(Fn_("flaky", || anyhow::bail!("not yet")));
-    let prepared = e.prepare_new(plan, serde_json::json!({})).unwrap();
+    let prepared = e.prepare_new(plan, RunOptions::default()).unwrap();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -429,7 +431,7 @@ async fn a_panicking_step_fails_the_run_with_the_message() {
     let plan = Plan::new(RunKind::Recovery).step(Fn_("boom", || panic!("kaboom")));
     let r = e
         .execute(
-            e.prepare_new(plan, serde_json::json!({})).unwrap(),
+            e.prepare_new(plan, RunOptions::default()).unwrap(),
             CancellationToken::new(),
         )
         .await
@@ -450,7 +452,7 @@ async fn cancelling_a_run_stops_the_running_step() {
         c2.cancel();
     });
     let r = e
-        .execute(e.prepare_new(plan, serde_json::json!({})).unwrap(), cancel)
+        .execute(e.prepare_new(plan, RunOptions::default()).unwrap(), cancel)
         .await
         .unwrap();
     assert_eq!(r.state, RunState::Cancelled);

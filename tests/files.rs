@@ -233,7 +233,7 @@ fn restore_brings_back_every_kind_of_entry_and_metadata() {
 
     // The mount's content is not in the generation.
     let (_, out, _) = ctl(&node, &["generations", "--json"]);
-    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     let gdir = PathBuf::from(gens[0]["dir"].as_str().unwrap());
     assert!(manifest_entry(&gdir, "var/lib/kubelet/pods/p1/volumes/v/secret").is_none());
     assert!(manifest_entry(&gdir, "var/lib/kubelet/pods/p1/volumes/v").is_none());
@@ -323,7 +323,7 @@ fn a_second_backup_shares_unchanged_files() {
     let (code, _, err) = ctl(&node, &["--offline", "backup", "--json"]);
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = ctl(&node, &["generations", "--json"]);
-    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     assert_eq!(gens.as_array().unwrap().len(), 2);
     let (a, b) = (
         PathBuf::from(gens[0]["dir"].as_str().unwrap()),
@@ -352,7 +352,7 @@ fn a_second_backup_shares_unchanged_files() {
     // Retention keeps two: a third backup removes the oldest.
     assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
     let (_, out, _) = ctl(&node, &["generations", "--json"]);
-    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let after = common::json_list(&out, "generations");
     assert_eq!(after.as_array().unwrap().len(), 2);
     assert_eq!(after[0]["info"]["id"], gens[1]["info"]["id"]);
     assert_eq!(
@@ -364,7 +364,7 @@ fn a_second_backup_shares_unchanged_files() {
 
 fn latest_gen_dir(node: &Node) -> PathBuf {
     let (_, out, _) = ctl(node, &["generations", "--json"]);
-    let gens: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     PathBuf::from(
         gens.as_array().unwrap().last().unwrap()["dir"]
             .as_str()
@@ -654,7 +654,7 @@ fn a_crash_during_backup_leaves_the_previous_generation_and_is_cleaned_up() {
         assert_eq!(code, 0, "{fp}: {out}");
         // The interrupted backup run is on record as failed.
         let (_, out, _) = ctl(&node, &["journal", "--json"]);
-        let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let runs = common::json_list(&out, "runs");
         assert_eq!(runs[1]["state"], "failed", "{fp}: {out}");
     }
 }

@@ -34,7 +34,7 @@ fn backup_then_recovery_with_rollback_and_reboots_restores_everything() {
         "{calls:?}"
     );
     let (_, out, _) = w.ctl(&["generations", "--json"]);
-    let gens: Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     let identity = &gens[0]["info"]["identity"];
     assert_eq!(
         identity["deployment"]["checksum"],
@@ -249,7 +249,7 @@ fn a_corrupted_generation_stops_the_recovery_before_anything_changes() {
     let w = World::new("");
     let reference = w.backup_then_break();
     let (_, out, _) = w.ctl(&["generations", "--json"]);
-    let gens: Value = serde_json::from_str(&out).unwrap();
+    let gens = common::json_list(&out, "generations");
     let gdir = PathBuf::from(gens[0]["dir"].as_str().unwrap());
     let snapshot = std::fs::read_dir(gdir.join("cluster"))
         .unwrap()
@@ -454,14 +454,11 @@ fn crash_matrix_over_the_recovery_plan() {
     let systemd_template = w.systemd.read_state();
     let steps: Vec<String> = {
         let (_, out, _) = w.ctl(&["recover", "--dry-run", "--json"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["plan"]
+        common::json_list(&out, "steps")
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|l| l.as_str())
-            .filter(|l| !l.starts_with("=="))
-            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .map(|s| s["step"].as_str().unwrap().to_string())
             .collect()
     };
     assert_eq!(steps.len(), 26, "{steps:?}");
@@ -564,7 +561,7 @@ fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation(
     let (code, out, err) = ctl(&["--offline", "backup"]);
     assert_eq!(code, 0, "{out}{err}");
     let (_, out, _) = ctl(&["generations", "--json"]);
-    let first: Value = serde_json::from_str(&out).unwrap();
+    let first = common::json_list(&out, "generations");
     let first_id = first[0]["info"]["id"].as_str().unwrap().to_string();
     // etcd's snapshot takes longer than the backup's deadline (set only now: on a loaded
     // machine the first backup alone could take two seconds).

@@ -237,7 +237,7 @@ fn a_failed_or_cancelled_backup_leaves_nothing_behind() {
     assert_eq!(tmp_files(&st), 0);
     assert_eq!(generation_dirs(&st).len(), 1);
     let (_, out, _) = ctl(&node, &["journal", "--json"]);
-    let runs: Value = serde_json::from_str(&out).unwrap();
+    let runs = common::json_list(&out, "runs");
     let run = runs[0]["id"].as_i64().unwrap();
     let (_, out, _) = ctl(&node, &["journal", "--run", &run.to_string(), "--json"]);
     let detail: Value = serde_json::from_str(&out).unwrap();
@@ -560,7 +560,7 @@ fn two_first_backups_started_together_one_succeeds_the_other_is_busy() {
             .position(|o| o.status.code() == Some(5))
             .unwrap()];
         assert!(
-            loser.contains("busy: backup run 1 is in progress (pid "),
+            loser.contains("Busy: backup run 1 is in progress (pid "),
             "round {round}: the holder is not named: {loser}"
         );
     }

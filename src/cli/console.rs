@@ -1,12 +1,12 @@
-//! Showing engine events to a person: a progress bar on a terminal, plain lines otherwise.
+//! Showing a run's events to a person: lines on stderr, and on a terminal a progress bar that
+//! keeps moving while a step works.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::{Event, Observer};
-use crate::journal::StepState;
+use crate::protocol::Event;
 
 pub struct Console {
     bar: Mutex<Option<ProgressBar>>,
@@ -34,50 +34,30 @@ impl Console {
         }
     }
 
-    /// Print one line (a progress event from the daemon, say).
-    pub fn say(&self, s: &str) {
-        self.line(s)
-    }
-
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
             b.finish_and_clear();
         }
     }
-}
 
-impl Observer for Console {
-    fn event(&self, event: &Event<'_>) {
-        match *event {
-            Event::RunStarted { run, kind, resumed } => self.line(&format!(
-                "{kind} run {run} {}",
-                if resumed { "resumes" } else { "starts" }
-            )),
-            Event::StageStarted { stage, .. } => self.line(&format!("== {stage}")),
-            Event::StepStarted {
-                step,
-                attempt,
-                index,
-                total,
-                ..
-            } => {
-                let again = if attempt > 1 {
-                    format!(" (attempt {attempt})")
-                } else {
-                    String::new()
-                };
-                self.line(&format!("[{}/{}] {step}{again} ...", index + 1, total));
-                if self.tty && !self.quiet {
-                    let b = ProgressBar::new(0);
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "      {spinner} {msg} {pos}/{len} [{elapsed}]",
-                        )
+    /// Show one event.
+    pub fn event(&self, e: &Event) {
+        if matches!(e, Event::StepFinished { .. } | Event::RunFinished { .. }) {
+            self.finish();
+        }
+        if let Some(l) = e.line() {
+            self.line(&l);
+        }
+        match e {
+            Event::StepStarted { step, .. } if self.tty && !self.quiet => {
+                let b = ProgressBar::new(0);
+                b.set_style(
+                    ProgressStyle::with_template("      {spinner} {msg} {pos}/{len} [{elapsed}]")
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                    );
-                    b.set_message(step.to_string());
-                    *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
-                }
+                );
+                b.set_message(step.clone());
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
             }
             Event::StepProgress {
                 done,
@@ -86,37 +66,12 @@ impl Observer for Console {
                 ..
             } => {
                 if let Some(b) = &*self.bar.lock().unwrap_or_else(|p| p.into_inner()) {
-                    b.set_length(total);
-                    b.set_position(done);
-                    b.set_message(message.to_string());
+                    b.set_length(*total);
+                    b.set_position(*done);
+                    b.set_message(message.clone());
                 }
             }
-            Event::StepFinished {
-                step,
-                state,
-                detail,
-                ..
-            } => {
-                self.finish();
-                let mark = match state {
-                    StepState::Done => "done",
-                    StepState::Skipped => "skipped",
-                    StepState::Failed => "FAILED",
-                    StepState::AwaitingReboot => "awaiting reboot",
-                    StepState::Interrupted => "interrupted",
-                    StepState::Started => "started",
-                };
-                self.line(&format!("      {step}: {mark}: {detail}"));
-            }
-            Event::RunFinished {
-                run,
-                kind,
-                state,
-                message,
-            } => {
-                self.finish();
-                self.line(&format!("{kind} run {run} {state}: {message}"));
-            }
+            _ => {}
         }
     }
 }

@@ -2,6 +2,12 @@
 //! `org.recoveryd.Recovery1.Manager`, and one `org.recoveryd.Recovery1.Run` object per run at
 //! `/org/recoveryd/Recovery1/run/<id>`.
 //!
+//! The methods map onto the protocol's requests and the errors are the protocol's
+//! ([`ApiError`], `org.recoveryd.Recovery1.Error.*`). Besides the typed signals (for `busctl`
+//! and `gdbus`), every run event is also sent as the protocol's JSON in the `Event` signal, and
+//! `GetStatus` answers the protocol's status: what `recoveryctl` reads, so that it prints the
+//! same whatever the transport.
+//!
 //! Methods that change anything are for root only: the shipped bus policy refuses other
 //! callers, and each method checks the caller's uid again (defence in depth). Properties,
 //! `GetStatus` and introspection are open to everyone.
@@ -13,37 +19,12 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 
-use super::manager::{ApiError, DaemonEvent, RecoverOptions, RunManager};
+use super::manager::{RunManager, Started};
 use crate::journal::{Journal, RunState};
+use crate::protocol::{self, ApiError, Event, RecoverRequest, Request};
 
 pub const BUS_NAME: &str = "org.recoveryd.Recovery1";
 pub const PATH: &str = "/org/recoveryd/Recovery1";
-
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.recoveryd.Recovery1.Error")]
-pub enum BusError {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    Busy(String),
-    NotFound(String),
-    InvalidArgs(String),
-    Corrupted(String),
-    AccessDenied(String),
-    Failed(String),
-}
-
-impl From<ApiError> for BusError {
-    fn from(e: ApiError) -> BusError {
-        match e {
-            ApiError::Busy(m) => BusError::Busy(m),
-            ApiError::NotFound(m) => BusError::NotFound(m),
-            ApiError::InvalidArgs(m) => BusError::InvalidArgs(m),
-            ApiError::Corrupted(m) => BusError::Corrupted(m),
-            ApiError::AccessDenied(m) => BusError::AccessDenied(m),
-            ApiError::Failed(m) => BusError::Failed(m),
-        }
-    }
-}
 
 pub fn run_path(run: i64) -> OwnedObjectPath {
     OwnedObjectPath::try_from(format!("{PATH}/run/{run}")).expect("a valid object path")
@@ -54,49 +35,45 @@ fn root_path() -> OwnedObjectPath {
 }
 
 /// Refuse callers other than root.
-async fn require_root(hdr: &Header<'_>, conn: &Connection, what: &str) -> Result<(), BusError> {
+async fn require_root(hdr: &Header<'_>, conn: &Connection, what: &str) -> Result<(), ApiError> {
     let sender = hdr
         .sender()
-        .ok_or_else(|| BusError::AccessDenied("the call has no sender".into()))?;
+        .ok_or_else(|| ApiError::AccessDenied("the call has no sender".into()))?;
     let uid = zbus::fdo::DBusProxy::new(conn)
         .await?
         .get_connection_unix_user(sender.clone().into())
         .await
-        .map_err(|e| BusError::Failed(format!("cannot tell who called: {e}")))?;
+        .map_err(|e| ApiError::Failed(format!("cannot tell who called: {e}")))?;
     if uid != 0 {
         tracing::warn!("refused {what} from {sender} (uid {uid}): only root may change anything");
-        return Err(BusError::AccessDenied(format!(
+        return Err(ApiError::AccessDenied(format!(
             "{what} is for root only (caller uid {uid})"
         )));
     }
     Ok(())
 }
 
-/// Read the `a{sv}` options of a call, refusing unknown keys and wrong types.
-fn options(
-    map: &HashMap<String, OwnedVariant>,
-    allowed: &[&str],
-) -> Result<RecoverOptions, BusError> {
-    let mut o = RecoverOptions::default();
+/// The `a{sv}` options of `StartRecovery`, refusing unknown keys and wrong types.
+fn recover_options(map: &HashMap<String, OwnedVariant>) -> Result<RecoverRequest, ApiError> {
+    const KNOWN: [&str; 4] = ["force", "allow_foreign", "step", "generation"];
+    let mut o = RecoverRequest::default();
     for (k, v) in map {
-        if !allowed.contains(&k.as_str()) {
-            return Err(BusError::InvalidArgs(format!(
-                "unknown option `{k}` (known: {})",
-                allowed.join(", ")
-            )));
-        }
-        let bad = |t: &str| BusError::InvalidArgs(format!("option `{k}` must be {t}"));
+        let bad = |t: &str| ApiError::InvalidArgs(format!("option `{k}` must be {t}"));
+        let flag = || v.downcast_ref::<bool>().map_err(|_| bad("a boolean"));
         match k.as_str() {
-            "force" => o.force = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?,
-            "allow_foreign" => {
-                o.allow_foreign = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?
-            }
-            "step" => o.step = v.downcast_ref::<bool>().map_err(|_| bad("a boolean"))?,
+            "force" => o.force = flag()?,
+            "allow_foreign" => o.allow_foreign = flag()?,
+            "step" => o.step = flag()?,
             "generation" => {
                 let g = v.downcast_ref::<&str>().map_err(|_| bad("a string"))?;
                 o.generation = (!g.is_empty()).then(|| g.to_string());
             }
-            _ => unreachable!("checked above"),
+            _ => {
+                return Err(ApiError::InvalidArgs(format!(
+                    "unknown option `{k}` (known: {})",
+                    KNOWN.join(", ")
+                )));
+            }
         }
     }
     Ok(o)
@@ -104,6 +81,17 @@ fn options(
 
 pub struct ManagerIface {
     pub manager: Arc<RunManager>,
+}
+
+impl ManagerIface {
+    /// A request that starts or continues a run, answered with the run's object path (`/`:
+    /// nothing to do).
+    fn start(&self, request: &Request) -> Result<OwnedObjectPath, ApiError> {
+        Ok(match self.manager.start(request)? {
+            Started::Run { run, .. } => run_path(run),
+            Started::Nothing(_) => root_path(),
+        })
+    }
 }
 
 #[zbus::interface(name = "org.recoveryd.Recovery1.Manager")]
@@ -115,10 +103,14 @@ impl ManagerIface {
         options: HashMap<String, OwnedVariant>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<OwnedObjectPath, BusError> {
+    ) -> Result<OwnedObjectPath, ApiError> {
         require_root(&hdr, conn, "StartBackup").await?;
-        options_none(&options)?;
-        Ok(run_path(self.manager.start_backup()?))
+        if let Some(k) = options.keys().next() {
+            return Err(ApiError::InvalidArgs(format!(
+                "StartBackup takes no options (got `{k}`)"
+            )));
+        }
+        self.start(&Request::Backup { wait: false })
     }
 
     /// Start a recovery. Options: `force` (b), `allow_foreign` (b), `step` (b), `generation` (s).
@@ -128,10 +120,9 @@ impl ManagerIface {
         options: HashMap<String, OwnedVariant>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<OwnedObjectPath, BusError> {
+    ) -> Result<OwnedObjectPath, ApiError> {
         require_root(&hdr, conn, "StartRecovery").await?;
-        let o = self::options(&options, &["force", "allow_foreign", "step", "generation"])?;
-        Ok(run_path(self.manager.start_recovery(o)?))
+        self.start(&Request::recover(recover_options(&options)?, false))
     }
 
     /// Continue the open recovery.
@@ -140,13 +131,13 @@ impl ManagerIface {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<OwnedObjectPath, BusError> {
+    ) -> Result<OwnedObjectPath, ApiError> {
         require_root(&hdr, conn, "Resume").await?;
-        Ok(self
-            .manager
-            .resume(false)?
-            .map(run_path)
-            .unwrap_or_else(root_path))
+        self.start(&Request::Resume {
+            boot: false,
+            step: false,
+            wait: false,
+        })
     }
 
     /// What the boot unit calls: continue an interrupted recovery if there is one (`/` when
@@ -156,13 +147,13 @@ impl ManagerIface {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<OwnedObjectPath, BusError> {
+    ) -> Result<OwnedObjectPath, ApiError> {
         require_root(&hdr, conn, "ResumeAtBoot").await?;
-        Ok(self
-            .manager
-            .resume(true)?
-            .map(run_path)
-            .unwrap_or_else(root_path))
+        self.start(&Request::Resume {
+            boot: true,
+            step: false,
+            wait: false,
+        })
     }
 
     /// Start the open recovery over from its first step.
@@ -171,19 +162,24 @@ impl ManagerIface {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<OwnedObjectPath, BusError> {
+    ) -> Result<OwnedObjectPath, ApiError> {
         require_root(&hdr, conn, "Restart").await?;
-        Ok(run_path(self.manager.restart()?))
+        self.start(&Request::Restart {
+            step: false,
+            wait: false,
+        })
     }
 
+    /// Cancel the executing run, or else the open recovery; returns what happened (the
+    /// protocol's reply, JSON).
+    #[zbus(out_args("reply"))]
     async fn cancel(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), BusError> {
+    ) -> Result<String, ApiError> {
         require_root(&hdr, conn, "Cancel").await?;
-        self.manager.cancel()?;
-        Ok(())
+        Ok(protocol::to_line(&self.manager.cancel()?))
     }
 
     /// Re-hash a generation (`""`: the newest) against its manifest.
@@ -193,36 +189,14 @@ impl ManagerIface {
         generation: String,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<(bool, Vec<String>), BusError> {
+    ) -> Result<(bool, Vec<String>), ApiError> {
         require_root(&hdr, conn, "Verify").await?;
-        let plans = self.manager.plans.clone();
-        let journal = self.manager.journal.clone();
-        let workers = self.manager.config.backup.workers;
+        let ops = self.manager.ops.clone();
         let report = tokio::task::spawn_blocking(move || {
-            let g = if generation.is_empty() {
-                plans
-                    .store
-                    .latest()
-                    .map_err(|e| ApiError::Failed(format!("{e:#}")))?
-                    .ok_or_else(|| ApiError::NotFound("there is no committed generation".into()))?
-            } else {
-                plans
-                    .store
-                    .open(&generation)
-                    .map_err(|e| ApiError::NotFound(format!("{e:#}")))?
-            };
-            let jh = crate::plans::PlanContext::journal_hash(&journal, &g.info.id);
-            crate::files::verify::verify(
-                &g,
-                jh.as_deref(),
-                None,
-                workers,
-                &crate::files::backup::Hooks::none(),
-            )
-            .map_err(|e| ApiError::Failed(format!("{e:#}")))
+            ops.verify((!generation.is_empty()).then_some(generation.as_str()))
         })
         .await
-        .map_err(|e| BusError::Failed(e.to_string()))??;
+        .map_err(|e| ApiError::Failed(e.to_string()))??;
         let problems = report
             .problems
             .iter()
@@ -231,20 +205,9 @@ impl ManagerIface {
         Ok((report.ok, problems))
     }
 
-    /// Everything `recoveryctl status --json` shows.
-    async fn get_status(&self) -> Result<String, BusError> {
-        let status = self.manager.status()?;
-        let live = self
-            .manager
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut v = serde_json::to_value(&status).map_err(|e| BusError::Failed(e.to_string()))?;
-        v["state"] = self.manager.state().into();
-        v["progress"] = live.percent().into();
-        v["current_step"] = live.step.into();
-        Ok(v.to_string())
+    /// Everything `recoveryctl status --json` shows: the protocol's status (JSON).
+    async fn get_status(&self) -> Result<String, ApiError> {
+        Ok(protocol::to_line(&self.manager.status()?))
     }
 
     #[zbus(property)]
@@ -263,17 +226,13 @@ impl ManagerIface {
     /// Percent of the executing run's steps that are done.
     #[zbus(property)]
     async fn progress(&self) -> u32 {
-        self.manager
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .percent()
+        self.manager.live().percent()
     }
 
     /// `(generation id, committed at)` of the newest generation, or empty strings.
     #[zbus(property)]
     async fn last_backup(&self) -> (String, String) {
-        match self.manager.journal.generations() {
+        match self.manager.ops.journal.generations() {
             Ok(g) => g
                 .first()
                 .map(|g| (g.id.clone(), g.committed.clone()))
@@ -310,15 +269,10 @@ impl ManagerIface {
         success: bool,
         message: &str,
     ) -> zbus::Result<()>;
-}
 
-fn options_none(map: &HashMap<String, OwnedVariant>) -> Result<(), BusError> {
-    match map.keys().next() {
-        Some(k) => Err(BusError::InvalidArgs(format!(
-            "StartBackup takes no options (got `{k}`)"
-        ))),
-        None => Ok(()),
-    }
+    /// Every run event, as the protocol's JSON document (what `recoveryctl` follows).
+    #[zbus(signal, name = "Event")]
+    async fn event_signal(emitter: &SignalEmitter<'_>, event: &str) -> zbus::Result<()>;
 }
 
 /// One run, read from the journal.
@@ -372,13 +326,13 @@ pub async fn serve(conn: &Connection, manager: Arc<RunManager>) -> anyhow::Resul
             },
         )
         .await?;
-    for r in manager.journal.runs(50)? {
+    for r in manager.ops.journal.runs(50)? {
         server
             .at(
                 run_path(r.id),
                 RunObject {
                     id: r.id,
-                    journal: manager.journal.clone(),
+                    journal: manager.ops.journal.clone(),
                 },
             )
             .await?;
@@ -395,70 +349,78 @@ pub async fn serve(conn: &Connection, manager: Arc<RunManager>) -> anyhow::Resul
             };
             let emitter = iface.signal_emitter();
             let guard = iface.get().await;
-            let r = match &ev {
-                DaemonEvent::RunStarted { run, .. } => {
-                    let _ = conn
-                        .object_server()
-                        .at(
-                            run_path(*run),
-                            RunObject {
-                                id: *run,
-                                journal: guard.manager.journal.clone(),
-                            },
-                        )
-                        .await;
-                    let _ = guard.current_run_changed(emitter).await;
-                    let _ = guard.state_changed(emitter).await;
-                    ManagerIface::state_changed_signal(emitter, &guard.manager.state()).await
-                }
-                DaemonEvent::StageStarted { .. } => {
-                    let _ = guard.state_changed(emitter).await;
-                    ManagerIface::state_changed_signal(emitter, &guard.manager.state()).await
-                }
-                DaemonEvent::StepStarted {
-                    run, stage, step, ..
-                } => ManagerIface::step_started(emitter, run_path(*run), stage, step).await,
-                DaemonEvent::StepFinished {
-                    run,
-                    step,
-                    state,
-                    detail,
-                    ..
-                } => {
-                    let _ = guard.progress_changed(emitter).await;
-                    ManagerIface::step_finished(emitter, run_path(*run), step, state, detail).await
-                }
-                DaemonEvent::StepProgress { .. } => Ok(()),
-                DaemonEvent::Idle => {
-                    let _ = guard.current_run_changed(emitter).await;
-                    let _ = guard.progress_changed(emitter).await;
-                    let _ = guard.state_changed(emitter).await;
-                    ManagerIface::state_changed_signal(emitter, &guard.manager.state()).await
-                }
-                DaemonEvent::RunFinished {
-                    run,
-                    state,
-                    message,
-                    ..
-                } => {
-                    let _ = guard.current_run_changed(emitter).await;
-                    let _ = guard.last_backup_changed(emitter).await;
-                    let _ = guard.state_changed(emitter).await;
-                    let _ =
-                        ManagerIface::state_changed_signal(emitter, &guard.manager.state()).await;
-                    ManagerIface::run_finished(
-                        emitter,
-                        run_path(*run),
-                        *state == RunState::Succeeded,
-                        message,
-                    )
-                    .await
-                }
-            };
-            if let Err(e) = r {
+            if let Err(e) = signal(&conn, &guard, emitter, &ev).await {
                 tracing::debug!("emitting a D-Bus signal failed: {e}");
             }
         }
     });
     Ok(())
+}
+
+/// The signals and property changes of one event.
+async fn signal(
+    conn: &Connection,
+    iface: &ManagerIface,
+    emitter: &SignalEmitter<'_>,
+    ev: &Event,
+) -> zbus::Result<()> {
+    let state_changed = || async {
+        let _ = iface.state_changed(emitter).await;
+        ManagerIface::state_changed_signal(emitter, &iface.manager.state()).await
+    };
+    match ev {
+        Event::RunStarted { run, .. } => {
+            let _ = conn
+                .object_server()
+                .at(
+                    run_path(*run),
+                    RunObject {
+                        id: *run,
+                        journal: iface.manager.ops.journal.clone(),
+                    },
+                )
+                .await;
+            let _ = iface.current_run_changed(emitter).await;
+            state_changed().await?;
+        }
+        Event::StageStarted { .. } => state_changed().await?,
+        Event::StepStarted {
+            run, stage, step, ..
+        } => ManagerIface::step_started(emitter, run_path(*run), stage, step).await?,
+        Event::StepFinished {
+            run,
+            step,
+            state,
+            detail,
+            ..
+        } => {
+            let _ = iface.progress_changed(emitter).await;
+            ManagerIface::step_finished(emitter, run_path(*run), step, state.as_str(), detail)
+                .await?
+        }
+        Event::StepProgress { .. } => {}
+        Event::Idle => {
+            let _ = iface.current_run_changed(emitter).await;
+            let _ = iface.progress_changed(emitter).await;
+            state_changed().await?;
+        }
+        Event::RunFinished {
+            run,
+            state,
+            message,
+            ..
+        } => {
+            let _ = iface.current_run_changed(emitter).await;
+            let _ = iface.last_backup_changed(emitter).await;
+            state_changed().await?;
+            ManagerIface::run_finished(
+                emitter,
+                run_path(*run),
+                *state == RunState::Succeeded,
+                message,
+            )
+            .await?
+        }
+    }
+    ManagerIface::event_signal(emitter, &protocol::to_line(ev)).await
 }

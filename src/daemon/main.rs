@@ -14,8 +14,7 @@ use super::manager::RunManager;
 use super::notify::{Notifier, watchdog_interval};
 use super::socket;
 use crate::config::{Config, ConfigSource};
-use crate::journal::Journal;
-use crate::plans::PlanContext;
+use crate::ops::Ops;
 
 /// Exit code for errors a restart cannot fix (bad configuration, unreadable journal); the unit
 /// lists it in `RestartPreventExitStatus=` so systemd does not loop on it.
@@ -89,32 +88,13 @@ async fn run(args: Args, activated: Option<std::os::unix::net::UnixListener>) ->
         None => ConfigSource::default(),
     };
     let config = Config::load(&source).map_err(|e| Permanent(e.to_string()))?;
-    let state = config.state_path();
-    if !state.is_dir() {
-        return Err(Permanent(format!(
-            "the state directory {} does not exist (on a node: the recovery partition's mount point)",
-            state.display()
-        ))
-        .into());
-    }
-    let journal =
-        Arc::new(Journal::open(&config.journal_path()).map_err(|e| Permanent(e.to_string()))?);
-    let config = Arc::new(config);
-    let plans = PlanContext::new(config.clone());
-    config
-        .check_step_names(&crate::plans::known_step_names(&plans))
-        .map_err(|e| Permanent(e.to_string()))?;
-    crate::plans::reconcile(&journal, &plans.store)?;
+    let ops = Ops::open(config).map_err(|e| Permanent(format!("{e:#}")))?;
+    crate::plans::reconcile(&ops.journal, &ops.plans.store)?;
 
     let notifier = Arc::new(Notifier::from_env());
     let shutdown = CancellationToken::new();
-    let manager = RunManager::new(
-        config.clone(),
-        journal,
-        plans,
-        notifier.clone(),
-        shutdown.clone(),
-    )?;
+    let config = ops.config.clone();
+    let manager = RunManager::new(ops, notifier.clone(), shutdown.clone())?;
 
     // D-Bus: serve the objects first, then take the name, so that a client never sees the
     // name without the interface.

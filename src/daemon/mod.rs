@@ -1,9 +1,11 @@
 //! `recoveryd`: the persistent node daemon. The backup Job, operators and the boot unit all go
 //! through it; it runs one run at a time.
 
+mod broadcast;
 pub mod dbus;
 pub mod manager;
 pub mod notify;
+mod slot;
 pub mod socket;
 
 mod main;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::limits::{StepFailure, run_with_limits};
+use super::options::RunOptions;
 use super::plan::CLEANUP;
 use super::{Engine, Event, MessageId, Outcome, Plan, Prepared, Report, StepContext, failpoints};
 use crate::journal::{RunKind, RunState, StepState};
@@ -28,7 +29,7 @@ impl Engine {
             ..
         } = prepared;
         let resumed = !self.journal.steps(run)?.is_empty();
-        self.journal.set_run_state(run, RunState::Running, None)?;
+        self.set_state(run, RunState::Running, None)?;
         info!(
             recovery_run = run,
             message_id = MessageId::RunStarted.as_str(),
@@ -59,7 +60,7 @@ impl Engine {
         run: i64,
         kind: RunKind,
         plan: &Plan,
-        options: &serde_json::Value,
+        options: &RunOptions,
         e: anyhow::Error,
     ) -> Result<Report> {
         error!(
@@ -92,7 +93,7 @@ impl Engine {
         run: i64,
         kind: RunKind,
         plan: &Plan,
-        options: serde_json::Value,
+        options: RunOptions,
         one_stage: bool,
         cancel: &CancellationToken,
     ) -> Result<Report> {
@@ -185,7 +186,7 @@ impl Engine {
                         let message = format!(
                             "stopped after stage {s} (step mode); next: stage {stage}. Continue with `recoveryctl resume`"
                         );
-                        self.journal.set_run_state(run, RunState::Paused, None)?;
+                        self.set_state(run, RunState::Paused, None)?;
                         return Ok(self.finish(run, kind, RunState::Paused, message));
                     }
                     Some(_) => {}
@@ -258,8 +259,13 @@ impl Engine {
                 }
                 let mut cx = self.context(run, kind, name, stage, &options, cancel.child_token());
                 cx.attempt = attempt;
-                let result =
-                    run_with_limits(step.clone(), cx, timeout, cancel, &self.shutdown).await;
+                // A step needing an integration switched off is journaled as skipped, unrun.
+                let result = match super::step::gated(&self.config, step.needs()) {
+                    Some(reason) => Ok(Outcome::Skipped(reason)),
+                    None => {
+                        run_with_limits(step.clone(), cx, timeout, cancel, &self.shutdown).await
+                    }
+                };
                 if let Err(StepFailure::Shutdown) = &result {
                     self.journal.step_finished(
                         row,
@@ -285,8 +291,7 @@ impl Engine {
                 self.step_ended(&at, row, state, &detail)?;
                 match result {
                     Ok(Outcome::AwaitReboot(reason)) => {
-                        self.journal
-                            .set_run_state(run, RunState::AwaitingReboot, None)?;
+                        self.set_state(run, RunState::AwaitingReboot, None)?;
                         let message = format!(
                             "waiting for the reboot ({reason}); the run resumes at the next boot"
                         );
@@ -354,7 +359,7 @@ impl Engine {
         kind: RunKind,
         step: &'static str,
         stage: &'static str,
-        options: &serde_json::Value,
+        options: &RunOptions,
         cancel: CancellationToken,
     ) -> StepContext {
         StepContext {
@@ -372,7 +377,7 @@ impl Engine {
         }
     }
 
-    fn cleanup_context(&self, run: i64, kind: RunKind, options: &serde_json::Value) -> StepContext {
+    fn cleanup_context(&self, run: i64, kind: RunKind, options: &RunOptions) -> StepContext {
         self.context(
             run,
             kind,
@@ -410,10 +415,10 @@ impl Engine {
         plan: &Plan,
         state: RunState,
         message: String,
-        options: &serde_json::Value,
+        options: &RunOptions,
     ) -> Result<Report> {
         let error = (state != RunState::Succeeded).then_some(message.as_str());
-        self.journal.set_run_state(run, state, error)?;
+        self.set_state(run, state, error)?;
         if state != RunState::Succeeded
             && let Some(cleanup) = &plan.cleanup
         {

@@ -14,9 +14,13 @@ pub mod failpoints;
 mod limits;
 mod messages;
 pub mod observer;
+pub mod options;
 pub mod plan;
 mod prepare;
+pub mod render;
+pub mod state;
 pub mod step;
+pub mod vars;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use messages::MessageId;
 pub use observer::{Event, Observer};
+pub use options::{PlanKind, RunOptions};
 pub use plan::{Cleanup, Plan, Prologue};
-pub use step::{Outcome, PreviewContext, Step, StepContext};
+pub use step::{Integration, Outcome, PreviewContext, Progress, Step, StepContext};
+pub use vars::{Json, Var};
 
 use crate::config::Config;
 use crate::journal::{Journal, RunKind, RunLock, RunState};
@@ -39,7 +45,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(45);
 
 /// Run variable: the boot in which the breaker last counted an automatic resume.
-const BREAKER_BOOT: &str = "breaker-boot";
+const BREAKER_BOOT: Var<String> = Var::new("breaker-boot");
 
 /// Errors callers tell apart (the daemon maps them to D-Bus error names).
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +108,7 @@ pub struct Prepared {
     pub run: i64,
     pub kind: RunKind,
     plan: Plan,
-    options: serde_json::Value,
+    options: RunOptions,
     one_stage: bool,
     lock: RunLock,
     /// Set when the boot-loop breaker stopped the run before anything ran.
@@ -145,6 +151,24 @@ impl Engine {
 
     pub fn boot_id(&self) -> &str {
         &self.boot_id
+    }
+
+    /// Record a run's new state, checked against the state machine ([`state::ALLOWED`]).
+    fn set_state(&self, run: i64, to: RunState, error: Option<&str>) -> Result<()> {
+        let from = self
+            .journal
+            .run(run)?
+            .ok_or(EngineError::NotFound(run))?
+            .state;
+        state::check(run, from, to)?;
+        self.journal.set_run_state(run, to, error)?;
+        Ok(())
+    }
+
+    /// Run `f` holding the single-writer lock (a collection of the store, say).
+    pub fn under_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        f()
     }
 
     fn lock(&self) -> Result<RunLock> {

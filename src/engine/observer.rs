@@ -26,6 +26,8 @@ pub enum Event<'a> {
         step: &'a str,
         done: u64,
         total: u64,
+        bytes_done: u64,
+        bytes_total: u64,
         message: &'a str,
     },
     StepFinished {

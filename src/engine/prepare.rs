@@ -4,7 +4,8 @@
 use anyhow::Result;
 use tracing::{info, warn};
 
-use super::step::option_bool;
+use super::options::RunOptions;
+use super::vars::VarValue;
 use super::{BREAKER_BOOT, Engine, EngineError, MessageId, Plan, Prepared, Trigger};
 use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState};
 
@@ -23,7 +24,7 @@ impl Engine {
                 recovery_run = stale.id,
                 "backup run {} was interrupted; marking it failed", stale.id
             );
-            self.journal.set_run_state(
+            self.set_state(
                 stale.id,
                 RunState::Failed,
                 Some("interrupted: the process ended before the backup finished"),
@@ -37,7 +38,7 @@ impl Engine {
     /// A backup left open by a crash is marked failed (backups are taken again, not continued).
     /// A new recovery is refused while another one is open: it must be resumed, restarted or
     /// cancelled first, because two recoveries must never interleave on one node.
-    pub fn prepare_new(&self, plan: Plan, options: serde_json::Value) -> Result<Prepared> {
+    pub fn prepare_new(&self, plan: Plan, options: RunOptions) -> Result<Prepared> {
         let mut lock = self.lock()?;
         match plan.kind {
             RunKind::Backup => self.fail_stale_backups()?,
@@ -53,10 +54,13 @@ impl Engine {
                 }
             }
         }
-        let one_stage = option_bool(&options, "step");
-        let run = self
-            .journal
-            .create_run(plan.kind, &plan.outline(), &options, &self.boot_id)?;
+        let one_stage = options.step;
+        let run = self.journal.create_run(
+            plan.kind,
+            &plan.outline(),
+            &options.to_json(),
+            &self.boot_id,
+        )?;
         describe_lock(&mut lock, plan.kind, run);
         Ok(Prepared {
             run,
@@ -92,14 +96,14 @@ impl Engine {
             .into());
         }
         describe_lock(&mut lock, record.kind, run);
-        let stored = option_bool(&record.options, "step");
+        let mut options = RunOptions::from_json(&record.options);
+        let stored = options.step;
         // An operator's explicit choice becomes the run's mode, for later automatic resumes too.
-        let mut options = record.options.clone();
         if let Some(explicit) = one_stage
             && explicit != stored
         {
-            options["step"] = explicit.into();
-            self.journal.set_run_options(run, &options)?;
+            options.step = explicit;
+            self.journal.set_run_options(run, &options.to_json())?;
         }
         let one_stage = one_stage.unwrap_or(stored);
         let mut prepared = Prepared {
@@ -117,18 +121,18 @@ impl Engine {
                 let limit = self.config.recovery.boot_attempts;
                 if n >= limit {
                     let message = breaker_message(&record, n, &self.journal);
-                    self.journal
-                        .set_run_state(run, RunState::Failed, Some(&message))?;
+                    self.set_state(run, RunState::Failed, Some(&message))?;
                     prepared.stopped =
                         Some(self.finish(run, record.kind, RunState::Failed, message));
-                } else if self.journal.var(run, BREAKER_BOOT)?.as_deref()
+                } else if self.journal.var(run, BREAKER_BOOT.key())?.as_deref()
                     != Some(self.boot_id.as_str())
                 {
                     // Counted once per boot: within one boot the daemon and the boot unit may
                     // both resume, and a crash-looping daemon is stopped by systemd's start
                     // limit; what the breaker stops is a node rebooting without progress.
                     self.journal.set_no_progress_boots(run, n + 1)?;
-                    self.journal.set_var(run, BREAKER_BOOT, &self.boot_id)?;
+                    self.journal
+                        .set_var(run, BREAKER_BOOT.key(), &self.boot_id.encode())?;
                 }
             }
             Trigger::Operator => self.journal.set_no_progress_boots(run, 0)?,
@@ -149,8 +153,7 @@ impl Engine {
             }
             .into());
         }
-        self.journal
-            .set_run_state(run, RunState::Cancelled, Some("cancelled by an operator"))?;
+        self.set_state(run, RunState::Cancelled, Some("cancelled by an operator"))?;
         warn!(
             recovery_run = run,
             message_id = MessageId::RunFailed.as_str(),

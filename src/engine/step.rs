@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::observer::{Event, Observer};
+use super::options::RunOptions;
+use super::vars::{Var, VarValue};
 use crate::config::Config;
 use crate::journal::{Journal, RunKind};
 
@@ -21,6 +23,41 @@ pub enum Outcome {
     AwaitReboot(String),
 }
 
+/// A host integration a step needs; with it switched off (`[host] ... = false`) the engine
+/// records the step as skipped without running it, and the dry run says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integration {
+    Systemd,
+    Ostree,
+    Cluster,
+}
+
+impl Integration {
+    pub fn key(self) -> &'static str {
+        match self {
+            Integration::Systemd => "systemd",
+            Integration::Ostree => "ostree",
+            Integration::Cluster => "cluster",
+        }
+    }
+
+    pub fn enabled(self, config: &Config) -> bool {
+        match self {
+            Integration::Systemd => config.host.systemd,
+            Integration::Ostree => config.host.ostree,
+            Integration::Cluster => config.host.cluster,
+        }
+    }
+}
+
+/// Why a step that needs `needs` does not run with this configuration, if it does not.
+pub fn gated(config: &Config, needs: &[Integration]) -> Option<String> {
+    needs
+        .iter()
+        .find(|i| !i.enabled(config))
+        .map(|i| format!("[host] {} = false", i.key()))
+}
+
 /// A step of a plan. Implementations must be idempotent: the engine runs a step again when a
 /// crash interrupted it, and the second run must reach the same end state.
 #[async_trait]
@@ -31,6 +68,10 @@ pub trait Step: Send + Sync {
     fn stage(&self) -> &'static str;
     /// One line saying what the step does.
     fn describe(&self) -> String;
+    /// The host integrations the step needs (see [`Integration`]).
+    fn needs(&self) -> &'static [Integration] {
+        &[]
+    }
     /// True for a step whose completion is a reboot: once it has started in one boot, it is
     /// done in any later boot.
     fn reboot_barrier(&self) -> bool {
@@ -64,28 +105,36 @@ pub struct StepContext {
     /// Cancelled when the step times out or the run is cancelled. Long steps check it.
     pub cancel: CancellationToken,
     pub(super) observer: Arc<dyn Observer>,
-    pub options: serde_json::Value,
+    pub options: RunOptions,
 }
 
 impl StepContext {
     /// A value kept for later steps of this run (survives crashes and reboots).
-    pub fn set_var(&self, key: &str, value: &str) -> Result<()> {
-        Ok(self.journal.set_var(self.run, key, value)?)
+    pub fn set<T: VarValue>(&self, var: &Var<T>, value: &T) -> Result<()> {
+        Ok(self.journal.set_var(self.run, var.key(), &value.encode())?)
     }
 
-    pub fn var(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.journal.var(self.run, key)?)
+    /// A value an earlier step kept; an empty one reads as absent.
+    pub fn get<T: VarValue>(&self, var: &Var<T>) -> Result<Option<T>> {
+        get_var(&self.journal, self.run, var)
+    }
+
+    /// Forget a value.
+    pub fn clear<T>(&self, var: &Var<T>) -> Result<()> {
+        Ok(self.journal.set_var(self.run, var.key(), "")?)
     }
 
     /// Report progress inside the step (shown by `recoveryctl`, the `Progress` property and
-    /// STATUS=).
-    pub fn progress(&self, done: u64, total: u64, message: &str) {
+    /// STATUS=): items done of total, and bytes done of total when the work is bytes.
+    pub fn progress(&self, p: Progress<'_>) {
         self.observer.event(&Event::StepProgress {
             run: self.run,
             step: self.step,
-            done,
-            total,
-            message,
+            done: p.done,
+            total: p.total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            message: p.message,
         });
     }
 
@@ -107,27 +156,24 @@ impl StepContext {
         }
         Ok(())
     }
+}
 
-    pub fn option_bool(&self, key: &str) -> bool {
-        option_bool(&self.options, key)
-    }
-
-    pub fn option_str(&self, key: &str) -> Option<String> {
-        option_str(&self.options, key)
+/// A run variable of any run (an empty one reads as absent).
+pub fn get_var<T: VarValue>(journal: &Journal, run: i64, var: &Var<T>) -> Result<Option<T>> {
+    match journal.var(run, var.key())? {
+        Some(s) if !s.is_empty() => Ok(Some(T::decode(&s)?)),
+        _ => Ok(None),
     }
 }
 
-/// A boolean run option (`force`, `step`); absent is false.
-pub fn option_bool(options: &serde_json::Value, key: &str) -> bool {
-    options.get(key).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
-/// A string run option (`generation`, `plan`).
-pub fn option_str(options: &serde_json::Value, key: &str) -> Option<String> {
-    options
-        .get(key)
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
+/// One progress report of a step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress<'a> {
+    pub done: u64,
+    pub total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub message: &'a str,
 }
 
 /// What a step can see when previewing (no run exists).
@@ -135,15 +181,5 @@ pub fn option_str(options: &serde_json::Value, key: &str) -> Option<String> {
 pub struct PreviewContext {
     pub config: Arc<Config>,
     pub journal: Option<Arc<Journal>>,
-    pub options: serde_json::Value,
-}
-
-impl PreviewContext {
-    pub fn option_bool(&self, key: &str) -> bool {
-        option_bool(&self.options, key)
-    }
-
-    pub fn option_str(&self, key: &str) -> Option<String> {
-        option_str(&self.options, key)
-    }
+    pub options: RunOptions,
 }

@@ -110,7 +110,7 @@ pub struct Store {
 }
 
 /// What a garbage collection of objects did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct GcStats {
     pub removed: u64,
     /// Bytes on disk freed.

@@ -7,14 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
 use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     Manifest,
@@ -24,7 +24,7 @@ pub enum ProblemKind {
     Unreadable,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub path: String,
     pub problem: ProblemKind,
@@ -70,7 +70,7 @@ pub fn check_stored(
     (problem, 0)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub generation: String,
     pub ok: bool,

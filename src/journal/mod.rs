@@ -72,6 +72,19 @@ impl Journal {
         Self::open_with(path, true)
     }
 
+    /// An empty journal in memory, for a read-only command on a state directory that has none
+    /// (nothing has run yet): it knows no run and no generation, and is never written to disk.
+    pub fn in_memory() -> Result<Journal> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|e| classify(&path, e))?;
+        let journal = Journal {
+            conn: Mutex::new(conn),
+            path,
+        };
+        journal.migrate(0)?;
+        Ok(journal)
+    }
+
     /// Open an existing journal without creating it (status readers).
     pub fn open_existing(path: &Path) -> Result<Journal> {
         if !path.exists() {

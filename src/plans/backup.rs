@@ -8,19 +8,21 @@ use async_trait::async_trait;
 
 use super::blocking;
 use super::context::PlanContext;
-use crate::cli::render::human_bytes;
-use crate::engine::{Cleanup, Outcome, PreviewContext, Step, StepContext};
+use super::vars::{GENERATION, IDENTITY};
+use crate::engine::step::get_var;
+use crate::engine::{Cleanup, Json, Outcome, PreviewContext, Progress, Step, StepContext};
 use crate::files::backup::{Hooks, bytes_to_copy, copy_files};
 use crate::files::manifest::{Artifact, FORMAT, Header, Manifest, VERSION};
 use crate::files::store::{GenerationInfo, MANIFEST_FILE, NEW_OBJECTS};
 use crate::files::walk::Walker;
 use crate::files::{bytetext::ByteText, copy::hash_file, fsx, verify};
 use crate::journal::{GenerationRecord, RunKind, RunState};
+use crate::text::human_bytes;
 
 const PARTIAL: &str = "files.partial";
 
 pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
-    cx.var("generation")?
+    cx.get(&GENERATION)?
         .context("the run has no generation yet (the preflight step did not finish)")
 }
 
@@ -133,11 +135,11 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         }
         .into());
     }
-    let id = match cx.var("generation")? {
+    let id = match cx.get(&GENERATION)? {
         Some(id) => id,
         None => {
             let id = p.store.new_id(&cx.journal.generation_ids()?);
-            cx.set_var("generation", &id)?;
+            cx.set(&GENERATION, &id)?;
             id
         }
     };
@@ -277,7 +279,15 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         },
         None => None,
     };
-    let progress = |done: u64, total: u64, _bytes: u64| cx.progress(done, total, "files copied");
+    let progress = |done: u64, total: u64, bytes: u64| {
+        cx.progress(Progress {
+            done,
+            total,
+            bytes_done: bytes,
+            message: "files copied",
+            ..Default::default()
+        })
+    };
     let hooks = Hooks {
         checkpoint: &checkpoint,
         check_cancel: &check_cancel,
@@ -412,9 +422,7 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             .with_context(|| format!("removing {}", partial.display()))?;
     }
     let mut identity = p.identity();
-    if let Some(extra) = cx.var(super::context::IDENTITY)?
-        && let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(&extra)
-    {
+    if let Some(Json(serde_json::Value::Object(extra))) = cx.get(&IDENTITY)? {
         for (k, v) in extra {
             identity[k] = v;
         }
@@ -539,7 +547,7 @@ impl Step for Prune {
             let current = generation_id(&cx)?;
             let mut protected = vec![current.clone()];
             if let Some(r) = cx.journal.open_run(RunKind::Recovery)?
-                && let Some(g) = cx.journal.var(r.id, "generation")?
+                && let Some(g) = get_var(&cx.journal, r.id, &GENERATION)?
             {
                 protected.push(g);
             }
@@ -596,7 +604,7 @@ pub struct RemoveStaging(pub Arc<PlanContext>);
 impl Cleanup for RemoveStaging {
     async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<String> {
         let p = self.0.clone();
-        let id = cx.var("generation")?;
+        let id = cx.get(&GENERATION)?;
         blocking(move || {
             let mut parts = Vec::new();
             if let Some(id) = &id {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::blocking;
 use super::context::PlanContext;
-use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use crate::engine::{Outcome, PreviewContext, Progress, Step, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::store::GenerationInfo;
 use crate::files::verify;
@@ -37,8 +37,15 @@ impl Step for VerifyBackup {
             let g = p.generation_for(&cx)?;
             let checkpoint = || cx.checkpoint();
             let check_cancel = || cx.check_cancel();
-            let progress =
-                |done: u64, total: u64, _: u64| cx.progress(done, total, "objects verified");
+            let progress = |done: u64, total: u64, bytes: u64| {
+                cx.progress(Progress {
+                    done,
+                    total,
+                    bytes_done: bytes,
+                    message: "objects verified",
+                    ..Default::default()
+                })
+            };
             let hooks = Hooks {
                 checkpoint: &checkpoint,
                 check_cancel: &check_cancel,
@@ -113,7 +120,7 @@ impl Step for CheckIdentity {
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let g = self.0.generation_for(cx)?;
-        if !cx.option_bool("force") {
+        if !cx.options.force {
             journal_readable_after_rollback(&g.info, &cx.journal)?;
         }
         let id = &g.info.identity;
@@ -172,7 +179,7 @@ impl Step for CheckIdentity {
             g.info.id,
             mismatches.join("; ")
         );
-        if cx.option_bool("allow_foreign") {
+        if cx.options.allow_foreign {
             tracing::warn!(
                 recovery_run = cx.run,
                 "{what}; going on because of --allow-foreign"

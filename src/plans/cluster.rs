@@ -5,33 +5,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use super::context::PlanContext;
-use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use super::vars::{CONTAINERS_BEFORE, container_ready, redeploy_target, redeployed};
+use crate::engine::{Integration, Json, Outcome, Step, StepContext};
 use crate::host::cluster::running_id;
 
-/// The reason a cluster step does nothing, if the integration is off.
-pub fn cluster_off(cx: &PlanContext) -> Option<Outcome> {
-    (!cx.config.host.cluster).then(|| Outcome::Skipped("[host] cluster = false".into()))
-}
-
-fn preview_cluster(cx: &PlanContext, describe: String) -> String {
-    if cx.config.host.cluster {
-        describe
-    } else {
-        format!("{describe} (skipped: [host] cluster = false)")
-    }
-}
+const CLUSTER: &[Integration] = &[Integration::Cluster];
 
 /// `cluster-backup.sh` into the staging generation: etcd snapshot and static pod resources.
 pub struct ClusterBackup(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for ClusterBackup {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "cluster-backup"
@@ -46,9 +36,6 @@ impl Step for ClusterBackup {
         )
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let id = super::backup::generation_id(cx)?;
         let dir = self.0.store.staging_path(&id).join("cluster");
         // A retried attempt starts from an empty directory.
@@ -106,8 +93,8 @@ pub const IMAGES_ARCHIVE: &str = "images/images.tar";
 
 #[async_trait]
 impl Step for SaveImages {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "save-images"
@@ -121,9 +108,6 @@ impl Step for SaveImages {
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         if !self.0.config.backup.images {
             return Ok(Outcome::Skipped("[backup] images = false".into()));
-        }
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
         }
         let id = super::backup::generation_id(cx)?;
         let archive = self.0.store.staging_path(&id).join(IMAGES_ARCHIVE);
@@ -160,8 +144,8 @@ pub struct RemovePods(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for RemovePods {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "remove-pods"
@@ -173,9 +157,6 @@ impl Step for RemovePods {
         "remove every pod (crictl rmp -fa)".into()
     }
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         match self.0.host.cluster.remove_pods().await {
             Ok(out) => Ok(Outcome::Done(out.summary())),
             Err(e) => {
@@ -202,8 +183,8 @@ pub struct WipeCrio(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for WipeCrio {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "wipe-crio"
@@ -215,9 +196,6 @@ impl Step for WipeCrio {
         "wipe CRI-O's containers and images (crio wipe -f)".into()
     }
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let out = self.0.host.cluster.wipe().await?;
         Ok(Outcome::Done(out.summary()))
     }
@@ -228,8 +206,8 @@ pub struct LoadImages(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for LoadImages {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "load-images"
@@ -241,9 +219,6 @@ impl Step for LoadImages {
         "load the images saved with the backup, if any".into()
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let g = self.0.generation_for(cx)?;
         let archive = g.dir.join(IMAGES_ARCHIVE);
         if !archive.exists() {
@@ -260,8 +235,8 @@ pub struct RecordContainers(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for RecordContainers {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "record-containers"
@@ -276,9 +251,6 @@ impl Step for RecordContainers {
         )
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let running = self.0.host.cluster.containers().await?;
         let ids: BTreeMap<String, String> = self
             .0
@@ -293,7 +265,7 @@ impl Step for RecordContainers {
                 )
             })
             .collect();
-        cx.set_var("containers-before", &serde_json::to_string(&ids)?)?;
+        cx.set(&CONTAINERS_BEFORE, &Json(ids.clone()))?;
         let shown: Vec<String> = ids
             .iter()
             .map(|(n, id)| {
@@ -316,8 +288,8 @@ pub struct ClusterRestore(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for ClusterRestore {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "cluster-restore"
@@ -332,9 +304,6 @@ impl Step for ClusterRestore {
         )
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let g = self.0.generation_for(cx)?;
         let dir = g.dir.join("cluster");
         anyhow::ensure!(
@@ -364,8 +333,8 @@ pub struct WaitContainers(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for WaitContainers {
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     fn name(&self) -> &'static str {
         "wait-containers"
@@ -381,19 +350,13 @@ impl Step for WaitContainers {
         )
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
-        let before: BTreeMap<String, String> = cx
-            .var("containers-before")?
-            .map(|s| serde_json::from_str(&s))
-            .transpose()?
-            .unwrap_or_default();
+        let before: BTreeMap<String, String> =
+            cx.get(&CONTAINERS_BEFORE)?.map(|j| j.0).unwrap_or_default();
         let r = &self.0.config.recovery;
         let mut done = Vec::new();
         for name in &r.containers {
-            let key = format!("container-ready-{name}");
-            if let Some(id) = cx.var(&key)? {
+            let key = container_ready(name);
+            if let Some(id) = cx.get(&key)? {
                 done.push(format!("{name}={}", &id[..id.len().min(13)]));
                 continue;
             }
@@ -416,7 +379,7 @@ impl Step for WaitContainers {
                 Ok(id) => id,
                 Err(e) => bail!("{e:#}; {}", node_state(&self.0).await),
             };
-            cx.set_var(&key, &id)?;
+            cx.set(&key, &id)?;
             done.push(format!("{name}={}", &id[..id.len().min(13)]));
         }
         Ok(Outcome::Done(format!("running again: {}", done.join(" "))))
@@ -465,37 +428,31 @@ impl Step for RedeployOperators {
             self.0.config.recovery.revision_timeout.as_secs()
         )
     }
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(preview_cluster(&self.0, self.describe()))
+    fn needs(&self) -> &'static [Integration] {
+        CLUSTER
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = cluster_off(&self.0) {
-            return Ok(skip);
-        }
         let r = &self.0.config.recovery;
         let node = self.0.node_name();
         let mut report = Vec::new();
         for op in &r.operators {
-            let done_key = format!("redeployed-{op}");
-            if let Some(rev) = cx.var(&done_key)? {
+            let done_key = redeployed(op);
+            if let Some(rev) = cx.get(&done_key)? {
                 report.push(format!("{op} at revision {rev}"));
                 continue;
             }
             // The target is recorded before the patch, so that a crash after the patch does
             // not ask for (and wait on) a second revision.
-            let target_key = format!("redeploy-target-{op}");
-            let (target, latest) = match cx.var(&target_key)? {
-                Some(t) => {
-                    let target: i64 = t
-                        .parse()
-                        .with_context(|| format!("run variable {target_key} = {t:?}"))?;
+            let target_key = redeploy_target(op);
+            let (target, latest) = match cx.get(&target_key)? {
+                Some(target) => {
                     let latest = self.0.host.cluster.operator(op).await?;
                     (target, latest.latest_available_revision)
                 }
                 None => {
                     let s = self.0.host.cluster.operator(op).await?;
                     let t = s.latest_available_revision + 1;
-                    cx.set_var(&target_key, &t.to_string())?;
+                    cx.set(&target_key, &t)?;
                     (t, s.latest_available_revision)
                 }
             };
@@ -519,7 +476,7 @@ impl Step for RedeployOperators {
                 },
             )
             .await?;
-            cx.set_var(&done_key, &reached.to_string())?;
+            cx.set(&done_key, &reached)?;
             report.push(format!("{op} at revision {reached}"));
         }
         Ok(Outcome::Done(report.join(", ")))

@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 
+use super::vars::{GENERATION, IDENTITY};
 use crate::config::Config;
-use crate::engine::StepContext;
+use crate::engine::{Json, StepContext};
 use crate::files::exclude::{self, Excludes};
 use crate::files::store::{Generation, Store};
 use crate::host::Host;
 use crate::journal::Journal;
-
-/// Run variable: identity facts steps gathered for the generation (JSON object).
-pub const IDENTITY: &str = "identity";
 
 /// Shared by every step of a plan.
 pub struct PlanContext {
@@ -61,12 +59,12 @@ impl PlanContext {
     /// Add one key to what the run records of the node's identity (the commit step puts it in
     /// the generation).
     pub fn add_identity(cx: &StepContext, key: &str, value: serde_json::Value) -> Result<()> {
-        let mut identity: serde_json::Value = cx
-            .var(IDENTITY)?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
+        let mut identity = match cx.get(&IDENTITY)? {
+            Some(Json(v @ serde_json::Value::Object(_))) => v,
+            _ => serde_json::Value::Object(Default::default()),
+        };
         identity[key] = value;
-        cx.set_var(IDENTITY, &identity.to_string())
+        cx.set(&IDENTITY, &Json(identity))
     }
 
     /// Who the node is, as a generation records it.
@@ -98,21 +96,19 @@ impl PlanContext {
     /// The generation a run works with: the one named in its options or variables, else the
     /// newest committed one.
     pub fn generation_for(&self, cx: &StepContext) -> Result<Generation> {
-        if let Some(id) = cx.var("generation")?
-            && !id.is_empty()
-        {
+        if let Some(id) = cx.get(&GENERATION)? {
             return self.store.open(&id);
         }
-        if let Some(id) = cx.option_str("generation") {
-            let g = self.store.open(&id)?;
-            cx.set_var("generation", &id)?;
+        if let Some(id) = &cx.options.generation {
+            let g = self.store.open(id)?;
+            cx.set(&GENERATION, id)?;
             return Ok(g);
         }
         let g = self
             .store
             .latest()?
             .context("there is no committed generation to work with; take a backup first")?;
-        cx.set_var("generation", &g.info.id)?;
+        cx.set(&GENERATION, &g.info.id)?;
         Ok(g)
     }
 

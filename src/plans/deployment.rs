@@ -13,20 +13,13 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 
 use super::context::PlanContext;
-use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use super::vars::{ROLLED_BACK, TARGET};
+use crate::engine::{Integration, Json, Outcome, PreviewContext, Step, StepContext};
 use crate::files::store::GenerationInfo;
 use crate::host::ostree::{Ostree, OstreeDeployment};
 use crate::host::rpmostree::{Deployment, DeploymentRef, Status};
 
-/// Run variable: the deployment the recovery makes the node boot (JSON [`DeploymentRef`]): the
-/// generation's, or with `--force` the one booted when the recovery started.
-pub const TARGET: &str = "target-deployment";
-/// Run variable: a reboot is needed to boot the target.
-pub const ROLLED_BACK: &str = "rolled-back";
-
-fn ostree_off(cx: &PlanContext) -> Option<Outcome> {
-    (!cx.config.host.ostree).then(|| Outcome::Skipped("[host] ostree = false".into()))
-}
+const OSTREE: &[Integration] = &[Integration::Ostree];
 
 /// The deployment a generation was taken on, as its identity records it.
 pub fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
@@ -40,12 +33,7 @@ pub fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
 
 /// The run's target deployment, once the deployment check recorded it.
 pub fn target_of(cx: &StepContext) -> Result<Option<DeploymentRef>> {
-    match cx.var(TARGET)? {
-        Some(t) if !t.is_empty() => Ok(Some(
-            serde_json::from_str(&t).context("reading the run's target deployment")?,
-        )),
-        _ => Ok(None),
-    }
+    Ok(cx.get(&TARGET)?.map(|j| j.0))
 }
 
 /// Where a deployment sits in `ostree admin status` (the index `pin` and `undeploy` take).
@@ -91,6 +79,9 @@ impl Step for PinDeployment {
     fn stage(&self) -> &'static str {
         "pin"
     }
+    fn needs(&self) -> &'static [Integration] {
+        OSTREE
+    }
     fn describe(&self) -> String {
         let mut s = "pin the booted ostree deployment".to_string();
         if self.0.config.backup.undeploy_old {
@@ -99,9 +90,6 @@ impl Step for PinDeployment {
         s
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = ostree_off(&self.0) {
-            return Ok(skip);
-        }
         let host = &self.0.host;
         let status = host.rpm_ostree.status().await?;
         let booted = status
@@ -511,23 +499,20 @@ impl Step for CheckDeployment {
     fn stage(&self) -> &'static str {
         "check"
     }
+    fn needs(&self) -> &'static [Integration] {
+        OSTREE
+    }
     fn describe(&self) -> String {
         "make the deployment the backup was taken on the one that boots next: rpm-ostree cleanup of a \
          staged or pending deployment, rpm-ostree rollback, or ostree set-default"
             .into()
     }
     async fn preview(&self, pc: &PreviewContext) -> Result<String> {
-        if !self.0.config.host.ostree {
-            return Ok(format!(
-                "{} (skipped: [host] ostree = false)",
-                self.describe()
-            ));
-        }
-        let Some(id) = pc.option_str("generation") else {
+        let Some(id) = &pc.options.generation else {
             return Ok(self.describe());
         };
-        let g = self.0.store.open(&id)?;
-        let force = pc.option_bool("force");
+        let g = self.0.store.open(id)?;
+        let force = pc.options.force;
         let target = choose_target(&self.0, &g.info, force).await?;
         let status = self.0.host.rpm_ostree.status().await?;
         let what = match placement(&status, &target, tools(&self.0).await?) {
@@ -554,16 +539,13 @@ impl Step for CheckDeployment {
         ))
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = ostree_off(&self.0) {
-            return Ok(skip);
-        }
         let g = self.0.generation_for(cx)?;
-        let force = cx.option_bool("force");
+        let force = cx.options.force;
         let target = match target_of(cx)? {
             Some(t) => t,
             None => {
                 let t = choose_target(&self.0, &g.info, force).await?;
-                cx.set_var(TARGET, &serde_json::to_string(&t)?)?;
+                cx.set(&TARGET, &Json(t.clone()))?;
                 t
             }
         };
@@ -574,7 +556,7 @@ impl Step for CheckDeployment {
         }
         let (placed, done) = make_target_next(&self.0, &target).await?;
         if placed.reboot {
-            cx.set_var(ROLLED_BACK, "1")?;
+            cx.set(&ROLLED_BACK, &true)?;
         }
         Ok(Outcome::Done(match (done.is_empty(), placed.reboot) {
             (true, false) => format!("{target} (the generation's deployment) is booted"),
@@ -606,14 +588,14 @@ impl Step for CheckNextBoot {
     fn stage(&self) -> &'static str {
         "reboot"
     }
+    fn needs(&self) -> &'static [Integration] {
+        OSTREE
+    }
     fn describe(&self) -> String {
         "make sure the next boot is the recovery's deployment (remove a staged or pending one)"
             .into()
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = ostree_off(&self.0) {
-            return Ok(skip);
-        }
         let Some(target) = target_of(cx)? else {
             return Ok(Outcome::Skipped("no target deployment was recorded".into()));
         };

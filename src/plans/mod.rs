@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod recovery;
 pub mod restore;
 pub mod units;
+pub mod vars;
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use anyhow::Result;
 
 pub use context::PlanContext;
 
-use crate::engine::Plan;
+use crate::engine::{Plan, PlanKind, RunOptions};
 use crate::files::store::Store;
 use crate::journal::{GenerationRecord, Journal, RunKind};
 
@@ -61,13 +62,11 @@ pub fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
 }
 
 /// The plan a run was created with, rebuilt from its kind and options (to resume it).
-pub fn plan_for(kind: RunKind, options: &serde_json::Value, cx: &Arc<PlanContext>) -> Plan {
-    match kind {
-        RunKind::Backup => backup_plan(cx),
-        RunKind::Recovery => match options.get("plan").and_then(|v| v.as_str()) {
-            Some("restore-files") => restore_files_plan(cx),
-            _ => recovery_plan(cx),
-        },
+pub fn plan_for(kind: RunKind, options: &RunOptions, cx: &Arc<PlanContext>) -> Plan {
+    match (kind, options.plan) {
+        (RunKind::Backup, _) => backup_plan(cx),
+        (RunKind::Recovery, PlanKind::RestoreFiles) => restore_files_plan(cx),
+        (RunKind::Recovery, _) => recovery_plan(cx),
     }
 }
 

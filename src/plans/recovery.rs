@@ -13,9 +13,10 @@ use super::cluster::{
     WipeCrio, node_state,
 };
 use super::context::PlanContext;
-use super::deployment::{CheckDeployment, CheckNextBoot, ROLLED_BACK, expect_booted};
-use super::restore::{RestoreStep, SELINUX_WAS_ENFORCING, Trees};
+use super::deployment::{CheckDeployment, CheckNextBoot, expect_booted};
+use super::restore::{RestoreStep, Trees};
 use super::units::{DaemonReload, NodeUnit, Reboot, UnitStep, UnitVerb};
+use super::vars::{NODE_STATE_AT_END, ROLLED_BACK, SELINUX_WAS_ENFORCING};
 use crate::engine::{Cleanup, Plan, Prologue, StepContext};
 use crate::journal::{RunKind, RunState};
 
@@ -172,7 +173,7 @@ impl Prologue for ResumeChecks {
 
 impl ResumeChecks {
     fn repair_selinux(&self, cx: &StepContext) -> Result<()> {
-        if cx.var(SELINUX_WAS_ENFORCING)?.is_some_and(|v| v == "1") {
+        if cx.get(&SELINUX_WAS_ENFORCING)? == Some(true) {
             if self.0.host.selinux.enforcing()? == Some(false) {
                 self.0.host.selinux.set_enforcing(true)?;
                 tracing::warn!(
@@ -180,7 +181,7 @@ impl ResumeChecks {
                     "SELinux was left permissive by an interrupted step; set back to enforcing"
                 );
             }
-            cx.set_var(SELINUX_WAS_ENFORCING, "")?;
+            cx.clear(&SELINUX_WAS_ENFORCING)?;
         }
         Ok(())
     }
@@ -201,7 +202,7 @@ impl Cleanup for ReportNodeState {
         };
         let text = format!("after the recovery ended {state}: {units}; {selinux}");
         tracing::warn!(recovery_run = cx.run, "{text}");
-        cx.set_var("node-state-at-end", &text)?;
+        cx.set(&NODE_STATE_AT_END, &text)?;
         Ok(text)
     }
 }

@@ -7,11 +7,12 @@ use async_trait::async_trait;
 
 use super::blocking;
 use super::context::PlanContext;
-use crate::cli::render::human_bytes;
-use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use super::vars::SELINUX_WAS_ENFORCING;
+use crate::engine::{Outcome, PreviewContext, Progress, Step, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::restore::{self, ChangeKind, RestoreReport, Selection};
 use crate::files::store::Generation;
+use crate::text::human_bytes;
 
 /// Which trees a restore step covers.
 #[derive(Debug, Clone)]
@@ -50,8 +51,9 @@ pub struct RestoreStep {
 
 /// Run `f` under the configured SELinux policy for restores: enforcing by default (labels are
 /// restored exactly); with `[recovery] permissive = true`, permissive for the duration, with
-/// the previous mode put back on every exit path. The previous mode is also kept in the
-/// journal, so that a crash in between is repaired when the run resumes.
+/// the previous mode put back on every exit path. The previous mode is journaled *before* the
+/// switch, so that a crash at any point after it leaves a record the resume acts on (the
+/// recovery's prologue puts enforcing back).
 pub async fn with_selinux_policy<T>(
     p: &PlanContext,
     cx: &StepContext,
@@ -60,20 +62,20 @@ pub async fn with_selinux_policy<T>(
     if !p.config.recovery.permissive {
         return f.await;
     }
-    let guard = crate::host::selinux::PermissiveGuard::enter(p.host.selinux.clone())?;
-    if guard.previous() == Some(true) {
-        cx.set_var(SELINUX_WAS_ENFORCING, "1")?;
+    let was_enforcing = p.host.selinux.enforcing()? == Some(true);
+    if was_enforcing {
+        cx.set(&SELINUX_WAS_ENFORCING, &true)?;
+        // A crash point of its own (`<step>:during@1`): recorded, not yet switched.
+        cx.checkpoint()?;
     }
+    let guard = crate::host::selinux::PermissiveGuard::enter(p.host.selinux.clone())?;
     let r = f.await;
     drop(guard);
-    if cx.var(SELINUX_WAS_ENFORCING)?.is_some() {
-        cx.journal.set_var(cx.run, SELINUX_WAS_ENFORCING, "")?;
+    if was_enforcing {
+        cx.clear(&SELINUX_WAS_ENFORCING)?;
     }
     r
 }
-
-/// Journal variable: SELinux was enforcing before a step made it permissive.
-pub const SELINUX_WAS_ENFORCING: &str = "selinux-was-enforcing";
 
 /// A one-paragraph account of a restore or diff.
 pub fn summarize(r: &RestoreReport) -> String {
@@ -171,8 +173,15 @@ impl Step for RestoreStep {
             };
             let checkpoint = || cx.checkpoint();
             let check_cancel = || cx.check_cancel();
-            let progress =
-                |done: u64, total: u64, _: u64| cx.progress(done, total, "entries restored");
+            let progress = |done: u64, total: u64, bytes: u64| {
+                cx.progress(Progress {
+                    done,
+                    total,
+                    bytes_done: bytes,
+                    message: "entries restored",
+                    ..Default::default()
+                })
+            };
             let hooks = Hooks {
                 checkpoint: &checkpoint,
                 check_cancel: &check_cancel,
@@ -200,7 +209,7 @@ impl Step for RestoreStep {
         let p = self.cx.clone();
         let trees = self.trees.clone();
         let extras = self.extras;
-        let wanted = pc.option_str("generation");
+        let wanted = pc.options.generation.clone();
         let journal = pc.journal.clone();
         let desc = self.describe();
         blocking(move || {

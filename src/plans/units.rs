@@ -6,7 +6,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use super::context::PlanContext;
-use crate::engine::{Outcome, PreviewContext, Step, StepContext};
+use crate::engine::{Integration, Outcome, PreviewContext, Step, StepContext, Var};
 
 /// Which of the node's units.
 #[derive(Debug, Clone, Copy)]
@@ -41,10 +41,7 @@ impl UnitStep {
     }
 }
 
-/// The reason a systemd step does nothing, if the integration is off.
-pub fn systemd_off(cx: &PlanContext) -> Option<Outcome> {
-    (!cx.config.host.systemd).then(|| Outcome::Skipped("[host] systemd = false".into()))
-}
+const SYSTEMD: &[Integration] = &[Integration::Systemd];
 
 #[async_trait]
 impl Step for UnitStep {
@@ -64,10 +61,10 @@ impl Step for UnitStep {
         };
         format!("{verb} {} through systemd's D-Bus API", self.unit())
     }
+    fn needs(&self) -> &'static [Integration] {
+        SYSTEMD
+    }
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = systemd_off(&self.cx) {
-            return Ok(skip);
-        }
         let units = &self.cx.host.units;
         let unit = self.unit();
         let detail = match self.verb {
@@ -80,12 +77,6 @@ impl Step for UnitStep {
         Ok(Outcome::Done(detail))
     }
     async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        if !self.cx.config.host.systemd {
-            return Ok(format!(
-                "{} (skipped: [host] systemd = false)",
-                self.describe()
-            ));
-        }
         let unit = self.unit();
         let units = &self.cx.host.units;
         let now = match self.verb {
@@ -113,16 +104,10 @@ impl Step for DaemonReload {
     fn describe(&self) -> String {
         "reload systemd's unit files (restored files may include units)".into()
     }
-    async fn preview(&self, _pc: &PreviewContext) -> Result<String> {
-        Ok(match systemd_off(&self.0) {
-            Some(_) => format!("{} (skipped: [host] systemd = false)", self.describe()),
-            None => self.describe(),
-        })
+    fn needs(&self) -> &'static [Integration] {
+        SYSTEMD
     }
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
-        if let Some(skip) = systemd_off(&self.0) {
-            return Ok(skip);
-        }
         self.0.host.units.reload().await?;
         Ok(Outcome::Done("systemd reloaded".into()))
     }
@@ -134,7 +119,7 @@ pub struct Reboot {
     pub name: &'static str,
     pub stage: &'static str,
     /// Only reboot when this run variable is set (e.g. after a rollback); otherwise skip.
-    pub only_if_var: Option<&'static str>,
+    pub only_if_var: Option<Var<bool>>,
 }
 
 #[async_trait]
@@ -160,8 +145,8 @@ impl Step for Reboot {
         super::deployment::expect_booted(&self.cx, cx).await
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if let Some(var) = self.only_if_var
-            && cx.var(var)?.is_none()
+        if let Some(var) = &self.only_if_var
+            && cx.get(var)? != Some(true)
         {
             return Ok(Outcome::Skipped("no rollback was needed: no reboot".into()));
         }

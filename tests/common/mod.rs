@@ -168,3 +168,18 @@ pub fn sh(script: &str) {
         .arg(script));
     assert_eq!(code, 0, "{script}\n{out}{err}");
 }
+
+/// A `recoveryctl --json` document, checked for its schema.
+pub fn json_doc(out: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not a JSON document ({e}): {out}"));
+    assert_eq!(v["schema"], 1, "{out}");
+    v
+}
+
+/// The list under `key` of a `recoveryctl --json` document (`generations`, `runs`, `steps`).
+pub fn json_list(out: &str, key: &str) -> serde_json::Value {
+    let v = json_doc(out);
+    assert!(v[key].is_array(), "no list `{key}` in {out}");
+    v[key].clone()
+}

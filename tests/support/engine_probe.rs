@@ -9,9 +9,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use recoveryd::config::{Config, ConfigSource};
-use recoveryd::engine::{Engine, Outcome, Plan, Step, StepContext, Trigger, observer::Silent};
+use recoveryd::engine::{
+    Engine, Outcome, Plan, RunOptions, Step, StepContext, Trigger, Var, observer::Silent,
+};
 use recoveryd::journal::{Journal, RunKind};
 use tokio_util::sync::CancellationToken;
+
+/// Passed from `derive` to `summary` through the journal.
+const DERIVED_LEN: Var<i64> = Var::new("derived-len");
 
 struct Probe {
     name: &'static str,
@@ -74,7 +79,7 @@ fn plan(with_barrier: bool) -> Plan {
                 let mut d = seed.clone();
                 d.extend_from_slice(b"+derived");
                 std::fs::write(w.join("out/derived.tmp"), &d)?;
-                cx.set_var("derived-len", &d.len().to_string())?;
+                cx.set(&DERIVED_LEN, &(d.len() as i64))?;
                 done("derived")
             },
         },
@@ -117,7 +122,7 @@ fn plan(with_barrier: bool) -> Plan {
             stage: "four",
             barrier: false,
             action: |cx, w| {
-                let len = cx.var("derived-len")?.context("derived-len not set")?;
+                let len = cx.get(&DERIVED_LEN)?.context("derived-len not set")?;
                 let mut names: Vec<_> = std::fs::read_dir(w.join("out"))?
                     .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                     .collect();
@@ -158,8 +163,14 @@ async fn main() -> Result<()> {
     let engine = Engine::new(config, journal.clone(), Arc::new(Silent))?;
     let plan = plan(with_barrier);
     let prepared = match args[2].as_str() {
-        "start" => engine.prepare_new(plan, serde_json::json!({}))?,
-        "start-step" => engine.prepare_new(plan, serde_json::json!({"step": true}))?,
+        "start" => engine.prepare_new(plan, RunOptions::default())?,
+        "start-step" => engine.prepare_new(
+            plan,
+            RunOptions {
+                step: true,
+                ..Default::default()
+            },
+        )?,
         "resume" | "boot-resume" => {
             let run = journal.latest_run(RunKind::Recovery)?.context("no run")?.id;
             let trigger = if args[2] == "boot-resume" {

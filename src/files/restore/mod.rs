@@ -26,7 +26,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rustix::fs::Stat;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::backup::Hooks;
 use super::copy::ReflinkState;
@@ -39,7 +39,7 @@ use paths::{node, parent_of};
 /// Prefix of the temporary files a restore writes next to their destination.
 pub const TMP_PREFIX: &str = ".recoveryd-tmp.";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     /// In the live tree but not in the generation: removed by a restore.
@@ -56,7 +56,7 @@ pub enum ChangeKind {
     Link,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub path: String,
     pub change: ChangeKind,
@@ -64,7 +64,7 @@ pub struct Change {
     pub detail: String,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub changes: Vec<Change>,
     pub files_written: u64,

@@ -1,8 +1,10 @@
 //! The status every interface reports (`recoveryctl status`, D-Bus `GetStatus`, the socket).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::journal::{GenerationRecord, Journal, RunKind, RunRecord, RunState};
+use crate::files::store::StoreStats;
+use crate::journal::{GenerationRecord, RunKind, RunRecord, RunState};
+use crate::text::human_bytes;
 
 /// A backup's state in the names TALM reports.
 pub fn backup_state(run: &RunRecord) -> &'static str {
@@ -33,7 +35,15 @@ pub fn phase(kind: RunKind, state: RunState) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What the status shows as a run's phase: TALM's state for backups, the stage for recoveries.
+pub fn phase_of(run: &RunRecord) -> String {
+    match run.kind {
+        RunKind::Backup => backup_state(run).to_string(),
+        RunKind::Recovery => run.stage.clone().unwrap_or_else(|| "starting".into()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub id: i64,
     pub kind: RunKind,
@@ -49,106 +59,59 @@ pub struct RunSummary {
     pub progress: u8,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Where the executing run is right now (the daemon's view; absent offline).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub run: Option<i64>,
+    pub kind: Option<RunKind>,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    /// Steps done and in the plan.
+    pub steps_done: usize,
+    pub steps_total: usize,
+    /// Inside the step: items and bytes done of their totals (0 when unknown).
+    pub done: u64,
+    pub total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl Live {
+    /// Percent of the run's steps that are done.
+    pub fn percent(&self) -> u32 {
+        (self.steps_done * 100)
+            .checked_div(self.steps_total)
+            .unwrap_or(0) as u32
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// `idle`, a backup state (`Active`, ...) or `recovery:<stage>`.
     pub state: String,
     /// The run executing now (or left open by a crash or a reboot).
     pub current_run: Option<RunSummary>,
+    /// Progress of the executing run (through the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Live>,
     pub last_backup: Option<RunSummary>,
     pub last_recovery: Option<RunSummary>,
     pub generations: Vec<GenerationRecord>,
     /// What the object store holds (absent when it cannot be read; the reason is logged).
-    pub store: Option<crate::files::store::StoreStats>,
-}
-
-pub fn summarize(journal: &Journal, run: &RunRecord) -> anyhow::Result<RunSummary> {
-    let done = journal.completed_steps(run.id)?;
-    let total = run.plan.len() as u32;
-    let progress = (done * 100).checked_div(total).unwrap_or(0).min(100) as u8;
-    Ok(RunSummary {
-        id: run.id,
-        kind: run.kind,
-        state: run.state,
-        phase: match run.kind {
-            RunKind::Backup => backup_state(run).to_string(),
-            RunKind::Recovery => run.stage.clone().unwrap_or_else(|| "starting".into()),
-        },
-        stage: run.stage.clone(),
-        started: run.started.clone(),
-        finished: run.finished.clone(),
-        error: run.error.clone(),
-        steps_done: done,
-        steps_total: total,
-        progress,
-    })
-}
-
-/// The open run, if any: a recovery before a backup.
-fn open_run(
-    last_backup: &Option<RunRecord>,
-    last_recovery: &Option<RunRecord>,
-) -> Option<RunRecord> {
-    let open = |r: &Option<RunRecord>| r.as_ref().filter(|r| r.state.is_open()).cloned();
-    open(last_recovery).or_else(|| open(last_backup))
-}
-
-/// The one-word state every interface shows: `idle`, a backup's TALM state, or
-/// `recovery:<stage>`.
-fn state_word(open: Option<&RunRecord>) -> String {
-    match open {
-        None => "idle".to_string(),
-        Some(r) if r.kind == RunKind::Backup => backup_state(r).to_string(),
-        Some(r) => format!(
-            "recovery:{}",
-            r.stage.clone().unwrap_or_else(|| "starting".into())
-        ),
-    }
-}
-
-/// Only the state word, from two queries (for signals and properties, read often).
-pub fn state(journal: &Journal) -> anyhow::Result<String> {
-    let last_backup = journal.latest_run(RunKind::Backup)?;
-    let last_recovery = journal.latest_run(RunKind::Recovery)?;
-    Ok(state_word(open_run(&last_backup, &last_recovery).as_ref()))
+    pub store: Option<StoreStats>,
 }
 
 impl Status {
-    pub fn read(journal: &Journal, store: &crate::files::store::Store) -> anyhow::Result<Status> {
-        let last_backup = journal.latest_run(RunKind::Backup)?;
-        let last_recovery = journal.latest_run(RunKind::Recovery)?;
-        let open = open_run(&last_backup, &last_recovery);
-        let summary = |r: &Option<RunRecord>| r.as_ref().map(|r| summarize(journal, r)).transpose();
-        let last_backup_summary = summary(&last_backup)?;
-        let last_recovery_summary = summary(&last_recovery)?;
-        // The open run is one of the two latest runs: reuse its summary.
-        let current_run = open.as_ref().and_then(|o| {
-            [&last_recovery_summary, &last_backup_summary]
-                .into_iter()
-                .flatten()
-                .find(|s| s.id == o.id)
-                .cloned()
-        });
-        Ok(Status {
-            state: state_word(open.as_ref()),
-            current_run,
-            last_backup: last_backup_summary,
-            last_recovery: last_recovery_summary,
-            generations: journal.generations()?,
-            store: match store.stats() {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!("cannot measure the object store: {e:#}");
-                    None
-                }
-            },
-        })
-    }
-
+    /// What `recoveryctl status` prints.
     pub fn human(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "state: {}", self.state);
+        if let Some(l) = &self.live
+            && let Some(step) = &l.step
+        {
+            let _ = writeln!(s, "step: {step} ({}% of the run)", l.percent());
+        }
         let line = |r: &RunSummary| {
             let mut l = format!(
                 "run {} {} {} ({}), {}/{} steps, started {}",
@@ -169,7 +132,6 @@ impl Status {
             let _ = writeln!(s, "last recovery: {}", line(r));
         }
         if let Some(st) = &self.store {
-            use crate::cli::render::human_bytes;
             let _ = writeln!(
                 s,
                 "store: {} on disk in {} objects ({} referenced, {} unreferenced in {} objects)",
@@ -185,9 +147,20 @@ impl Status {
         } else {
             let _ = writeln!(s, "generations:");
             for g in &self.generations {
-                let _ = writeln!(s, "  {}", crate::cli::render::generation_line(g));
+                let _ = writeln!(s, "  {}", generation_line(g));
             }
         }
         s
     }
+}
+
+pub fn generation_line(g: &GenerationRecord) -> String {
+    format!(
+        "{}  committed {}  {} entries  {}  manifest {}",
+        g.id,
+        g.committed,
+        g.entries,
+        human_bytes(g.bytes as u64),
+        &g.manifest_hash[..g.manifest_hash.len().min(16)]
+    )
 }

@@ -1,0 +1,94 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "recoveryctl",
+    version = crate::cli::version(),
+    about = "Back up a node and recover it after a failed upgrade"
+)]
+pub struct Cli {
+    /// Use this configuration file instead of /etc/recoveryd/config.toml and its drop-ins.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON (one document, with a `schema` field; errors too).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Run the engine in this process instead of asking the daemon (rescue shells, tests).
+    #[arg(long, global = true, conflicts_with = "socket")]
+    pub offline: bool,
+    /// Talk to the daemon over this Unix socket instead of D-Bus (the backup Job's way).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what recoveryd is doing and the generations it holds.
+    Status,
+    /// Show the journal: recent runs, or every step attempt of one run.
+    Journal {
+        /// Show this run's steps.
+        #[arg(long)]
+        run: Option<i64>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Take a backup: a new verified generation of the node's files.
+    Backup {
+        /// Wait for the backup to finish (always the case with --offline).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-hash a generation against its manifest (default: the newest).
+    Verify { generation: Option<String> },
+    /// Show what a restore of a generation would change in the live trees.
+    Diff { generation: Option<String> },
+    /// Restore the trees and machine-config files from a generation (nothing else).
+    RestoreFiles { generation: Option<String> },
+    /// List the committed generations.
+    Generations,
+    /// Recover the node from a generation: check, restore files, reboot, restore the cluster.
+    Recover {
+        /// Skip the deployment check: recover onto the booted deployment instead of the one the
+        /// backup was taken on (what upgrade-recovery.sh's --force does).
+        #[arg(long)]
+        force: bool,
+        /// Accept a generation taken on another node or cluster.
+        #[arg(long)]
+        allow_foreign: bool,
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+        /// Print every stage and step and what it would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The generation to recover from (default: the newest).
+        #[arg(long)]
+        generation: Option<String>,
+    },
+    /// Continue the open recovery after its last completed step.
+    Resume {
+        /// Run by the boot unit: exit 0 when there is nothing to resume, and count toward the
+        /// boot-loop breaker.
+        #[arg(long)]
+        boot: bool,
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Start the open recovery over from its first step.
+    Restart {
+        /// Run one stage, then stop.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Cancel the open recovery (or the running run).
+    Cancel,
+}

@@ -1,0 +1,70 @@
+//! The read-only operations: verify a generation, what a restore would change, the dry run of
+//! a recovery.
+
+use crate::engine::{PreviewContext, step::gated};
+use crate::files::backup::Hooks;
+use crate::files::restore::{RestoreReport, Selection};
+use crate::files::verify::VerifyReport;
+use crate::protocol::inspect::{DryRun, DryRunStep};
+use crate::protocol::{ApiError, RecoverRequest};
+
+use super::Ops;
+
+impl Ops {
+    /// Re-hash every stored file of a generation against its manifest.
+    pub fn verify(&self, generation: Option<&str>) -> Result<VerifyReport, ApiError> {
+        let g = self.generation(generation)?;
+        let jh = crate::plans::PlanContext::journal_hash(&self.journal, &g.info.id);
+        crate::files::verify::verify(
+            &g,
+            jh.as_deref(),
+            None,
+            self.config.backup.workers,
+            &Hooks::none(),
+        )
+        .map_err(|e| ApiError::from_anyhow(&e))
+    }
+
+    /// What a restore of every tree and machine-config file of a generation would change.
+    pub fn diff(&self, generation: Option<&str>) -> Result<(String, RestoreReport), ApiError> {
+        let g = self.checked_generation(generation)?;
+        let m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
+            .map_err(|e| ApiError::from_anyhow(&e))?;
+        let trees: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
+        let sel = Selection {
+            trees: &trees,
+            extras: true,
+        };
+        let r = crate::files::restore::diff(&self.config.root, &g, &m, &sel, &Hooks::none())
+            .map_err(|e| ApiError::from_anyhow(&e))?;
+        Ok((g.info.id, r))
+    }
+
+    /// Every stage and step of a recovery and what it would change; nothing is changed.
+    pub async fn dry_run(&self, r: &RecoverRequest) -> Result<DryRun, ApiError> {
+        let new = self.recovery(r)?;
+        let generation = new.options.generation.clone().unwrap_or_default();
+        let pc = PreviewContext {
+            config: self.config.clone(),
+            journal: Some(self.journal.clone()),
+            options: new.options,
+        };
+        let mut steps = Vec::new();
+        for (index, s) in new.plan.steps.iter().enumerate() {
+            let text = match gated(&self.config, s.needs()) {
+                Some(reason) => format!("{} (skipped: {reason})", s.describe()),
+                None => s
+                    .preview(&pc)
+                    .await
+                    .unwrap_or_else(|e| format!("{} (preview failed: {e:#})", s.describe())),
+            };
+            steps.push(DryRunStep {
+                index,
+                stage: s.stage().to_string(),
+                step: s.name().to_string(),
+                text,
+            });
+        }
+        Ok(DryRun { generation, steps })
+    }
+}
