@@ -8,6 +8,7 @@ pub mod entry;
 pub mod exclude;
 pub mod extras;
 pub mod fsx;
+pub mod identity;
 pub mod manifest;
 pub mod restore;
 pub mod store;

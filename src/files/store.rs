@@ -54,7 +54,7 @@ pub struct GenerationInfo {
     /// The node this generation belongs to (deployment, hostname, cluster); filled by the
     /// backup procedure.
     #[serde(default)]
-    pub identity: serde_json::Value,
+    pub identity: crate::files::identity::Identity,
 }
 
 /// A committed generation.

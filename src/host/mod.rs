@@ -28,7 +28,7 @@ pub struct Host {
     pub rpm_ostree: Arc<dyn rpmostree::RpmOstree>,
     pub ostree: Arc<dyn ostree::Ostree>,
     pub selinux: Arc<dyn selinux::Enforcement>,
-    pub cluster: Arc<cluster::Cluster>,
+    pub cluster: Arc<dyn cluster::Cluster>,
 }
 
 impl Host {
@@ -48,7 +48,7 @@ impl Host {
                 programs: programs.clone(),
             }),
             selinux: Arc::new(selinux::SelinuxFs::at(&config.root, &h.selinuxfs)),
-            cluster: Arc::new(cluster::Cluster {
+            cluster: Arc::new(cluster::ClusterCli {
                 programs,
                 crictl: h.crictl.clone(),
                 crio: h.crio.clone(),

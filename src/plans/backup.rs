@@ -16,7 +16,7 @@ use crate::files::manifest::{Artifact, FORMAT, Header, Manifest, VERSION};
 use crate::files::store::{GenerationInfo, MANIFEST_FILE, NEW_OBJECTS};
 use crate::files::walk::Walker;
 use crate::files::{bytetext::ByteText, copy::hash_file, fsx, verify};
-use crate::journal::{GenerationRecord, RunKind, RunState};
+use crate::journal::{RunKind, RunState};
 use crate::text::human_bytes;
 
 const PARTIAL: &str = "files.partial";
@@ -422,10 +422,8 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             .with_context(|| format!("removing {}", partial.display()))?;
     }
     let mut identity = p.identity();
-    if let Some(Json(serde_json::Value::Object(extra))) = cx.get(&IDENTITY)? {
-        for (k, v) in extra {
-            identity[k] = v;
-        }
+    if let Some(Json(recorded)) = cx.get(&IDENTITY)? {
+        identity = identity.merged(recorded);
     }
     let info = GenerationInfo {
         format: 1,
@@ -449,17 +447,8 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
 }
 
 fn record(cx: &StepContext, info: &GenerationInfo) -> Result<()> {
-    cx.journal.record_generation(&GenerationRecord {
-        id: info.id.clone(),
-        run: Some(cx.run),
-        state: "committed".into(),
-        created: info.created.clone(),
-        committed: String::new(),
-        manifest_hash: info.manifest_hash.clone(),
-        entries: info.entries as i64,
-        bytes: info.bytes as i64,
-        identity: info.identity.clone(),
-    })?;
+    cx.journal
+        .record_generation(&super::committed_record(info, Some(cx.run)))?;
     Ok(())
 }
 

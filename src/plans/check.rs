@@ -69,10 +69,9 @@ impl Step for VerifyBackup {
 /// generation taken before the record existed).
 fn journal_format_read_by(g: &GenerationInfo) -> u32 {
     g.identity
-        .get("recoveryd")
-        .and_then(|r| r.get("journal_format"))
-        .and_then(|v| v.as_u64())
-        .map_or(2, |v| v as u32)
+        .recoveryd
+        .as_ref()
+        .map_or(2, |r| r.journal_format)
 }
 
 /// A recovery rolls back to the generation's OS, whose recoveryd resumes it after the reboot.
@@ -84,10 +83,9 @@ pub fn journal_readable_after_rollback(g: &GenerationInfo, journal: &Journal) ->
     if format > reads {
         let who = g
             .identity
-            .get("recoveryd")
-            .and_then(|r| r.get("version"))
-            .and_then(|v| v.as_str())
-            .map(|v| format!("recoveryd {v}"))
+            .recoveryd
+            .as_ref()
+            .map(|r| format!("recoveryd {}", r.version))
             .unwrap_or_else(|| "an older recoveryd".into());
         let on = super::deployment::generation_deployment(g)
             .map(|d| format!(" on {d}"))
@@ -127,31 +125,25 @@ impl Step for CheckIdentity {
         let mut mismatches = Vec::new();
         let mut checked = Vec::new();
         let node_name = self.0.node_name();
-        if let Some(h) = id.get("hostname").and_then(|v| v.as_str()) {
+        if let Some(h) = &id.hostname {
             checked.push("hostname");
-            if h != node_name {
+            if *h != node_name {
                 mismatches.push(format!("hostname {h} (this node: {node_name})"));
             }
         }
-        if let (Some(m), Some(now)) = (
-            id.get("machine_id").and_then(|v| v.as_str()),
-            self.0.host_file("/etc/machine-id"),
-        ) {
+        if let (Some(m), Some(now)) = (&id.machine_id, self.0.host_file("/etc/machine-id")) {
             checked.push("machine-id");
-            if m != now {
+            if *m != now {
                 mismatches.push(format!("machine-id {m} (this node: {now})"));
             }
         }
-        if let Some(cluster) = id
-            .get("cluster")
-            .and_then(|c| c.get("id"))
-            .and_then(|v| v.as_str())
+        if let Some(cluster) = id.cluster.as_ref().map(|c| &c.id)
             && self.0.config.host.cluster
         {
             match self.0.host.cluster.cluster_version().await {
                 Ok(v) => {
                     checked.push("cluster id");
-                    if v.spec.cluster_id != cluster {
+                    if v.spec.cluster_id != *cluster {
                         mismatches.push(format!(
                             "cluster {cluster} (this cluster: {})",
                             v.spec.cluster_id

@@ -1,6 +1,7 @@
 //! Steps that use the cluster's tools: etcd backup and restore, pods, CRI-O, images,
 //! containers and operator redeployments.
 
+use crate::files::identity::ClusterIdentity;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,14 +69,12 @@ impl Step for ClusterBackup {
         }
         // Who the cluster is, if its API answers.
         match self.0.host.cluster.cluster_version().await {
-            Ok(v) => PlanContext::add_identity(
-                cx,
-                "cluster",
-                serde_json::json!({
-                    "id": v.spec.cluster_id,
-                    "version": v.status.map(|s| s.desired.version),
-                }),
-            )?,
+            Ok(v) => PlanContext::record_identity(cx, |id| {
+                id.cluster = Some(ClusterIdentity {
+                    id: v.spec.cluster_id,
+                    version: v.status.map(|s| s.desired.version),
+                })
+            })?,
             Err(e) => tracing::warn!("the cluster version is not recorded: {e:#}"),
         }
         Ok(Outcome::Done(format!(

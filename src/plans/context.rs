@@ -1,5 +1,6 @@
 //! What the steps of a plan share: configuration, the generation store, the host.
 
+use crate::files::identity::Identity;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -56,24 +57,22 @@ impl PlanContext {
         })
     }
 
-    /// Add one key to what the run records of the node's identity (the commit step puts it in
-    /// the generation).
-    pub fn add_identity(cx: &StepContext, key: &str, value: serde_json::Value) -> Result<()> {
-        let mut identity = match cx.get(&IDENTITY)? {
-            Some(Json(v @ serde_json::Value::Object(_))) => v,
-            _ => serde_json::Value::Object(Default::default()),
-        };
-        identity[key] = value;
+    /// Add to what the run records of the node's identity (the commit step puts it in the
+    /// generation).
+    pub fn record_identity(cx: &StepContext, add: impl FnOnce(&mut Identity)) -> Result<()> {
+        let mut identity = cx.get(&IDENTITY)?.map(|j| j.0).unwrap_or_default();
+        add(&mut identity);
         cx.set(&IDENTITY, &Json(identity))
     }
 
     /// Who the node is, as a generation records it.
-    pub fn identity(&self) -> serde_json::Value {
-        serde_json::json!({
-            "hostname": self.node_name(),
-            "machine_id": self.host_file("/etc/machine-id"),
-            "recoveryd": super::deployment::recoveryd_identity(),
-        })
+    pub fn identity(&self) -> Identity {
+        Identity {
+            hostname: Some(self.node_name()),
+            machine_id: self.host_file("/etc/machine-id"),
+            recoveryd: Some(super::deployment::recoveryd_identity()),
+            ..Default::default()
+        }
     }
 
     /// The exclusion set for a backup taken now.

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use super::context::PlanContext;
 use super::vars::{ROLLED_BACK, TARGET};
 use crate::engine::{Integration, Json, Outcome, PreviewContext, Step, StepContext};
+use crate::files::identity::{DeploymentIdentity, RecoverydIdentity};
 use crate::files::store::GenerationInfo;
 use crate::host::ostree::{Ostree, OstreeDeployment};
 use crate::host::rpmostree::{Deployment, DeploymentRef, Status};
@@ -23,11 +24,11 @@ const OSTREE: &[Integration] = &[Integration::Ostree];
 
 /// The deployment a generation was taken on, as its identity records it.
 pub fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
-    let d = info.identity.get("deployment")?;
+    let d = info.identity.deployment.as_ref()?;
     Some(DeploymentRef {
-        osname: d.get("osname")?.as_str()?.to_string(),
-        checksum: d.get("checksum")?.as_str()?.to_string(),
-        serial: i32::try_from(d.get("serial")?.as_i64()?).ok()?,
+        osname: d.osname.clone(),
+        checksum: d.checksum.clone(),
+        serial: d.serial,
     })
 }
 
@@ -60,11 +61,11 @@ async fn undeploy(ostree: &dyn Ostree, key: &DeploymentRef) -> Result<String> {
 
 /// What recoveryd records of itself in a generation: whose journal the generation's OS can
 /// read, for the check before a recovery crosses versions.
-pub fn recoveryd_identity() -> serde_json::Value {
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "journal_format": crate::journal::schema::CURRENT,
-    })
+pub fn recoveryd_identity() -> RecoverydIdentity {
+    RecoverydIdentity {
+        version: env!("CARGO_PKG_VERSION").into(),
+        journal_format: crate::journal::schema::CURRENT,
+    }
 }
 
 /// Pin the booted deployment so it stays available as the rollback target; optionally remove
@@ -124,14 +125,15 @@ impl Step for PinDeployment {
                 detail.push(undeploy(host.ostree.as_ref(), &d).await?);
             }
         }
-        PlanContext::add_identity(
-            cx,
-            "deployment",
-            serde_json::json!({
-                "id": booted.id, "osname": booted.osname, "checksum": booted.checksum,
-                "serial": booted.serial, "version": booted.version,
-            }),
-        )?;
+        PlanContext::record_identity(cx, |id| {
+            id.deployment = Some(DeploymentIdentity {
+                id: booted.id.clone(),
+                osname: booted.osname.clone(),
+                checksum: booted.checksum.clone(),
+                serial: booted.serial,
+                version: booted.version.clone(),
+            })
+        })?;
         Ok(Outcome::Done(detail.join("; ")))
     }
 }

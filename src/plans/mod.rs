@@ -17,7 +17,7 @@ use anyhow::Result;
 pub use context::PlanContext;
 
 use crate::engine::{Plan, PlanKind, RunOptions};
-use crate::files::store::Store;
+use crate::files::store::{GenerationInfo, Store};
 use crate::journal::{GenerationRecord, Journal, RunKind};
 
 /// Run blocking work (file copies, hashing) off the async runtime; a panic in it propagates.
@@ -86,23 +86,28 @@ pub fn clean_store(cx: &PlanContext) -> Result<String> {
     backup::clean_store(cx, &|| Ok(()))
 }
 
+/// The journal's record of a committed generation (by run `run`, or found on disk).
+pub fn committed_record(info: &GenerationInfo, run: Option<i64>) -> GenerationRecord {
+    GenerationRecord {
+        id: info.id.clone(),
+        run,
+        state: "committed".into(),
+        created: info.created.clone(),
+        committed: String::new(),
+        manifest_hash: info.manifest_hash.clone(),
+        entries: info.entries as i64,
+        bytes: info.bytes as i64,
+        identity: serde_json::to_value(&info.identity).expect("identities serialize"),
+    }
+}
+
 /// Record in the journal any committed generation it does not know (a crash between the
 /// commit's rename and its journal record leaves one).
 pub fn reconcile(journal: &Journal, store: &Store) -> Result<()> {
     for g in store.list()? {
         if journal.generation(&g.info.id)?.is_none() {
             tracing::info!("recording generation {} found on disk", g.info.id);
-            journal.record_generation(&GenerationRecord {
-                id: g.info.id.clone(),
-                run: None,
-                state: "committed".into(),
-                created: g.info.created.clone(),
-                committed: String::new(),
-                manifest_hash: g.info.manifest_hash.clone(),
-                entries: g.info.entries as i64,
-                bytes: g.info.bytes as i64,
-                identity: g.info.identity.clone(),
-            })?;
+            journal.record_generation(&committed_record(&g.info, None))?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The run variables the plans keep, each with its type: every key in one place.
 
+use crate::files::identity::Identity;
 use std::collections::BTreeMap;
 
 use crate::engine::{Json, Var};
@@ -8,7 +9,7 @@ use crate::host::rpmostree::DeploymentRef;
 /// The generation the run works with (a backup's new one, a recovery's source).
 pub const GENERATION: Var<String> = Var::new("generation");
 /// Identity facts steps gathered for a backup's generation (a JSON object).
-pub const IDENTITY: Var<Json<serde_json::Value>> = Var::new("identity");
+pub const IDENTITY: Var<Json<Identity>> = Var::new("identity");
 /// The deployment a recovery makes the node boot: the generation's, or with `--force` the one
 /// booted when the recovery started.
 pub const TARGET: Var<Json<DeploymentRef>> = Var::new("target-deployment");
