@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::world::{World, subsequence};
 use common::{Node, cluster_calls, install_cluster_fakes, merge_toml, run, sh};
-use recoveryd::journal::{RunState, StepState};
+use recoveryd::journal::{RunKind, RunState, StepState};
 use serde_json::{Value, json};
 
 #[test]
@@ -440,8 +440,9 @@ fn err_has_succeeded(err: &str) -> bool {
 
 #[test]
 fn crash_matrix_over_the_recovery_plan() {
-    // One world, set up once; each crash point starts from a copy of the broken node.
-    let mut w = World::new("");
+    // One world, set up once; each crash point starts from a copy of the broken node. The
+    // restores run permissive, so that every crash point also checks SELinux ends enforcing.
+    let mut w = World::new("[recovery]\npermissive = true\n");
     let reference = w.backup_then_break();
     w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
     let template = w.node.dir.path().join("template");
@@ -467,8 +468,13 @@ fn crash_matrix_over_the_recovery_plan() {
         points.push(format!("{s}:before"));
         points.push(format!("{s}:after"));
     }
-    points.push("restore-etc:during@2".into());
-    points.push("restore-kubelet:during@2".into());
+    // Inside the restores: the SELinux mode recorded but not switched (@1), then permissive
+    // and restoring (@2, @3).
+    for p in ["restore-etc", "restore-kubelet"] {
+        for n in 1..=3 {
+            points.push(format!("{p}:during@{n}"));
+        }
+    }
     for fp in &points {
         sh(&format!(
             "rm -rf {r} && cp -a {t} {r}",
@@ -515,6 +521,13 @@ fn crash_matrix_over_the_recovery_plan() {
         );
         assert_eq!(w.unit("crio.service")["active"], "active", "{fp}");
         assert_eq!(w.booted(), format!("{}.{}", w.old.0, w.old.1), "{fp}");
+        assert_eq!(
+            std::fs::read_to_string(w.root().join("sys/fs/selinux/enforce"))
+                .unwrap()
+                .trim(),
+            "1",
+            "{fp}: SELinux"
+        );
         let j = w.journal();
         let run = j
             .latest_run(recoveryd::journal::RunKind::Recovery)
@@ -530,6 +543,80 @@ fn crash_matrix_over_the_recovery_plan() {
         "recovery crash matrix: {} crash points, each resumed to the same end state",
         points.len()
     );
+}
+
+/// `permissive = true`: the restore records that SELinux was enforcing, then switches it. A crash
+/// after the record and before the switch (`during@1`), or while permissive (`during@2`), is
+/// resumed in the same boot (nothing resets the mode): the node ends enforcing. Were the switch
+/// made before the record, the resumed step would find the node permissive, take that for the
+/// mode to restore, and leave it permissive.
+#[test]
+fn a_crash_around_the_selinux_switch_ends_enforcing_after_the_resume() {
+    let mut w = World::new("[recovery]\npermissive = true\n");
+    let reference = w.backup_then_break();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let template = w.node.dir.path().join("template");
+    sh(&format!(
+        "cp -a {} {}",
+        w.root().display(),
+        template.display()
+    ));
+    let rpm_template = std::fs::read(w.rpm_state_path()).unwrap();
+    let systemd_template = w.systemd.read_state();
+    let enforce = |w: &World| {
+        std::fs::read_to_string(w.root().join("sys/fs/selinux/enforce"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    for (fp, at_crash) in [("restore-etc:during@1", "1"), ("restore-etc:during@2", "0")] {
+        sh(&format!(
+            "rm -rf {r} && cp -a {t} {r}",
+            r = w.root().display(),
+            t = template.display()
+        ));
+        std::fs::write(w.rpm_state_path(), &rpm_template).unwrap();
+        w.systemd.write_state(&systemd_template);
+        w.node.set_boot_id("boot-1");
+        // To the crash: the rollback reboots once before the restore.
+        let (mut code, out, err) = w.ctl_env(&["recover"], Some(fp));
+        let mut boot = 1;
+        while code != -9 {
+            assert_eq!(code, 0, "{fp}: {out}{err}");
+            assert!(!err_has_succeeded(&err), "{fp}: never reached");
+            boot += 1;
+            assert!(boot < 5, "{fp}: too many reboots");
+            w.reboot(&format!("boot-{boot}"));
+            code = w.ctl_env(&["resume", "--boot"], Some(fp)).0;
+        }
+        assert_eq!(enforce(&w), at_crash, "{fp}: the mode at the crash");
+        let j = w.journal();
+        let run = j.latest_run(RunKind::Recovery).unwrap().unwrap();
+        assert_eq!(
+            j.var(run.id, "selinux-was-enforcing").unwrap().as_deref(),
+            Some("1"),
+            "{fp}: the previous mode is on record before any switch"
+        );
+        // The operator resumes in the same boot; later reboots as the plan asks.
+        let (mut code, mut out, mut err) = w.ctl(&["resume"]);
+        while !err_has_succeeded(&err) {
+            assert_eq!(code, 0, "{fp}: {out}{err}");
+            boot += 1;
+            assert!(boot < 8, "{fp}: too many reboots");
+            w.reboot(&format!("boot-{boot}"));
+            (code, out, err) = w.ctl(&["resume", "--boot"]);
+        }
+        assert_eq!(enforce(&w), "1", "{fp}: SELinux is enforcing again");
+        assert_eq!(w.differences(&reference), "", "{fp}: trees");
+        let j = w.journal();
+        let run = j.latest_run(RunKind::Recovery).unwrap().unwrap();
+        assert_eq!(run.state, RunState::Succeeded, "{fp}");
+        assert_eq!(
+            j.var(run.id, "selinux-was-enforcing").unwrap().as_deref(),
+            Some(""),
+            "{fp}: cleared once enforcing again"
+        );
+    }
 }
 
 #[test]
