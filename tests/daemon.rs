@@ -407,6 +407,14 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("succeeded"), "{err}");
     let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
+    let (_, out, _) = ctl(&bus, &node, &["generations", "--json"]);
+    let gens: Vec<String> = common::json_list(&out, "generations")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["info"]["id"].as_str().unwrap().to_string())
+        .collect();
+    common::golden::check_lines("socket-backup", &lines, &node.root(), &gens);
     let last = lines.last().unwrap();
     assert_eq!(last["reply"], "finished", "{lines:?}");
     assert_eq!(last["state"], "succeeded", "{lines:?}");

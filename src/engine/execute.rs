@@ -348,7 +348,11 @@ impl Engine {
                 }
             }
         }
-        let message = format!("all {total} steps done");
+        let message = if total == 1 {
+            "its one step done".to_string()
+        } else {
+            format!("all {total} steps done")
+        };
         self.end(run, kind, plan, RunState::Succeeded, message, &options)
             .await
     }

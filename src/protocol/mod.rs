@@ -65,3 +65,6 @@ pub fn to_pretty<T: Serialize>(body: &T) -> String {
 pub fn read_line(s: &str) -> Result<Line, serde_json::Error> {
     Ok(serde_json::from_str::<Doc<Line>>(s)?.body)
 }
+
+#[cfg(test)]
+mod tests;

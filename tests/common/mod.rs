@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub mod bus;
 mod examples;
+pub mod golden;
 pub mod sysroot;
 pub mod world;
 

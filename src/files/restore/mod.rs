@@ -60,7 +60,7 @@ pub enum ChangeKind {
 pub struct Change {
     pub path: String,
     pub change: ChangeKind,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 

@@ -1,0 +1,79 @@
+//! The shape of every `recoveryctl --json` document, against `tests/golden/` (see
+//! `common/golden.rs`). Runs as any user: a throwaway node with the host integrations off,
+//! everything `--offline`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Node, golden, run};
+
+const HOST_OFF: &str =
+    "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
+
+fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .arg("--json")
+        .args(args)
+        .env_remove("RECOVERYD_FAILPOINTS"))
+}
+
+fn populate(node: &Node) {
+    for (path, content) in [
+        ("/etc/hostname", "node1\n"),
+        ("/etc/hosts", "127.0.0.1 localhost\n"),
+        ("/usr/local/bin/tool", "#!/bin/sh\n"),
+        (
+            "/var/lib/kubelet/config.yaml",
+            "kind: KubeletConfiguration\n",
+        ),
+    ] {
+        let p = node.path(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+fn generation_ids(node: &Node) -> Vec<String> {
+    let (_, out, _) = ctl(node, &["generations"]);
+    common::json_list(&out, "generations")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["info"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_json_document_keeps_its_shape() {
+    let node = Node::new(HOST_OFF);
+    let root = node.root();
+    let check = |name: &str, args: &[&str], want_code: i32| {
+        let (code, out, err) = ctl(&node, args);
+        assert_eq!(code, want_code, "{name}: {out}{err}");
+        golden::check(name, &out, &root, &generation_ids(&node));
+    };
+    populate(&node);
+
+    check("status-empty", &["--offline", "status"], 0);
+    check("generations-empty", &["generations"], 0);
+    check("error-no-journal", &["journal"], 1);
+    check("backup", &["--offline", "backup"], 0);
+    check("generations", &["generations"], 0);
+    check("verify", &["verify"], 0);
+    std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
+    std::fs::write(node.path("/etc/new-file"), "new\n").unwrap();
+    check("diff", &["diff"], 0);
+    check("recover-dry-run", &["recover", "--dry-run"], 0);
+    check("restore-files", &["--offline", "restore-files"], 0);
+    check("status", &["--offline", "status"], 0);
+    check("journal", &["journal"], 0);
+    check("journal-run", &["journal", "--run", "1"], 0);
+    check("resume-boot-nothing", &["--offline", "resume", "--boot"], 0);
+    // Errors are documents too.
+    check("error-not-found", &["verify", "no-such-generation"], 1);
+    check("error-nothing-to-cancel", &["--offline", "cancel"], 1);
+    check("error-resume-nothing", &["--offline", "resume"], 1);
+}
