@@ -81,10 +81,13 @@ impl Daemon {
                 return n;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // The reader thread may not have stored the last datagrams yet.
-                std::thread::sleep(Duration::from_millis(200));
-                if let Some(n) = self.notes().into_iter().find(|n| n.contains(what)) {
-                    return n;
+                // The reader thread may not have stored the last datagrams yet: give it until
+                // the deadline.
+                while Instant::now() < deadline {
+                    if let Some(n) = self.notes().into_iter().find(|n| n.contains(what)) {
+                        return n;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 panic!(
                     "recoveryd exited ({status}) before `{what}`; notes: {:?}",
@@ -100,8 +103,16 @@ impl Daemon {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_term();
+        self.wait_exit()
+    }
+
+    fn send_term(&self) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -329,7 +340,8 @@ fn the_daemon_checks_the_caller_itself_when_the_policy_lets_a_call_through() {
     assert!(err.contains("must be a boolean"), "{err}");
 }
 
-fn slow_cluster_node(seconds: u32) -> Node {
+/// A node whose cluster backup waits at a gate until [`release`] (the run is caught in the act).
+fn held_cluster_node() -> Node {
     let node = Node::new("");
     let fakes = install_cluster_fakes(&node.root());
     let cfg = common::merge_toml(&[
@@ -338,19 +350,29 @@ fn slow_cluster_node(seconds: u32) -> Node {
         "[host]\nsystemd = false\nostree = false\ncluster = true\n[backup]\nspace_margin = 0\n",
     ]);
     std::fs::write(&node.config, cfg).unwrap();
-    std::fs::write(
-        node.path("/opt/fake-cluster/state/slow-backup"),
-        seconds.to_string(),
-    )
-    .unwrap();
+    hold(&node, "backup");
     populate(&node);
     node
+}
+
+/// Close the gate of a fake cluster script (`backup`, `restore`): it waits at it.
+fn hold(node: &Node, what: &str) {
+    std::fs::write(
+        node.path(&format!("/opt/fake-cluster/state/hold-{what}")),
+        "",
+    )
+    .unwrap();
+}
+
+/// Open it: the script goes on.
+fn release(node: &Node, what: &str) {
+    std::fs::remove_file(node.path(&format!("/opt/fake-cluster/state/hold-{what}"))).unwrap();
 }
 
 #[test]
 fn one_run_at_a_time_and_runs_outlive_their_client() {
     let bus = TestBus::start(&[&policy()]);
-    let node = slow_cluster_node(3);
+    let node = held_cluster_node();
     let d = Daemon::start(&bus, &node, &[]);
     // A client that waits for its run, then goes away (the backup Job killed at its deadline):
     // the run goes on.
@@ -374,6 +396,8 @@ fn one_run_at_a_time_and_runs_outlive_their_client() {
     );
     let r = socket(&d.socket, b"{\"op\":\"recover\"}\n");
     assert_eq!(r[0]["name"], "org.recoveryd.Recovery1.Error.Busy", "{r:?}");
+    // The first run, its client gone, finishes.
+    release(&node, "backup");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, out, _) = ctl(&bus, &node, &["status", "--json"]);
@@ -542,11 +566,15 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
     assert!(err.contains("awaiting_reboot"), "{err}");
     assert!(d.terminate().success());
     node.set_boot_id("boot-2");
-    std::fs::write(node.path("/opt/fake-cluster/state/slow-restore"), "3").unwrap();
+    hold(&node, "restore");
     let mut d = Daemon::start(&bus, &node, &[]);
-    // The daemon resumes by itself; stop it while cluster-restore.sh runs.
+    // The daemon resumes by itself; stop it while cluster-restore.sh runs, and let the script
+    // end once the daemon is stopping: the step finishes within the grace period.
     wait_for_cluster_call(&node, "cluster-restore.sh");
-    assert!(d.terminate().success(), "a clean exit after SIGTERM");
+    d.send_term();
+    d.wait_note("STOPPING=1", Duration::from_secs(10));
+    release(&node, "restore");
+    assert!(d.wait_exit().success(), "a clean exit after SIGTERM");
     let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
     let r = j.run(2).unwrap().unwrap();
     assert_eq!(
@@ -561,7 +589,6 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
         "the step finished within the grace period"
     );
     drop(j);
-    std::fs::remove_file(node.path("/opt/fake-cluster/state/slow-restore")).unwrap();
     let _d = Daemon::start(&bus, &node, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -593,7 +620,7 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
 #[test]
 fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline() {
     let bus = TestBus::start(&[&policy()]);
-    let node = slow_cluster_node(30);
+    let node = held_cluster_node();
     let mut d = Daemon::start(&bus, &node, &[]);
     // A client waiting for a run learns when the daemon goes away, instead of waiting forever.
     let waiting = {
@@ -618,7 +645,7 @@ fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline(
     );
 
     // A recovery waiting for its reboot, and no daemon on the bus after the reboot.
-    std::fs::remove_file(node.path("/opt/fake-cluster/state/slow-backup")).unwrap();
+    release(&node, "backup");
     let d = Daemon::start(&bus, &node, &[]);
     let (code, _, err) = ctl(&bus, &node, &["backup", "--wait"]);
     assert_eq!(code, 0, "{err}");

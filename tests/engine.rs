@@ -12,9 +12,11 @@ use async_trait::async_trait;
 use common::{Node, example, run, tree_contents};
 use recoveryd::config::{Config, ConfigSource};
 use recoveryd::engine::{
-    Engine, EngineError, Outcome, Plan, RunOptions, Step, StepContext, observer::Silent,
+    Engine, EngineError, Event, Observer, Outcome, Plan, RunOptions, Step, StepContext,
+    observer::Silent,
 };
 use recoveryd::journal::{Journal, JournalError, RunKind, RunState, StepState};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const PROBE_STEPS: [&str; 7] = [
@@ -288,10 +290,12 @@ where
     }
 }
 
-struct Sleep(&'static str, Duration);
+/// A step that works until it is cancelled (or timed out), and says when it has started: the
+/// test's gate, instead of a guess at how long to wait.
+struct UntilCancelled(&'static str, Arc<Notify>);
 
 #[async_trait]
-impl Step for Sleep {
+impl Step for UntilCancelled {
     fn name(&self) -> &'static str {
         self.0
     }
@@ -299,20 +303,38 @@ impl Step for Sleep {
         "test"
     }
     fn describe(&self) -> String {
-        "sleeps".into()
+        "works until cancelled".into()
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        tokio::select! {
-            _ = tokio::time::sleep(self.1) => Ok(Outcome::Done("slept".into())),
-            _ = cx.cancel.cancelled() => anyhow::bail!("noticed cancellation"),
+        self.1.notify_one();
+        cx.cancel.cancelled().await;
+        anyhow::bail!("noticed cancellation")
+    }
+}
+
+/// Tells the test when an attempt of a step has failed (and is on record).
+struct OnFailure(Arc<Notify>);
+
+impl Observer for OnFailure {
+    fn event(&self, e: &Event<'_>) {
+        if let Event::StepFinished {
+            state: StepState::Failed,
+            ..
+        } = e
+        {
+            self.0.notify_one();
         }
     }
 }
 
 fn engine(node: &Node) -> Engine {
+    engine_with(node, Arc::new(Silent))
+}
+
+fn engine_with(node: &Node, observer: Arc<dyn Observer>) -> Engine {
     let cfg = Arc::new(Config::load(&ConfigSource::File(node.config.clone())).unwrap());
     let journal = Arc::new(Journal::open(&node.journal_path()).unwrap());
-    Engine::new(cfg, journal, Arc::new(Silent)).unwrap()
+    Engine::new(cfg, journal, observer).unwrap()
 }
 
 #[tokio::test]
@@ -374,7 +396,7 @@ async fn timeouts_and_retries_come_from_the_config() {
     );
     assert_eq!(attempts[0].detail.as_deref(), Some("not yet"));
 
-    let plan = Plan::new(RunKind::Recovery).step(Sleep("slow", Duration::from_secs(60)));
+    let plan = Plan::new(RunKind::Recovery).step(UntilCancelled("slow", Arc::new(Notify::new())));
     let started = std::time::Instant::now();
     let r = e
         .execute(
@@ -396,12 +418,14 @@ async fn timeouts_and_retries_come_from_the_config() {
 async fn a_shutdown_during_a_retry_delay_stops_without_another_attempt() {
     let node = Node::new("[engine]\nretry_delay = \"10m\"\n[steps.flaky]\nretries = 3\n");
     let shutdown = CancellationToken::new();
-    let e = engine(&node).with_shutdown(shutdown.clone());
+    let failed = Arc::new(Notify::new());
+    let e = engine_with(&node, Arc::new(OnFailure(failed.clone()))).with_shutdown(shutdown.clone());
     let plan = Plan::new(RunKind::Recovery).step(Fn_("flaky", || anyhow::bail!("not yet")));
     let prepared = e.prepare_new(plan, RunOptions::default()).unwrap();
     let stop = shutdown.clone();
+    // The shutdown comes once the first attempt failed: during the ten-minute delay.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        failed.notified().await;
         stop.cancel();
     });
     let started = std::time::Instant::now();
@@ -444,11 +468,12 @@ async fn a_panicking_step_fails_the_run_with_the_message() {
 async fn cancelling_a_run_stops_the_running_step() {
     let node = Node::new("");
     let e = engine(&node);
-    let plan = Plan::new(RunKind::Recovery).step(Sleep("slow", Duration::from_secs(60)));
+    let started = Arc::new(Notify::new());
+    let plan = Plan::new(RunKind::Recovery).step(UntilCancelled("slow", started.clone()));
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        started.notified().await;
         c2.cancel();
     });
     let r = e

@@ -33,18 +33,41 @@ async fn a_failing_program_reports_its_exit_code_and_stderr_tail() {
 #[tokio::test]
 async fn a_program_past_its_timeout_is_killed_with_its_children() {
     let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("child-still-running");
-    // The child outlives its parent unless the whole process group is killed.
-    let script = format!("(sleep 3; touch {}) & sleep 30", marker.display());
-    let spec = CommandSpec::new("sh", Duration::from_millis(500))
+    let pidfile = dir.path().join("child");
+    // The child outlives its parent unless the whole process group is killed. The program
+    // writes its child's pid before the timeout can strike (the timeout is long enough for
+    // that, and the check below does not depend on how long anything took).
+    let script = format!(
+        "sleep 300 & echo $! > {p}.tmp && mv {p}.tmp {p}; sleep 300",
+        p = pidfile.display()
+    );
+    let spec = CommandSpec::new("sh", Duration::from_secs(2))
         .arg("-c")
         .arg(script);
     let t = Instant::now();
     let err = Runner.run(&spec).await.unwrap_err();
     assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!marker.exists(), "the program's children were killed too");
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let pid = std::fs::read_to_string(&pidfile).expect("the program started its child");
+    let proc_dir = format!("/proc/{}", pid.trim());
+    // Gone, or a zombie waiting for whoever adopted it to reap it: not running either way.
+    let running = || {
+        std::fs::read_to_string(format!("{proc_dir}/stat"))
+            .map(|s| {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "the program's child {} is still running",
+            pid.trim()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -650,15 +650,16 @@ fn a_backup_past_its_deadline_ends_in_timeout_and_keeps_the_previous_generation(
     let (_, out, _) = ctl(&["generations", "--json"]);
     let first = common::json_list(&out, "generations");
     let first_id = first[0]["info"]["id"].as_str().unwrap().to_string();
-    // etcd's snapshot takes longer than the backup's deadline (set only now: on a loaded
-    // machine the first backup alone could take two seconds).
+    // etcd's snapshot never ends (the fake waits at a gate never opened) and the backup has a
+    // deadline (set only now: on a loaded machine the first backup alone could take two
+    // seconds).
     let config = std::fs::read_to_string(&node.config).unwrap();
     std::fs::write(
         &node.config,
         config.replace("space_margin = 0\n", "space_margin = 0\ndeadline = 2\n"),
     )
     .unwrap();
-    std::fs::write(root.join("opt/fake-cluster/state/slow-backup"), "5").unwrap();
+    std::fs::write(root.join("opt/fake-cluster/state/hold-backup"), "").unwrap();
     std::fs::write(root.join("etc/a"), "changed").unwrap();
     let (code, out, err) = ctl(&["--offline", "--json", "backup"]);
     assert_eq!(code, 3, "exit 3 is TALM's Timeout: {out}{err}");

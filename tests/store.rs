@@ -508,7 +508,8 @@ fn tampered_manifests_are_refused_and_nothing_changes() {
     }
 }
 
-fn slow_backup_node(seconds: u32) -> Node {
+/// A node whose cluster backup waits at a gate (`state/hold-backup`) until the test opens it.
+fn held_backup_node() -> Node {
     let node = Node::new("");
     let fakes = install_cluster_fakes(&node.root());
     std::fs::write(
@@ -521,11 +522,7 @@ fn slow_backup_node(seconds: u32) -> Node {
         ]),
     )
     .unwrap();
-    std::fs::write(
-        node.path("/opt/fake-cluster/state/slow-backup"),
-        seconds.to_string(),
-    )
-    .unwrap();
+    std::fs::write(node.path("/opt/fake-cluster/state/hold-backup"), "").unwrap();
     populate(&node.root());
     node
 }
@@ -533,7 +530,7 @@ fn slow_backup_node(seconds: u32) -> Node {
 #[test]
 fn two_first_backups_started_together_one_succeeds_the_other_is_busy() {
     for round in 0..20 {
-        let node = slow_backup_node(1);
+        let node = held_backup_node();
         assert!(!node.journal_path().exists());
         let spawn = || {
             Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
@@ -546,19 +543,33 @@ fn two_first_backups_started_together_one_succeeds_the_other_is_busy() {
                 .spawn()
                 .unwrap()
         };
-        let (a, b) = (spawn(), spawn());
-        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
-        let mut codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
-        codes.sort();
-        let texts: Vec<String> = outs
-            .iter()
-            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            .collect();
-        assert_eq!(codes, [0, 5], "round {round}: {texts:?}");
-        let loser = &texts[outs
-            .iter()
-            .position(|o| o.status.code() == Some(5))
-            .unwrap()];
+        let mut children = vec![spawn(), spawn()];
+        // The winner waits at the gate with the lock held, so the first to exit is the loser.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            if let Some(i) = (0..2).find(|&i| children[i].try_wait().unwrap().is_some()) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "round {round}: neither ended");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let loser = children.remove(first).wait_with_output().unwrap();
+        std::fs::remove_file(node.path("/opt/fake-cluster/state/hold-backup")).unwrap();
+        let winner = children.remove(0).wait_with_output().unwrap();
+        let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            loser.status.code(),
+            Some(5),
+            "round {round}: {}",
+            text(&loser)
+        );
+        assert_eq!(
+            winner.status.code(),
+            Some(0),
+            "round {round}: {}",
+            text(&winner)
+        );
+        let loser = text(&loser);
         assert!(
             loser.contains("Busy: backup run 1 is in progress (pid "),
             "round {round}: the holder is not named: {loser}"

@@ -39,7 +39,9 @@ impl TestBus {
             .tempdir()
             .unwrap();
         let config = dir.path().join("bus.conf");
-        std::fs::write(&config, config_xml(&dir.path().join("bus"), policy_files)).unwrap();
+        let policies = as_this_user(dir.path(), policy_files);
+        let policies: Vec<&Path> = policies.iter().map(PathBuf::as_path).collect();
+        std::fs::write(&config, config_xml(&dir.path().join("bus"), &policies)).unwrap();
         let stderr_path = dir.path().join("dbus-daemon.stderr");
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
@@ -84,6 +86,41 @@ impl Drop for TestBus {
 
 /// The daemon config: Debian's default context, root allowed to own and call the three services,
 /// and the given policy files.
+/// The user the tests run as: `root` under tests/run.sh, anyone under a plain `cargo test`.
+pub fn user_name() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == 0 {
+        return "root".into();
+    }
+    let out = Command::new("id").arg("-un").output().expect("id(1) runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The policies as a private test bus should apply them. The shipped policies grant root
+/// (`<policy user="root">`); a test run by another user stands in for root on its own bus, so
+/// the same rules apply to it: what root may do, it may, and everyone else is refused as
+/// before. As root the files are used as they are.
+fn as_this_user(dir: &Path, policy_files: &[&Path]) -> Vec<PathBuf> {
+    let user = user_name();
+    policy_files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if user == "root" {
+                return p.to_path_buf();
+            }
+            let text = std::fs::read_to_string(p).unwrap();
+            let copy = dir.join(format!("policy-{i}.conf"));
+            std::fs::write(
+                &copy,
+                text.replace("user=\"root\"", &format!("user=\"{user}\"")),
+            )
+            .unwrap();
+            copy
+        })
+        .collect()
+}
+
 fn config_xml(socket: &Path, policy_files: &[&Path]) -> String {
     let mut services = String::new();
     for name in SERVICE_NAMES {
@@ -122,12 +159,13 @@ fn config_xml(socket: &Path, policy_files: &[&Path]) -> String {
     <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
     <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.systemd1.Activator"/>
   </policy>
-  <policy user="root">
+  <policy user="{user}">
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
 {services}  </policy>
 {includes}</busconfig>
 "#,
-        socket = socket.display()
+        socket = socket.display(),
+        user = user_name()
     )
 }
 

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// `target/<profile>/examples/<name>`, next to the test binary in `target/<profile>/deps`.
-/// `cargo test --test X` does not rebuild examples, so a program older than its source (or,
-/// with `uses_lib`, than the newest file of `src/`) is refused rather than silently tested.
+/// `cargo test --test X` does not rebuild examples, so a program older than any source it was
+/// built from (cargo's own list, `<name>.d`) is refused rather than silently tested. With
+/// `uses_lib` the program is built from the library too (the list then includes `src/`).
 pub fn example(name: &str, uses_lib: bool) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let p = exe
@@ -20,15 +21,12 @@ pub fn example(name: &str, uses_lib: bool) -> PathBuf {
         "{} is not built (plain `cargo test` builds examples; or `cargo build --example {name}`)",
         p.display()
     );
-    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![
-        project
-            .join("tests/support")
-            .join(format!("{}.rs", name.replace('-', "_"))),
-    ];
-    if uses_lib {
-        sources.push(newest_file(&project.join("src")));
-    }
+    let sources = dep_info(&p.with_extension("d"));
+    assert!(
+        !uses_lib || sources.iter().any(|s| s.ends_with("src/lib.rs")),
+        "{}: cargo's list of its sources does not name the library",
+        p.display()
+    );
     let built = modified(&p);
     for source in sources {
         assert!(
@@ -41,24 +39,41 @@ pub fn example(name: &str, uses_lib: bool) -> PathBuf {
     p
 }
 
+/// The sources a cargo dep-info file lists (`target: a.rs b.rs ...`, spaces escaped as `\ `).
+fn dep_info(path: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (rebuild with `cargo build --examples`)",
+            path.display()
+        )
+    });
+    let line = text.lines().next().unwrap_or_default();
+    let deps = line.split_once(": ").map_or("", |(_, d)| d);
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = deps.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            ' ' => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
+}
+
 fn modified(p: &Path) -> SystemTime {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-fn newest_file(dir: &Path) -> PathBuf {
-    let mut newest = (SystemTime::UNIX_EPOCH, dir.to_path_buf());
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if modified(&path) > newest.0 {
-                newest = (modified(&path), path);
-            }
-        }
-    }
-    newest.1
 }

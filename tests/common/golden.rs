@@ -139,10 +139,20 @@ fn check_value(name: &str, mut v: Value, root: &Path, generations: &[String]) {
         )
     });
     if want != text {
+        let (w, t): (Vec<&str>, Vec<&str>) = (want.lines().collect(), text.lines().collect());
+        let first = (0..w.len().max(t.len()))
+            .find(|&i| w.get(i) != t.get(i))
+            .unwrap_or(0);
+        let around = |l: &[&str]| {
+            l[first.saturating_sub(6).min(l.len())..(first + 6).min(l.len())].join("\n")
+        };
         panic!(
-            "{name}: the --json shape changed. If that is meant, run `UPDATE_GOLDEN=1 cargo test \
-             --test golden` and commit the diff.\n--- {}\n{want}\n--- now\n{text}",
-            path.display()
+            "{name}: the --json shape changed at line {}. If that is meant, run \
+             `UPDATE_GOLDEN=1 cargo test` and commit the diff.\n--- {}\n{}\n--- now\n{}\n--- all of it now\n{text}",
+            first + 1,
+            path.display(),
+            around(&w),
+            around(&t),
         );
     }
 }

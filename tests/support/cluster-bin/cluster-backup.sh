@@ -3,7 +3,7 @@
 . "$(dirname "$0")/common.sh"
 record "$@"
 fail_if backup
-slow_if backup
+hold_if backup
 dir=${@: -1}
 mkdir -p "$dir"
 ts=$(date -u +%Y-%m-%d_%H%M%S)

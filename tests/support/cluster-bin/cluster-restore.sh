@@ -2,7 +2,7 @@
 . "$(dirname "$0")/common.sh"
 record "$@"
 fail_if restore
-slow_if restore
+hold_if restore
 dir=$1
 ls "$dir"/snapshot_*.db >/dev/null 2>&1 || { echo "no snapshot in $dir" >&2; exit 1; }
 ls "$dir"/static_kuberesources_*.tar.gz >/dev/null 2>&1 || { echo "no static resources in $dir" >&2; exit 1; }

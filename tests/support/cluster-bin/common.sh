@@ -8,5 +8,9 @@ record() { printf '%s\n' "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"; }
 fail_if() { if [ -e "$STATE/fail-$1" ]; then echo "fake $(basename "$0"): injected failure ($1)" >&2; exit 1; fi; }
 # The "generation" of the running containers: bumped when they are recreated.
 gen() { cat "$STATE/container-gen" 2>/dev/null || echo 1; }
-# Sleep this many seconds first when state/slow-<what> exists (to catch a run in the act).
-slow_if() { if [ -e "$STATE/slow-$1" ]; then sleep "$(cat "$STATE/slow-$1")"; fi; }
+# Wait while state/hold-<what> exists: a gate the test opens by removing the file, to catch a
+# run in the act (at most 120 s, so that a test that forgets cannot hang the suite).
+hold_if() {
+  local n=0
+  while [ -e "$STATE/hold-$1" ] && [ "$n" -lt 2400 ]; do sleep 0.05; n=$((n + 1)); done
+}
