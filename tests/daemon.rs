@@ -205,6 +205,7 @@ const PATH: &str = "/org/recoveryd/Recovery1";
 const NAME: &str = "org.recoveryd.Recovery1";
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn introspection_root_only_methods_and_open_status() {
     let bus = TestBus::start(&[&policy()]);
     let node = Node::new(HOST_OFF);
@@ -275,6 +276,7 @@ fn introspection_root_only_methods_and_open_status() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn the_daemon_checks_the_caller_itself_when_the_policy_lets_a_call_through() {
     // A policy that lets everyone call everything: only the daemon's own check is left.
     let dir = tempfile::tempdir().unwrap();
@@ -370,6 +372,7 @@ fn release(node: &Node, what: &str) {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn one_run_at_a_time_and_runs_outlive_their_client() {
     let bus = TestBus::start(&[&policy()]);
     let node = held_cluster_node();
@@ -414,6 +417,7 @@ fn one_run_at_a_time_and_runs_outlive_their_client() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
     let bus = TestBus::start(&[&policy()]);
     let node = Node::new(HOST_OFF);
@@ -509,6 +513,7 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn sd_notify_ready_status_and_watchdog() {
     let bus = TestBus::start(&[&policy()]);
     let node = Node::new(HOST_OFF);
@@ -542,6 +547,7 @@ fn sd_notify_ready_status_and_watchdog() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
     let bus = TestBus::start(&[&policy()]);
     let node = Node::new("");
@@ -618,6 +624,7 @@ fn sigterm_in_the_middle_of_a_run_then_restart_resumes_to_the_same_end() {
 }
 
 #[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
 fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline() {
     let bus = TestBus::start(&[&policy()]);
     let node = held_cluster_node();

@@ -141,7 +141,7 @@ async fn systemd_fake_stops_a_unit_and_emits_job_removed() {
         stops[0]["args"],
         serde_json::json!(["kubelet.service", "replace"])
     );
-    assert_eq!(stops[0]["sender_uid"], 0);
+    assert_eq!(stops[0]["sender_uid"], common::bus::test_uid());
     assert_eq!(
         fake.read_state()["units"]["kubelet.service"]["active"],
         "inactive"

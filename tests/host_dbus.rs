@@ -313,7 +313,7 @@ async fn systemd_daemon_reload() {
     let reloads = s.fake.calls_named("Reload");
     assert_eq!(reloads.len(), 1);
     assert_eq!(reloads[0]["args"], json!([]));
-    assert_eq!(reloads[0]["sender_uid"], 0);
+    assert_eq!(reloads[0]["sender_uid"], common::bus::test_uid());
 }
 
 #[tokio::test]
@@ -537,7 +537,7 @@ async fn logind_reboot_now_uses_reboot_with_flags_checking_inhibitors() {
     let calls = l.fake.calls_named("RebootWithFlags");
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["args"], json!([1]));
-    assert_eq!(calls[0]["sender_uid"], 0);
+    assert_eq!(calls[0]["sender_uid"], common::bus::test_uid());
     let done = l.fake.calls_named("RebootRequested");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["via"], "login1.RebootWithFlags");

@@ -287,6 +287,7 @@ impl Drop for Unmount {
 }
 
 #[test]
+#[ignore = "needs root: mounts a small file system (tests/run.sh runs it)"]
 fn a_disk_that_fills_during_the_copy_is_cleaned_up_and_the_retry_succeeds() {
     require_root();
     let node = node("");

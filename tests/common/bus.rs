@@ -86,6 +86,11 @@ impl Drop for TestBus {
 
 /// The daemon config: Debian's default context, root allowed to own and call the three services,
 /// and the given policy files.
+/// The uid the tests run as (0 under tests/run.sh).
+pub fn test_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// The user the tests run as: `root` under tests/run.sh, anyone under a plain `cargo test`.
 pub fn user_name() -> String {
     let uid = rustix::process::geteuid().as_raw();

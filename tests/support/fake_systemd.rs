@@ -345,6 +345,12 @@ impl Fake {
 }
 
 /// `org.freedesktop.DBus.GetConnectionUnixUser(sender)`.
+/// Root, or the user this fake runs as: a test run by a normal user stands in for root on its
+/// private bus (see `tests/common/bus.rs`); as root this is exactly logind's rule.
+fn stands_for_root(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
 async fn caller_uid(conn: &Connection, sender: &str) -> Option<u32> {
     let dbus = zbus::fdo::DBusProxy::new(conn).await.ok()?;
     dbus.get_connection_unix_user(sender.try_into().ok()?)
@@ -831,7 +837,7 @@ impl Login {
     /// never count. `reboot_blocked` in the state refuses every reboot.
     fn check_reboot(&self, uid: Option<u32>, flags: u64) -> Result<(), Failure> {
         let state = self.0.state.load();
-        let root = uid == Some(0);
+        let root = uid.is_some_and(stands_for_root);
         let blocked = match state.systemd_version {
             ..=256 if root => Failure::new(
                 "org.freedesktop.DBus.Error.AccessDenied",
