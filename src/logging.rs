@@ -1,7 +1,7 @@
 //! Logging: to journald when running under systemd, to stderr otherwise.
 //!
 //! Step events carry the fields `RECOVERY_RUN`, `RECOVERY_STAGE` and `RECOVERY_STEP`, and run
-//! starts and ends a fixed `MESSAGE_ID` (see [`crate::engine::MessageId`]). In journald the
+//! starts and ends a fixed `MESSAGE_ID` (see [`crate::engine::RunMessage`]). In journald the
 //! field names are upper-cased by the journald layer; on stderr they read `recovery_run=7`.
 
 use tracing_subscriber::EnvFilter;
@@ -10,13 +10,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM`) and journald's
 /// socket exists.
-pub fn under_journald() -> bool {
+pub(crate) fn under_journald() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
         && std::path::Path::new("/run/systemd/journal/socket").exists()
 }
 
 /// Install the global subscriber. `default_level` applies unless `RECOVERYD_LOG` says otherwise.
-pub fn init(identifier: &str, default_level: &str) {
+pub(crate) fn init(identifier: &str, default_level: &str) {
     let filter = EnvFilter::try_from_env("RECOVERYD_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},zbus=warn")));
     if under_journald()

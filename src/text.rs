@@ -1,7 +1,7 @@
 //! Small text formatting shared by every layer (sizes for people).
 
 /// Bytes as a person reads them: `512 B`, `4.0 KiB`, `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

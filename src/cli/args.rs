@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
     version = crate::cli::version(),
     about = "Back up a node and recover it after a failed upgrade"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Use this configuration file instead of /etc/recoveryd/config.toml and its drop-ins.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -28,7 +28,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Show what recoveryd is doing and the generations it holds.
     Status,
     /// Show the journal: recent runs, or every step attempt of one run.

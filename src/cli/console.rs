@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::protocol::Event;
 
-pub struct Console {
+pub(crate) struct Console {
     bar: Mutex<Option<ProgressBar>>,
     tty: bool,
     quiet: bool,
@@ -41,7 +41,7 @@ impl Console {
     }
 
     /// Show one event.
-    pub fn event(&self, e: &Event) {
+    pub(crate) fn event(&self, e: &Event) {
         if matches!(e, Event::StepFinished { .. } | Event::RunFinished { .. }) {
             self.finish();
         }

@@ -12,7 +12,7 @@ use crate::protocol::RecoverRequest;
 use crate::protocol::inspect::{Diff, GenerationEntry, Generations, RunDetail, Runs};
 
 /// A one-paragraph account of a restore or diff.
-pub fn summarize(r: &RestoreReport) -> String {
+pub(crate) fn summarize(r: &RestoreReport) -> String {
     crate::plans::restore::summarize(r)
 }
 

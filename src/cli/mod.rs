@@ -5,7 +5,7 @@
 mod args;
 mod client;
 mod console;
-pub mod exit;
+pub(crate) mod exit;
 mod inspect;
 
 use std::process::ExitCode;
@@ -13,21 +13,21 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-pub use args::{Cli, Command};
+pub(crate) use args::{Cli, Command};
 
 use crate::config::{Config, ConfigSource};
 use crate::protocol::{self, ApiError, RecoverRequest, Reply, Request};
 use client::Client;
 
 /// `recoveryctl --version`: the program's version and the journal format it reads.
-pub fn version() -> &'static str {
+pub(crate) fn version() -> &'static str {
     concat!(
         env!("CARGO_PKG_VERSION"),
         " (journal format 2, protocol schema 1)"
     )
 }
 
-pub fn load_config(path: &Option<std::path::PathBuf>) -> Result<Config> {
+pub(crate) fn load_config(path: &Option<std::path::PathBuf>) -> Result<Config> {
     let source = match path {
         Some(p) => ConfigSource::File(p.clone()),
         None => ConfigSource::default(),
@@ -36,13 +36,13 @@ pub fn load_config(path: &Option<std::path::PathBuf>) -> Result<Config> {
 }
 
 /// Where results go: one JSON document on stdout with `--json`, words otherwise.
-pub struct Out {
+pub(crate) struct Out {
     pub json: bool,
 }
 
 impl Out {
     /// Print a document: its JSON (with the schema), or what `human` says.
-    pub fn print<T: serde::Serialize>(&self, doc: &T, human: impl FnOnce() -> String) {
+    pub(crate) fn print<T: serde::Serialize>(&self, doc: &T, human: impl FnOnce() -> String) {
         if self.json {
             println!("{}", protocol::to_pretty(doc));
         } else {
@@ -51,7 +51,7 @@ impl Out {
     }
 
     /// Print a reply; returns its exit code.
-    pub fn reply(&self, r: &Reply) -> u8 {
+    pub(crate) fn reply(&self, r: &Reply) -> u8 {
         match r {
             Reply::Error(_) if !self.json => eprintln!("recoveryctl: {}", r.human()),
             _ => self.print(r, || r.human() + "\n"),
@@ -60,7 +60,7 @@ impl Out {
     }
 
     /// Print an error of the daemon or the operations; returns its exit code.
-    pub fn error(&self, e: &ApiError) -> u8 {
+    pub(crate) fn error(&self, e: &ApiError) -> u8 {
         self.reply(&Reply::Error(e.clone()))
     }
 }

@@ -13,7 +13,7 @@ use super::units::{Bytes, Seconds};
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Fragment {
+pub(crate) struct Fragment {
     pub root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub backup: Option<BackupFragment>,
@@ -31,13 +31,13 @@ macro_rules! section {
         $(#[$meta])*
         #[derive(Debug, Default, Clone, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct $name {
+        pub(crate) struct $name {
             $(pub $field: Option<$ty>,)*
         }
 
         impl $name {
             /// Overlay `later` onto `self`: a key set in the later file wins.
-            pub fn overlay(&mut self, later: $name) {
+            pub(crate) fn overlay(&mut self, later: $name) {
                 $(if later.$field.is_some() {
                     self.$field = later.$field;
                 })*
@@ -111,7 +111,7 @@ fn merge_section<T: Default>(a: &mut Option<T>, b: Option<T>, f: impl FnOnce(&mu
 
 impl Fragment {
     /// Merge `later` over `self`.
-    pub fn merge(&mut self, later: Fragment) {
+    pub(crate) fn merge(&mut self, later: Fragment) {
         if later.root.is_some() {
             self.root = later.root;
         }

@@ -10,13 +10,13 @@
 
 mod fragment;
 mod sources;
-pub mod units;
+pub(crate) mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use fragment::Fragment;
+pub(crate) use fragment::Fragment;
 pub use sources::{ConfigSource, config_files};
 
 /// A configuration error that names the file and, where there is one, the key.
@@ -136,14 +136,14 @@ pub struct StepLimits {
     pub retry_delay: Duration,
 }
 
-pub const DEFAULT_CONTAINERS: [&str; 5] = [
+pub(crate) const DEFAULT_CONTAINERS: [&str; 5] = [
     "etcd",
     "etcd-operator",
     "kube-apiserver-operator",
     "kube-controller-manager-operator",
     "kube-scheduler-operator-container",
 ];
-pub const DEFAULT_OPERATORS: [&str; 4] = [
+pub(crate) const DEFAULT_OPERATORS: [&str; 4] = [
     "etcd",
     "kubeapiserver",
     "kubecontrollermanager",
@@ -372,7 +372,7 @@ impl Config {
     }
 
     /// The journal, in the state directory.
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.state_path().join("journal.db")
     }
 
@@ -417,7 +417,7 @@ impl Config {
 }
 
 /// Join a host path beneath a root, ignoring the host path's leading `/`.
-pub fn under_root(root: &Path, host: &Path) -> PathBuf {
+pub(crate) fn under_root(root: &Path, host: &Path) -> PathBuf {
     let rel = host.strip_prefix("/").unwrap_or(host);
     if rel.as_os_str().is_empty() {
         root.to_path_buf()

@@ -8,13 +8,13 @@ use serde::de::{self, Deserializer, Visitor};
 
 /// A size in bytes: `10737418240`, `"10GiB"`, `"512 MiB"`, `"1G"` (powers of 1024).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bytes(pub u64);
+pub(crate) struct Bytes(pub u64);
 
 /// A duration: `480` (seconds), `"8m"`, `"20min"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
+pub(crate) struct Seconds(pub Duration);
 
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

@@ -9,7 +9,7 @@ use super::notify::Notifier;
 use crate::engine::{Event, Observer, render};
 use crate::protocol::{self, Live};
 
-pub struct Broadcaster {
+pub(crate) struct Broadcaster {
     pub tx: broadcast::Sender<protocol::Event>,
     pub notifier: Arc<Notifier>,
     pub live: Arc<Mutex<Live>>,

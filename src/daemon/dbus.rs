@@ -23,10 +23,10 @@ use super::manager::{RunManager, Started};
 use crate::journal::{Journal, RunState};
 use crate::protocol::{self, ApiError, Event, RecoverRequest, Request};
 
-pub const BUS_NAME: &str = "org.recoveryd.Recovery1";
-pub const PATH: &str = "/org/recoveryd/Recovery1";
+pub(crate) const BUS_NAME: &str = "org.recoveryd.Recovery1";
+pub(crate) const PATH: &str = "/org/recoveryd/Recovery1";
 
-pub fn run_path(run: i64) -> OwnedObjectPath {
+pub(crate) fn run_path(run: i64) -> OwnedObjectPath {
     OwnedObjectPath::try_from(format!("{PATH}/run/{run}")).expect("a valid object path")
 }
 
@@ -79,7 +79,7 @@ fn recover_options(map: &HashMap<String, OwnedVariant>) -> Result<RecoverRequest
     Ok(o)
 }
 
-pub struct ManagerIface {
+pub(crate) struct ManagerIface {
     pub manager: Arc<RunManager>,
 }
 
@@ -276,7 +276,7 @@ impl ManagerIface {
 }
 
 /// One run, read from the journal.
-pub struct RunObject {
+pub(crate) struct RunObject {
     pub id: i64,
     pub journal: Arc<Journal>,
 }
@@ -316,7 +316,7 @@ impl RunObject {
 }
 
 /// Serve the interface and turn the manager's events into signals and property changes.
-pub async fn serve(conn: &Connection, manager: Arc<RunManager>) -> anyhow::Result<()> {
+pub(crate) async fn serve(conn: &Connection, manager: Arc<RunManager>) -> anyhow::Result<()> {
     let server = conn.object_server();
     server
         .at(

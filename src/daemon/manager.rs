@@ -15,12 +15,12 @@ use crate::ops::{Ops, Resume};
 use crate::protocol::{self, ApiError, Live, RecoverRequest, Reply, Request, Status};
 
 /// What a request that starts or continues a run came to.
-pub enum Started {
+pub(crate) enum Started {
     Run { run: i64, kind: RunKind },
     Nothing(String),
 }
 
-pub struct RunManager {
+pub(crate) struct RunManager {
     pub ops: Ops,
     pub events: broadcast::Sender<protocol::Event>,
     pub live: Arc<Mutex<Live>>,
@@ -57,12 +57,12 @@ impl RunManager {
     }
 
     /// The run executing now.
-    pub fn current(&self) -> Option<(i64, RunKind)> {
+    pub(crate) fn current(&self) -> Option<(i64, RunKind)> {
         self.slot.current()
     }
 
     /// Start or continue a run as `request` asks (status and cancel have their own calls).
-    pub fn start(&self, request: &Request) -> Result<Started, ApiError> {
+    pub(crate) fn start(&self, request: &Request) -> Result<Started, ApiError> {
         let run = |(run, kind)| Started::Run { run, kind };
         match request {
             Request::Backup { .. } => {
@@ -119,7 +119,7 @@ impl RunManager {
     }
 
     /// Cancel the executing run, or else the open recovery.
-    pub fn cancel(&self) -> Result<Reply, ApiError> {
+    pub(crate) fn cancel(&self) -> Result<Reply, ApiError> {
         if let Some((run, kind)) = self.slot.cancel_active() {
             return Ok(Reply::Cancel {
                 run,
@@ -139,24 +139,24 @@ impl RunManager {
         })
     }
 
-    pub fn live(&self) -> Live {
+    pub(crate) fn live(&self) -> Live {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn status(&self) -> Result<Status, ApiError> {
+    pub(crate) fn status(&self) -> Result<Status, ApiError> {
         self.ops
             .status(Some(self.live()))
             .map_err(|e| ApiError::Failed(format!("{e:#}")))
     }
 
     /// `State`: idle, a backup state name, or `recovery:<stage>`.
-    pub fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         crate::ops::state_word(&self.ops.journal, Some(&self.live()))
             .unwrap_or_else(|_| "unknown".into())
     }
 
     /// The outcome of a run that is no longer executing, from the journal.
-    pub fn outcome(&self, run: i64) -> Option<protocol::RunOutcome> {
+    pub(crate) fn outcome(&self, run: i64) -> Option<protocol::RunOutcome> {
         let r = self.ops.journal.run(run).ok().flatten()?;
         Some(protocol::RunOutcome {
             run,
@@ -170,7 +170,7 @@ impl RunManager {
     /// Resume what a previous daemon left running (a restart, a crash, or a reboot in the
     /// middle of a recovery), and close a backup a crash left open (backups are taken again,
     /// not continued), removing what it left in the store. Counts toward the boot-loop breaker.
-    pub fn resume_interrupted(&self) {
+    pub(crate) fn resume_interrupted(&self) {
         if let Ok(Some(r)) = self.ops.journal.open_run(RunKind::Recovery)
             && matches!(r.state, RunState::Running | RunState::AwaitingReboot)
         {
@@ -210,7 +210,7 @@ impl RunManager {
     }
 
     /// Wait for the executing run to stop (after the shutdown token was cancelled).
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.slot.drain().await;
     }
 }

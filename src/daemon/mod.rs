@@ -2,11 +2,11 @@
 //! through it; it runs one run at a time.
 
 mod broadcast;
-pub mod dbus;
-pub mod manager;
-pub mod notify;
+pub(crate) mod dbus;
+pub(crate) mod manager;
+pub(crate) mod notify;
 mod slot;
-pub mod socket;
+pub(crate) mod socket;
 
 mod main;
 pub use main::{DEFAULT_SOCKET, EXIT_CONFIG, main};

@@ -7,13 +7,13 @@
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-pub struct Notifier {
+pub(crate) struct Notifier {
     addr: Option<SocketAddr>,
 }
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET` (absent: every call does nothing).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let addr = std::env::var("NOTIFY_SOCKET").ok().and_then(|s| {
             if let Some(name) = s.strip_prefix('@') {
                 use std::os::linux::net::SocketAddrExt;
@@ -29,7 +29,7 @@ impl Notifier {
 
     /// Send one notification; failures are logged, never fatal. The send never blocks: a
     /// manager that does not read its socket must not stall a recovery.
-    pub fn send(&self, state: &str) {
+    pub(crate) fn send(&self, state: &str) {
         let Some(addr) = &self.addr else { return };
         let r = UnixDatagram::unbound().and_then(|s| {
             s.set_nonblocking(true)?;
@@ -40,19 +40,19 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={}", one_line(status)));
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping");
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send("WATCHDOG=1");
     }
 }
@@ -69,7 +69,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// The watchdog interval systemd expects (`WATCHDOG_USEC`, if meant for this process).
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID")
         && pid.parse::<u32>().ok() != Some(std::process::id())

@@ -16,7 +16,7 @@ struct Active {
     cancel: CancellationToken,
 }
 
-pub struct Slot {
+pub(crate) struct Slot {
     engine: Arc<Engine>,
     active: Mutex<Option<Active>>,
     shutdown: CancellationToken,
@@ -42,12 +42,12 @@ impl Slot {
         }
     }
 
-    pub fn engine(&self) -> &Engine {
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
     /// The run executing now.
-    pub fn current(&self) -> Option<(i64, RunKind)> {
+    pub(crate) fn current(&self) -> Option<(i64, RunKind)> {
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -56,7 +56,7 @@ impl Slot {
     }
 
     /// Refuse early when a run executes (the slot is checked again when the run is launched).
-    pub fn ensure_idle(&self) -> Result<(), ApiError> {
+    pub(crate) fn ensure_idle(&self) -> Result<(), ApiError> {
         match self.current() {
             Some((run, kind)) => Err(ApiError::Busy(format!("{kind} run {run} is in progress"))),
             None => Ok(()),
@@ -64,7 +64,7 @@ impl Slot {
     }
 
     /// Take the slot and start a prepared run in the background.
-    pub fn launch(
+    pub(crate) fn launch(
         self: &Arc<Self>,
         prepare: impl FnOnce(&Engine) -> anyhow::Result<Prepared>,
     ) -> Result<(i64, RunKind), ApiError> {
@@ -111,7 +111,7 @@ impl Slot {
     }
 
     /// Cancel the executing run, if there is one.
-    pub fn cancel_active(&self) -> Option<(i64, RunKind)> {
+    pub(crate) fn cancel_active(&self) -> Option<(i64, RunKind)> {
         let slot = self.active.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().map(|a| {
             a.cancel.cancel();
@@ -120,7 +120,7 @@ impl Slot {
     }
 
     /// Wait for the executing run to stop (after the shutdown token was cancelled).
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }

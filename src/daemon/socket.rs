@@ -26,12 +26,12 @@ use super::manager::{RunManager, Started};
 use crate::protocol::{self, ApiError, Event, Reply, Request, RunOutcome};
 
 /// The longest request accepted.
-pub const MAX_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bind the socket (mode 0600) when systemd did not hand us one.
-pub fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use anyhow::Context;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -48,7 +48,7 @@ pub fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: std::os::unix::net::UnixListener,
     manager: Arc<RunManager>,
     shutdown: CancellationToken,

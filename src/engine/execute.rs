@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use super::limits::{StepFailure, run_with_limits};
 use super::options::RunOptions;
 use super::plan::CLEANUP;
-use super::{Engine, Event, MessageId, Outcome, Plan, Prepared, Report, StepContext, failpoints};
+use super::{Engine, Event, Outcome, Plan, Prepared, Report, RunMessage, StepContext, failpoints};
 use crate::journal::{RunKind, RunState, StepState};
 
 impl Engine {
@@ -32,7 +32,7 @@ impl Engine {
         self.set_state(run, RunState::Running, None)?;
         info!(
             recovery_run = run,
-            message_id = MessageId::RunStarted.as_str(),
+            message_id = RunMessage::Started.as_str(),
             "{kind} run {run} {} (boot {})",
             if resumed { "resumes" } else { "starts" },
             self.boot_id
@@ -470,12 +470,12 @@ impl Engine {
         match state {
             RunState::Succeeded => info!(
                 recovery_run = run,
-                message_id = MessageId::RunSucceeded.as_str(),
+                message_id = RunMessage::Succeeded.as_str(),
                 "{kind} run {run} succeeded: {message}"
             ),
             RunState::Failed | RunState::Timeout | RunState::Cancelled => error!(
                 recovery_run = run,
-                message_id = MessageId::RunFailed.as_str(),
+                message_id = RunMessage::Failed.as_str(),
                 "{kind} run {run} ended {state}: {message}"
             ),
             RunState::Paused | RunState::AwaitingReboot | RunState::Running => {

@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-pub const ENV: &str = "RECOVERYD_FAILPOINTS";
+pub(crate) const ENV: &str = "RECOVERYD_FAILPOINTS";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Point {
+pub(crate) enum Point {
     Before,
     After,
     During(u64),
@@ -24,19 +24,19 @@ pub enum Point {
 
 /// What hitting a failpoint does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Kill,
     Stop,
 }
 
 #[derive(Debug, Default)]
-pub struct Failpoints {
+pub(crate) struct Failpoints {
     points: Vec<(String, Point, Action)>,
     counters: Mutex<HashMap<String, u64>>,
 }
 
 impl Failpoints {
-    pub fn parse(spec: &str) -> Result<Failpoints, String> {
+    pub(crate) fn parse(spec: &str) -> Result<Failpoints, String> {
         let mut points = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let usage =
@@ -95,7 +95,7 @@ fn global() -> &'static Failpoints {
 }
 
 /// Validate the environment's failpoints early, so a typo is not silently ignored.
-pub fn check_env() -> Result<(), String> {
+pub(crate) fn check_env() -> Result<(), String> {
     match std::env::var(ENV) {
         Ok(spec) => Failpoints::parse(&spec).map(|_| ()),
         Err(_) => Ok(()),
@@ -123,7 +123,7 @@ fn fire(step: &str, point: &str, action: Action) {
 }
 
 /// Fire here if `<step>:before` or `<step>:after` is armed.
-pub fn hit(step: &str, point: Point) {
+pub(crate) fn hit(step: &str, point: Point) {
     let fp = global();
     if let Some(action) = fp.armed(step, &point) {
         let name = if point == Point::Before {
@@ -136,7 +136,7 @@ pub fn hit(step: &str, point: Point) {
 }
 
 /// Count one progress checkpoint of a step; fire at `<step>:during@N`.
-pub fn tick(step: &str) {
+pub(crate) fn tick(step: &str) {
     let fp = global();
     if !fp.has_during(step) {
         return;

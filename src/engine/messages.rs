@@ -2,18 +2,18 @@
 //! end on any node. These values are an interface: never change them.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageId {
-    RunStarted,
-    RunSucceeded,
-    RunFailed,
+pub(crate) enum RunMessage {
+    Started,
+    Succeeded,
+    Failed,
 }
 
-impl MessageId {
-    pub const fn as_str(self) -> &'static str {
+impl RunMessage {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
-            MessageId::RunStarted => "5d56101d25df43e0b1e634fc5fac8b7d",
-            MessageId::RunSucceeded => "b31a37685337456eb532290d044ef3f1",
-            MessageId::RunFailed => "25494a06152a48ad947b2244676f98ce",
+            RunMessage::Started => "5d56101d25df43e0b1e634fc5fac8b7d",
+            RunMessage::Succeeded => "b31a37685337456eb532290d044ef3f1",
+            RunMessage::Failed => "25494a06152a48ad947b2244676f98ce",
         }
     }
 }

@@ -10,17 +10,17 @@
 //! [`EngineError::Busy`] naming the run that holds it.
 
 mod execute;
-pub mod failpoints;
+pub(crate) mod failpoints;
 mod limits;
 mod messages;
 pub mod observer;
-pub mod options;
-pub mod plan;
+pub(crate) mod options;
+pub(crate) mod plan;
 mod prepare;
-pub mod render;
-pub mod state;
-pub mod step;
-pub mod vars;
+pub(crate) mod render;
+pub(crate) mod state;
+pub(crate) mod step;
+pub(crate) mod vars;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-pub use messages::MessageId;
+pub(crate) use messages::RunMessage;
 pub use observer::{Event, Observer};
 pub use options::{PlanKind, RunOptions};
 pub use plan::{Cleanup, Plan, Prologue};
@@ -116,7 +116,7 @@ pub struct Prepared {
 }
 
 /// Read the boot id beneath `root` (`/proc/sys/kernel/random/boot_id` on a node).
-pub fn read_boot_id(config: &Config) -> Result<String> {
+pub(crate) fn read_boot_id(config: &Config) -> Result<String> {
     let path = config.host_path("/proc/sys/kernel/random/boot_id");
     let id = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the boot id from {}", path.display()))?;
@@ -149,10 +149,6 @@ impl Engine {
         self
     }
 
-    pub fn boot_id(&self) -> &str {
-        &self.boot_id
-    }
-
     /// Record a run's new state, checked against the state machine ([`state::ALLOWED`]).
     fn set_state(&self, run: i64, to: RunState, error: Option<&str>) -> Result<()> {
         let from = self
@@ -163,12 +159,6 @@ impl Engine {
         state::check(run, from, to)?;
         self.journal.set_run_state(run, to, error)?;
         Ok(())
-    }
-
-    /// Run `f` holding the single-writer lock (a collection of the store, say).
-    pub fn under_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _lock = self.lock()?;
-        f()
     }
 
     fn lock(&self) -> Result<RunLock> {

@@ -36,16 +36,16 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    pub fn backup() -> RunOptions {
+    pub(crate) fn backup() -> RunOptions {
         RunOptions::default()
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("run options serialize")
     }
 
     /// What the journal recorded; a malformed record reads as the defaults (logged).
-    pub fn from_json(v: &serde_json::Value) -> RunOptions {
+    pub(crate) fn from_json(v: &serde_json::Value) -> RunOptions {
         serde_json::from_value(v.clone()).unwrap_or_else(|e| {
             tracing::warn!("unreadable run options {v}: {e}; using the defaults");
             RunOptions::default()

@@ -17,7 +17,7 @@ pub trait Cleanup: Send + Sync {
 }
 
 /// The name and stage under which a run's cleanup is journaled.
-pub const CLEANUP: &str = "cleanup";
+pub(crate) const CLEANUP: &str = "cleanup";
 
 /// Called when a run starts or resumes, before its first step (e.g. repair what a crash in the
 /// previous process left behind). An error fails the run.
@@ -53,14 +53,14 @@ impl Plan {
     }
 
     /// `(stage, name)` of each step, as recorded with the run.
-    pub fn outline(&self) -> Vec<(String, String)> {
+    pub(crate) fn outline(&self) -> Vec<(String, String)> {
         self.steps
             .iter()
             .map(|s| (s.stage().to_string(), s.name().to_string()))
             .collect()
     }
 
-    pub fn step_names(&self) -> Vec<&'static str> {
+    pub(crate) fn step_names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name()).collect()
     }
 }

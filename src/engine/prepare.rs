@@ -6,13 +6,16 @@ use tracing::{info, warn};
 
 use super::options::RunOptions;
 use super::vars::VarValue;
-use super::{BREAKER_BOOT, Engine, EngineError, MessageId, Plan, Prepared, Trigger};
+use super::{BREAKER_BOOT, Engine, EngineError, Plan, Prepared, RunMessage, Trigger};
 use crate::journal::{Journal, RunKind, RunLock, RunRecord, RunState};
 
 impl Engine {
     /// Mark backups left open by a crash as failed (they are taken again, not continued), then
     /// run `clean` (remove what they left in the store) under the same lock.
-    pub fn abandon_stale_backups(&self, clean: impl FnOnce() -> Result<String>) -> Result<String> {
+    pub(crate) fn abandon_stale_backups(
+        &self,
+        clean: impl FnOnce() -> Result<String>,
+    ) -> Result<String> {
         let _lock = self.lock()?;
         self.fail_stale_backups()?;
         clean()
@@ -142,7 +145,7 @@ impl Engine {
 
     /// Cancel a run that is not executing (paused, waiting for a reboot, failed, or left open
     /// by a crash). A run that is executing is cancelled through its cancellation token instead.
-    pub fn cancel_idle(&self, run: i64) -> Result<RunRecord> {
+    pub(crate) fn cancel_idle(&self, run: i64) -> Result<RunRecord> {
         let _lock = self.lock()?;
         let record = self.journal.run(run)?.ok_or(EngineError::NotFound(run))?;
         if !record.resumable() {
@@ -156,7 +159,7 @@ impl Engine {
         self.set_state(run, RunState::Cancelled, Some("cancelled by an operator"))?;
         warn!(
             recovery_run = run,
-            message_id = MessageId::RunFailed.as_str(),
+            message_id = RunMessage::Failed.as_str(),
             "{} run {run} cancelled by an operator",
             record.kind
         );
@@ -164,7 +167,7 @@ impl Engine {
     }
 
     /// Forget a run's steps so that it starts over from its first step.
-    pub fn prepare_restart(
+    pub(crate) fn prepare_restart(
         &self,
         run: i64,
         plan: Plan,

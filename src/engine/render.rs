@@ -5,7 +5,7 @@ use super::observer::Event;
 use crate::journal::StepState;
 
 /// How a step ended, in one word or two.
-pub fn step_state_word(state: StepState) -> &'static str {
+pub(crate) fn step_state_word(state: StepState) -> &'static str {
     match state {
         StepState::Done => "done",
         StepState::Skipped => "skipped",
@@ -17,7 +17,7 @@ pub fn step_state_word(state: StepState) -> &'static str {
 }
 
 /// The line an event prints as, or `None` for progress (drawn, not printed).
-pub fn line(e: &Event<'_>) -> Option<String> {
+pub(crate) fn line(e: &Event<'_>) -> Option<String> {
     Some(match *e {
         Event::RunStarted { run, kind, resumed } => {
             format!(
@@ -57,7 +57,7 @@ pub fn line(e: &Event<'_>) -> Option<String> {
 }
 
 /// A short status for sd_notify (`STATUS=`): where the run is (a state, so in the past).
-pub fn status_line(e: &Event<'_>) -> Option<String> {
+pub(crate) fn status_line(e: &Event<'_>) -> Option<String> {
     Some(match *e {
         Event::RunStarted { run, kind, resumed } => {
             format!(

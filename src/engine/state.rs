@@ -14,7 +14,7 @@ use crate::journal::RunState;
 use RunState::*;
 
 /// `(from, to)` pairs a run may take.
-pub const ALLOWED: &[(RunState, RunState)] = &[
+pub(crate) const ALLOWED: &[(RunState, RunState)] = &[
     (Running, Running),
     (Running, Paused),
     (Running, AwaitingReboot),
@@ -35,13 +35,13 @@ pub const ALLOWED: &[(RunState, RunState)] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("run {run} cannot go from {from} to {to}")]
-pub struct InvalidTransition {
+pub(crate) struct InvalidTransition {
     pub run: i64,
     pub from: RunState,
     pub to: RunState,
 }
 
-pub fn check(run: i64, from: RunState, to: RunState) -> Result<(), InvalidTransition> {
+pub(crate) fn check(run: i64, from: RunState, to: RunState) -> Result<(), InvalidTransition> {
     if ALLOWED.contains(&(from, to)) {
         Ok(())
     } else {

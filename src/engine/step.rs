@@ -33,7 +33,7 @@ pub enum Integration {
 }
 
 impl Integration {
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Integration::Systemd => "systemd",
             Integration::Ostree => "ostree",
@@ -41,7 +41,7 @@ impl Integration {
         }
     }
 
-    pub fn enabled(self, config: &Config) -> bool {
+    pub(crate) fn enabled(self, config: &Config) -> bool {
         match self {
             Integration::Systemd => config.host.systemd,
             Integration::Ostree => config.host.ostree,
@@ -51,7 +51,7 @@ impl Integration {
 }
 
 /// Why a step that needs `needs` does not run with this configuration, if it does not.
-pub fn gated(config: &Config, needs: &[Integration]) -> Option<String> {
+pub(crate) fn gated(config: &Config, needs: &[Integration]) -> Option<String> {
     needs
         .iter()
         .find(|i| !i.enabled(config))
@@ -120,13 +120,13 @@ impl StepContext {
     }
 
     /// Forget a value.
-    pub fn clear<T>(&self, var: &Var<T>) -> Result<()> {
+    pub(crate) fn clear<T>(&self, var: &Var<T>) -> Result<()> {
         Ok(self.journal.set_var(self.run, var.key(), "")?)
     }
 
     /// Report progress inside the step (shown by `recoveryctl`, the `Progress` property and
     /// STATUS=): items done of total, and bytes done of total when the work is bytes.
-    pub fn progress(&self, p: Progress<'_>) {
+    pub(crate) fn progress(&self, p: Progress<'_>) {
         self.observer.event(&Event::StepProgress {
             run: self.run,
             step: self.step,
@@ -150,7 +150,7 @@ impl StepContext {
 
     /// Returns an error once the step is cancelled; counts no failpoint checkpoint (for
     /// read-only passes).
-    pub fn check_cancel(&self) -> Result<()> {
+    pub(crate) fn check_cancel(&self) -> Result<()> {
         if self.cancel.is_cancelled() {
             anyhow::bail!("step {} was cancelled", self.step);
         }
@@ -159,7 +159,7 @@ impl StepContext {
 }
 
 /// A run variable of any run (an empty one reads as absent).
-pub fn get_var<T: VarValue>(journal: &Journal, run: i64, var: &Var<T>) -> Result<Option<T>> {
+pub(crate) fn get_var<T: VarValue>(journal: &Journal, run: i64, var: &Var<T>) -> Result<Option<T>> {
     match journal.var(run, var.key())? {
         Some(s) if !s.is_empty() => Ok(Some(T::decode(&s)?)),
         _ => Ok(None),

@@ -69,14 +69,14 @@ impl<T> Var<T> {
     }
 
     /// One of a family of variables (`container-ready-etcd`).
-    pub fn keyed(prefix: &str, name: &str) -> Var<T> {
+    pub(crate) fn keyed(prefix: &str, name: &str) -> Var<T> {
         Var {
             key: std::borrow::Cow::Owned(format!("{prefix}{name}")),
             _t: PhantomData,
         }
     }
 
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 }

@@ -24,7 +24,7 @@ use super::manifest::Manifest;
 use super::store::{Store, stored_rel};
 
 /// Progress and cancellation hooks for long file operations.
-pub struct Hooks<'a> {
+pub(crate) struct Hooks<'a> {
     /// Called for every file changed or copied; an error (cancellation, failpoint) stops the
     /// operation.
     pub checkpoint: &'a (dyn Fn() -> Result<()> + Sync),
@@ -36,7 +36,7 @@ pub struct Hooks<'a> {
 }
 
 impl Hooks<'_> {
-    pub fn none() -> Hooks<'static> {
+    pub(crate) fn none() -> Hooks<'static> {
         Hooks {
             checkpoint: &|| Ok(()),
             check_cancel: &|| Ok(()),
@@ -46,7 +46,7 @@ impl Hooks<'_> {
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct CopyStats {
+pub(crate) struct CopyStats {
     pub files: u64,
     pub copied_files: u64,
     pub copied_bytes: u64,
@@ -72,7 +72,7 @@ fn unchanged<'a>(prev: &HashMap<&'a [u8], &'a Entry>, e: &Entry) -> Option<&'a E
 }
 
 /// Bytes the copy will need to write (files that cannot be shared), for the space pre-flight.
-pub fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
+pub(crate) fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
     let prev: HashMap<&[u8], &Entry> = previous
         .map(|m| m.entries.iter().map(|e| (e.path_bytes(), e)).collect())
         .unwrap_or_default();
@@ -85,7 +85,7 @@ pub fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
 }
 
 /// Store the content of `entries` (read from `root`) as objects, filling in their hashes.
-pub fn copy_files(
+pub(crate) fn copy_files(
     root: &Path,
     entries: &mut [Entry],
     store: &Store,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::entry::{hex, unhex};
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct ByteText(pub Vec<u8>);
+pub(crate) struct ByteText(pub Vec<u8>);
 
 impl fmt::Debug for ByteText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -17,7 +17,7 @@ const BUF: usize = 1 << 20;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Copied {
+pub(crate) struct Copied {
     pub hash: String,
     pub size: u64,
     pub sparse: bool,
@@ -27,7 +27,7 @@ pub struct Copied {
 /// Whether reflinks are worth trying; cleared after the first refusal so that a copy between
 /// file systems does not pay a failing ioctl per file.
 #[derive(Debug)]
-pub struct ReflinkState(AtomicBool);
+pub(crate) struct ReflinkState(AtomicBool);
 
 impl ReflinkState {
     pub fn new(try_reflink: bool) -> ReflinkState {
@@ -87,7 +87,7 @@ fn for_each_extent(
 }
 
 /// Hash a whole file. Holes of a sparse file are hashed as zeros without being read.
-pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
+pub(crate) fn hash_file(src: &File) -> io::Result<(String, u64)> {
     let st = rustix::fs::fstat(src)?;
     let size = st.st_size as u64;
     let mut h = blake3::Hasher::new();
@@ -111,7 +111,7 @@ pub fn hash_file(src: &File) -> io::Result<(String, u64)> {
 
 /// Copy `src` into the empty file `dst` and hash it. `expect` (a hex hash) makes the copy fail
 /// if the content differs, so that unverified bytes are never put in place.
-pub fn copy_and_hash(
+pub(crate) fn copy_and_hash(
     src: OwnedFd,
     dst: &OwnedFd,
     reflink: &ReflinkState,

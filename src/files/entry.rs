@@ -8,7 +8,7 @@ use super::fsx::Xattrs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub(crate) enum Kind {
     File,
     Dir,
     Symlink,
@@ -19,7 +19,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn of(st: &Stat) -> Kind {
+    pub(crate) fn of(st: &Stat) -> Kind {
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Kind::File,
             FileType::Directory => Kind::Dir,
@@ -33,7 +33,7 @@ impl Kind {
     }
 
     /// The `S_IF*` bits for `mknod`.
-    pub fn type_bits(self) -> u32 {
+    pub(crate) fn type_bits(self) -> u32 {
         match self {
             Kind::File => 0o100000,
             Kind::Dir => 0o040000,
@@ -48,13 +48,13 @@ impl Kind {
 
 /// A point in time with nanoseconds, as `stat` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Time(pub i64, pub u32);
+pub(crate) struct Time(pub i64, pub u32);
 
 /// Identity of the source inode at backup time. A live file whose device, inode, ctime, size
 /// and mtime all still match was not touched since the backup (ctime cannot be set from user
 /// space), so its content need not be hashed again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Source {
+pub(crate) struct Source {
     pub dev: u64,
     pub ino: u64,
     pub ctime: Time,
@@ -62,7 +62,7 @@ pub struct Source {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The node path without its leading `/` (`etc/hosts`); bytes, not text.
     pub path: ByteText,
     pub kind: Kind,
@@ -107,7 +107,7 @@ fn is_false(v: &bool) -> bool {
 
 /// The position of the entry whose content entry `i` carries: itself, or the first member of
 /// its hardlink group (group ids are that position plus one).
-pub fn content_owner(entries: &[Entry], i: usize) -> usize {
+pub(crate) fn content_owner(entries: &[Entry], i: usize) -> usize {
     match entries[i].hardlink {
         Some(g) if g >= 1 && (g as usize - 1) < entries.len() => g as usize - 1,
         _ => i,
@@ -115,12 +115,12 @@ pub fn content_owner(entries: &[Entry], i: usize) -> usize {
 }
 
 /// Whether entry `i` is a regular file that carries its own content (not a later hardlink).
-pub fn owns_content(entries: &[Entry], i: usize) -> bool {
+pub(crate) fn owns_content(entries: &[Entry], i: usize) -> bool {
     entries[i].kind == Kind::File && content_owner(entries, i) == i
 }
 
 /// Bytes of regular-file content, each hardlinked inode once.
-pub fn content_bytes(entries: &[Entry]) -> u64 {
+pub(crate) fn content_bytes(entries: &[Entry]) -> u64 {
     (0..entries.len())
         .filter(|&i| owns_content(entries, i))
         .map(|i| entries[i].size)
@@ -129,7 +129,7 @@ pub fn content_bytes(entries: &[Entry]) -> u64 {
 
 impl Entry {
     /// An entry from `lstat` data; content hash and xattrs are filled in by the caller.
-    pub fn from_stat(path: &[u8], st: &Stat) -> Entry {
+    pub(crate) fn from_stat(path: &[u8], st: &Stat) -> Entry {
         let kind = Kind::of(st);
         Entry {
             path: ByteText(path.to_vec()),
@@ -163,18 +163,18 @@ impl Entry {
         }
     }
 
-    pub fn path_bytes(&self) -> &[u8] {
+    pub(crate) fn path_bytes(&self) -> &[u8] {
         &self.path.0
     }
 
     /// The node path with a leading `/`, for messages.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         format!("/{}", String::from_utf8_lossy(&self.path.0))
     }
 }
 
 /// Render bytes as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -183,7 +183,7 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
     if !s.len().is_multiple_of(2) {
         return Err(format!("odd-length hex `{s}`"));
     }
@@ -200,7 +200,10 @@ mod xattr_hex {
     use super::super::bytetext::ByteText;
     use super::{hex, unhex};
 
-    pub fn serialize<S: Serializer>(v: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        v: &[(Vec<u8>, Vec<u8>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let pairs: Vec<(ByteText, String)> = v
             .iter()
             .map(|(n, val)| (ByteText(n.clone()), hex(val)))
@@ -208,7 +211,7 @@ mod xattr_hex {
         pairs.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<super::super::fsx::Xattrs, D::Error> {
         let pairs: Vec<(ByteText, String)> = Vec::deserialize(d)?;

@@ -12,10 +12,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-pub const FIXED: [&str; 2] = ["/etc/.updated", "/etc/kubernetes/manifests"];
+pub(crate) const FIXED: [&str; 2] = ["/etc/.updated", "/etc/kubernetes/manifests"];
 
 #[derive(Debug, Clone)]
-pub struct Excludes {
+pub(crate) struct Excludes {
     patterns: Vec<String>,
     literal: Vec<Vec<u8>>,
     globs: GlobSet,
@@ -62,12 +62,12 @@ impl Excludes {
     }
 
     /// The patterns, as recorded in the manifest.
-    pub fn patterns(&self) -> &[String] {
+    pub(crate) fn patterns(&self) -> &[String] {
         &self.patterns
     }
 
     /// Is this node path (with its leading `/`) excluded, or beneath an excluded path?
-    pub fn excludes(&self, node_path: &[u8]) -> bool {
+    pub(crate) fn excludes(&self, node_path: &[u8]) -> bool {
         for l in &self.literal {
             if node_path == l.as_slice()
                 || (node_path.len() > l.len()
@@ -98,7 +98,7 @@ impl Excludes {
 }
 
 /// The `/etc` paths named by `<root>/etc/tmpfiles.d/*.conf` (second field of each line).
-pub fn tmpfiles_paths(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn tmpfiles_paths(root: &Path) -> Result<Vec<String>> {
     let dir = crate::config::under_root(root, Path::new("/etc/tmpfiles.d"));
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(&dir) {

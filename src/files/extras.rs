@@ -35,7 +35,7 @@ struct FileRef {
 }
 
 /// Parse a currentconfig document into its file paths.
-pub fn parse(text: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn parse(text: &str) -> Result<Vec<PathBuf>> {
     let cfg: CurrentConfig =
         serde_json::from_str(text).context("parsing machine-config currentconfig")?;
     let mut out = Vec::new();
@@ -53,7 +53,11 @@ pub fn parse(text: &str) -> Result<Vec<PathBuf>> {
 
 /// The machine-config files outside `trees`, read from `config_path` beneath `root`.
 /// A node without a machine-config daemon (no file) has none.
-pub fn outside_trees(root: &Path, config_path: &Path, trees: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn outside_trees(
+    root: &Path,
+    config_path: &Path,
+    trees: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
     let file = crate::config::under_root(root, config_path);
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,

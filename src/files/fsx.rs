@@ -39,7 +39,7 @@ pub fn open_dir_in_root(root: &Path, path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// The node path an open directory resolved to, relative to `root` (`/var/usrlocal`).
-pub fn resolved_in_root(root: &Path, fd: BorrowedFd<'_>) -> io::Result<String> {
+pub(crate) fn resolved_in_root(root: &Path, fd: BorrowedFd<'_>) -> io::Result<String> {
     let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     let root = std::fs::canonicalize(root)?;
     match target.strip_prefix(&root) {
@@ -53,12 +53,12 @@ pub fn resolved_in_root(root: &Path, fd: BorrowedFd<'_>) -> io::Result<String> {
 }
 
 /// Open a child directory; fails (ELOOP/ENOTDIR) if the child is a symlink.
-pub fn open_child_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+pub(crate) fn open_child_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
 }
 
 /// Open a regular child file for reading, never following a symlink.
-pub fn open_child_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+pub(crate) fn open_child_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
     match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
         Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?),
@@ -67,7 +67,11 @@ pub fn open_child_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd>
 }
 
 /// Create a new file for writing (fails if it exists).
-pub fn create_child_file(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<OwnedFd> {
+pub(crate) fn create_child_file(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
@@ -77,16 +81,16 @@ pub fn create_child_file(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Re
 }
 
 /// `lstat` of a child.
-pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
     Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(rustix::fs::fstat(fd)?)
 }
 
 /// `lstat` that answers `None` for a missing child.
-pub fn try_lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Stat>> {
+pub(crate) fn try_lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Stat>> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(rustix::io::Errno::NOENT) => Ok(None),
@@ -95,7 +99,7 @@ pub fn try_lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<Stat
 }
 
 /// The names in a directory (without `.` and `..`), sorted bytewise.
-pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     let mut d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(entry) = d.read() {
@@ -110,7 +114,7 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-pub fn read_link_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+pub(crate) fn read_link_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     Ok(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
 }
 
@@ -122,7 +126,7 @@ fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
 }
 
 /// Extended attributes, sorted by name.
-pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn not_supported(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP
@@ -187,13 +191,13 @@ fn read_all(
 }
 
 /// All extended attributes of an open file or directory.
-pub fn xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
+pub(crate) fn xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let list = grow_list(|b| rustix::fs::flistxattr(fd, b))?;
     read_all(parse_names(&list), |n, b| rustix::fs::fgetxattr(fd, n, b))
 }
 
 /// All extended attributes of a child that is not opened (symlinks, devices, fifos).
-pub fn xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Xattrs> {
+pub(crate) fn xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Xattrs> {
     let p = proc_path(dir, name);
     let list = grow_list(|b| rustix::fs::llistxattr(&p, b))?;
     read_all(parse_names(&list), |n, b| rustix::fs::lgetxattr(&p, n, b))
@@ -207,14 +211,14 @@ pub enum Target<'a> {
 }
 
 impl Target<'_> {
-    pub fn xattrs(&self) -> io::Result<Xattrs> {
+    pub(crate) fn xattrs(&self) -> io::Result<Xattrs> {
         match *self {
             Target::Fd(fd) => xattrs_fd(fd),
             Target::Child(dir, name) => xattrs_at(dir, name),
         }
     }
 
-    pub fn set_xattr(&self, name: &[u8], value: &[u8]) -> io::Result<()> {
+    pub(crate) fn set_xattr(&self, name: &[u8], value: &[u8]) -> io::Result<()> {
         let n = OsStr::from_bytes(name);
         let flags = rustix::fs::XattrFlags::empty();
         match *self {
@@ -226,7 +230,7 @@ impl Target<'_> {
         Ok(())
     }
 
-    pub fn remove_xattr(&self, name: &[u8]) -> io::Result<()> {
+    pub(crate) fn remove_xattr(&self, name: &[u8]) -> io::Result<()> {
         let n = OsStr::from_bytes(name);
         match *self {
             Target::Fd(fd) => rustix::fs::fremovexattr(fd, n)?,
@@ -235,7 +239,7 @@ impl Target<'_> {
         Ok(())
     }
 
-    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+    pub(crate) fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         let (u, g) = (
             Some(rustix::fs::Uid::from_raw(uid)),
             Some(rustix::fs::Gid::from_raw(gid)),
@@ -271,7 +275,7 @@ impl Target<'_> {
         Ok(())
     }
 
-    pub fn set_mtime(&self, sec: i64, nsec: u32) -> io::Result<()> {
+    pub(crate) fn set_mtime(&self, sec: i64, nsec: u32) -> io::Result<()> {
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: 0,
@@ -294,7 +298,7 @@ impl Target<'_> {
 
 /// Remove a child of any type; directories are removed with their content, without crossing
 /// into another file system (a mount point found inside is left alone and reported).
-pub fn remove_tree_at(
+pub(crate) fn remove_tree_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     dev: u64,
@@ -326,23 +330,23 @@ pub fn remove_tree_at(
     Ok(())
 }
 
-pub fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
+pub(crate) fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::renameat(dir, from, dir, to)?)
 }
 
-pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
-pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     Ok(rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode))?)
 }
 
-pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+pub(crate) fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)?)
 }
 
-pub fn link_at(
+pub(crate) fn link_at(
     from_dir: BorrowedFd<'_>,
     from: &OsStr,
     to_dir: BorrowedFd<'_>,
@@ -358,7 +362,12 @@ pub fn link_at(
 }
 
 /// Create a device node, fifo or socket.
-pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, kind_mode: u32, rdev: u64) -> io::Result<()> {
+pub(crate) fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    kind_mode: u32,
+    rdev: u64,
+) -> io::Result<()> {
     let ft = rustix::fs::FileType::from_raw_mode(kind_mode);
     Ok(rustix::fs::mknodat(
         dir,
@@ -371,21 +380,21 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, kind_mode: u32, rdev: u64) ->
 
 /// Flush every dirty page of the file system holding `fd` (one call instead of one fsync per
 /// file; nothing is committed before it returns).
-pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::fs::syncfs(fd)?)
 }
 
-pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::fs::fsync(fd)?)
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path`.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The file system id of a path (`st_dev`).
-pub fn dev_of(path: &Path) -> io::Result<u64> {
+pub(crate) fn dev_of(path: &Path) -> io::Result<u64> {
     Ok(rustix::fs::stat(path)?.st_dev)
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,14 +26,14 @@ pub struct Identity {
 
 /// The recoveryd that took the generation: which journal format its OS's recoveryd reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecoverydIdentity {
+pub(crate) struct RecoverydIdentity {
     pub version: String,
     pub journal_format: u32,
 }
 
 /// The booted OS deployment when the generation was taken (rpm-ostree's names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentIdentity {
+pub(crate) struct DeploymentIdentity {
     pub id: String,
     pub osname: String,
     pub checksum: String,
@@ -44,7 +44,7 @@ pub struct DeploymentIdentity {
 
 /// The cluster, if its API answered during the backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterIdentity {
+pub(crate) struct ClusterIdentity {
     pub id: String,
     #[serde(default)]
     pub version: Option<String>,
@@ -52,7 +52,7 @@ pub struct ClusterIdentity {
 
 impl Identity {
     /// This identity with what `later` recorded on top (a field `later` has wins).
-    pub fn merged(mut self, later: Identity) -> Identity {
+    pub(crate) fn merged(mut self, later: Identity) -> Identity {
         macro_rules! take {
             ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f; } )* };
         }

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::bytetext::ByteText;
 use super::entry::Entry;
 
-pub const FORMAT: &str = "recoveryd-manifest";
-pub const VERSION: u32 = 1;
+pub(crate) const FORMAT: &str = "recoveryd-manifest";
+pub(crate) const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeInfo {
+pub(crate) struct TreeInfo {
     /// The tree as configured (`/etc`).
     pub path: String,
     /// False when the tree did not exist on the node at backup time.
@@ -29,7 +29,7 @@ pub struct TreeInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
+pub(crate) struct Header {
     pub format: String,
     pub version: u32,
     pub generation: String,
@@ -49,7 +49,7 @@ pub struct Header {
 
 /// A file produced by a program into the generation (`cluster/snapshot_*.db`, `images/*.tar`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     pub artifact: String,
     pub size: u64,
     pub hash: String,
@@ -63,14 +63,14 @@ enum Line {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub header: Header,
     pub entries: Vec<Entry>,
     pub artifacts: Vec<Artifact>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
+pub(crate) enum ManifestError {
     #[error("manifest {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error(
@@ -122,7 +122,7 @@ impl Manifest {
     }
 
     /// Write the manifest to `path` (created, fsynced); returns its BLAKE3 hash (hex).
-    pub fn write_file(&self, path: &Path) -> io::Result<String> {
+    pub(crate) fn write_file(&self, path: &Path) -> io::Result<String> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -149,7 +149,10 @@ impl Manifest {
     }
 
     /// Read a manifest, refusing it if `expected_hash` is given and does not match.
-    pub fn read_file(path: &Path, expected_hash: Option<&str>) -> Result<Manifest, ManifestError> {
+    pub(crate) fn read_file(
+        path: &Path,
+        expected_hash: Option<&str>,
+    ) -> Result<Manifest, ManifestError> {
         let p = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
             path: p.clone(),
@@ -202,7 +205,7 @@ impl Manifest {
     }
 
     /// Total bytes of regular-file content and artifacts.
-    pub fn content_bytes(&self) -> u64 {
+    pub(crate) fn content_bytes(&self) -> u64 {
         super::entry::content_bytes(&self.entries)
             + self.artifacts.iter().map(|a| a.size).sum::<u64>()
     }

@@ -32,18 +32,18 @@ use serde::{Deserialize, Serialize};
 use super::fsx;
 use super::manifest::{Manifest, TreeInfo};
 
-pub const INFO_FILE: &str = "generation.json";
+pub(crate) const INFO_FILE: &str = "generation.json";
 /// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
-pub const NEW_OBJECTS: &str = "new-objects";
-pub const MANIFEST_FILE: &str = "manifest";
+pub(crate) const NEW_OBJECTS: &str = "new-objects";
+pub(crate) const MANIFEST_FILE: &str = "manifest";
 /// Content objects, beside `generations/` in the state directory.
-pub const OBJECTS_DIR: &str = "objects";
+pub(crate) const OBJECTS_DIR: &str = "objects";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 
 /// `generation.json`: what a generation is, readable without the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationInfo {
+pub(crate) struct GenerationInfo {
     pub format: u32,
     pub id: String,
     pub created: String,
@@ -59,7 +59,7 @@ pub struct GenerationInfo {
 
 /// A committed generation.
 #[derive(Debug, Clone)]
-pub struct Generation {
+pub(crate) struct Generation {
     pub info: GenerationInfo,
     pub dir: PathBuf,
     /// The store's object directory.
@@ -73,18 +73,18 @@ fn object_path(objects: &Path, hash: &str) -> PathBuf {
 }
 
 impl Generation {
-    pub fn manifest_path(&self) -> PathBuf {
+    pub(crate) fn manifest_path(&self) -> PathBuf {
         self.dir.join(MANIFEST_FILE)
     }
 
     /// The stored content of a file with this hash.
-    pub fn object(&self, hash: &str) -> PathBuf {
+    pub(crate) fn object(&self, hash: &str) -> PathBuf {
         object_path(&self.objects, hash)
     }
 
     /// Read the manifest, checking it against the hash in `generation.json` and every rule of
     /// [`super::validate`].
-    pub fn manifest(&self) -> Result<Manifest> {
+    pub(crate) fn manifest(&self) -> Result<Manifest> {
         let m = Manifest::read_file(&self.manifest_path(), Some(&self.info.manifest_hash))?;
         if m.header.generation != self.info.id {
             return Err(super::manifest::ManifestError::Invalid {
@@ -104,14 +104,14 @@ impl Generation {
 }
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     objects: PathBuf,
 }
 
 /// What a garbage collection of objects did.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct GcStats {
+pub(crate) struct GcStats {
     pub removed: u64,
     /// Bytes on disk freed.
     pub bytes: u64,
@@ -121,7 +121,7 @@ pub struct GcStats {
 /// What the object store holds; bytes are bytes on disk (allocated blocks), so a sparse file
 /// counts what it really takes of the recovery partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStats {
+pub(crate) struct StoreStats {
     pub generations: u64,
     pub objects: u64,
     pub bytes: u64,
@@ -147,23 +147,23 @@ impl Store {
         }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Where content is written before it is renamed to its object name.
-    pub fn objects_tmp(&self) -> PathBuf {
+    pub(crate) fn objects_tmp(&self) -> PathBuf {
         self.objects.join("tmp")
     }
 
-    pub fn object(&self, hash: &str) -> PathBuf {
+    pub(crate) fn object(&self, hash: &str) -> PathBuf {
         object_path(&self.objects, hash)
     }
 
     /// Move a fully written temporary file into place as the object `hash`. Returns false if
     /// the object already existed (the temporary file is then removed). The rename never
     /// replaces an object, so that two workers storing the same content count it once.
-    pub fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
+    pub(crate) fn put_object(&self, tmp: &Path, hash: &str) -> Result<bool> {
         use rustix::fs::{CWD, RenameFlags, renameat_with};
         let object = self.object(hash);
         let store = || renameat_with(CWD, tmp, CWD, &object, RenameFlags::NOREPLACE);
@@ -200,7 +200,7 @@ impl Store {
         }
     }
 
-    pub fn ensure(&self) -> Result<()> {
+    pub(crate) fn ensure(&self) -> Result<()> {
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(&self.dir)
@@ -227,7 +227,7 @@ impl Store {
     }
 
     /// The hashes of every object present.
-    pub fn present_objects(&self) -> Result<HashSet<String>> {
+    pub(crate) fn present_objects(&self) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         self.for_each_object(|e| {
             out.insert(e.file_name().to_string_lossy().into_owned());
@@ -239,7 +239,7 @@ impl Store {
     /// Every object hash a committed generation, or a staging generation's finished copy,
     /// refers to. Strict: anything under `generations/` that is not a readable generation
     /// is an error, because its objects would otherwise look unreferenced.
-    pub fn referenced_objects(&self) -> Result<HashSet<String>> {
+    pub(crate) fn referenced_objects(&self) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         for g in self.list_strict()? {
             let m = g.manifest().with_context(|| {
@@ -264,7 +264,7 @@ impl Store {
     /// time. Crash-safe: what is referenced is read before anything is removed, and only
     /// unreferenced objects are removed; a kill part-way leaves fewer orphans, never a missing
     /// object. `checkpoint` is called before each removal (cancellation, failpoints).
-    pub fn gc(&self, checkpoint: &dyn Fn() -> Result<()>) -> Result<GcStats> {
+    pub(crate) fn gc(&self, checkpoint: &dyn Fn() -> Result<()>) -> Result<GcStats> {
         let referenced = self.referenced_objects()?;
         let mut stats = GcStats::default();
         self.for_each_object(|e| {
@@ -291,7 +291,7 @@ impl Store {
     }
 
     /// How much the store holds, and how much of it no generation refers to.
-    pub fn stats(&self) -> Result<StoreStats> {
+    pub(crate) fn stats(&self) -> Result<StoreStats> {
         let referenced = self.referenced_objects()?;
         let mut s = StoreStats::default();
         self.for_each_object(|e| {
@@ -319,7 +319,7 @@ impl Store {
     /// every id on disk and in `known` (the journal's, pruned ones included) with a `-N`
     /// suffix when needed. Ids therefore sort in the order the generations were taken (see
     /// [`id_order`]) even within one second or when the clock steps back, and are never reused.
-    pub fn new_id(&self, known: &[String]) -> String {
+    pub(crate) fn new_id(&self, known: &[String]) -> String {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let candidate: String = now.chars().filter(|c| *c != '-' && *c != ':').collect();
         let mut on_disk: Vec<String> = std::fs::read_dir(&self.dir)
@@ -346,16 +346,16 @@ impl Store {
         }
     }
 
-    pub fn path(&self, id: &str) -> PathBuf {
+    pub(crate) fn path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 
-    pub fn staging_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn staging_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{STAGING_PREFIX}{id}"))
     }
 
     /// Create an empty staging directory for `id`.
-    pub fn create_staging(&self, id: &str) -> Result<PathBuf> {
+    pub(crate) fn create_staging(&self, id: &str) -> Result<PathBuf> {
         self.ensure()?;
         let p = self.staging_path(id);
         if p.exists() {
@@ -370,7 +370,7 @@ impl Store {
 
     /// Remove abandoned staging and trash directories and half-written objects (an
     /// interrupted backup or prune).
-    pub fn clean_abandoned(&self) -> Result<Vec<String>> {
+    pub(crate) fn clean_abandoned(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.objects_tmp()) {
             let mut n = 0;
@@ -401,7 +401,7 @@ impl Store {
 
     /// Make a staging directory the committed generation `id`: flush the whole file system
     /// once, rename, and flush the parent directory.
-    pub fn commit(&self, id: &str, info: &GenerationInfo) -> Result<Generation> {
+    pub(crate) fn commit(&self, id: &str, info: &GenerationInfo) -> Result<Generation> {
         let staging = self.staging_path(id);
         write_json_synced(&staging.join(INFO_FILE), info)?;
         let staging_fd = rustix::fs::open(
@@ -451,12 +451,12 @@ impl Store {
 
     /// Committed generations, oldest first; an entry that is not a readable generation is an
     /// error (for collecting objects, where skipping one would lose its content).
-    pub fn list_strict(&self) -> Result<Vec<Generation>> {
+    pub(crate) fn list_strict(&self) -> Result<Vec<Generation>> {
         self.list_with(true)
     }
 
     /// Committed generations on disk, oldest first (unreadable ones are logged and skipped).
-    pub fn list(&self) -> Result<Vec<Generation>> {
+    pub(crate) fn list(&self) -> Result<Vec<Generation>> {
         self.list_with(false)
     }
 
@@ -519,12 +519,12 @@ impl Store {
     }
 
     /// The newest committed generation.
-    pub fn latest(&self) -> Result<Option<Generation>> {
+    pub(crate) fn latest(&self) -> Result<Option<Generation>> {
         Ok(self.list()?.pop())
     }
 
     /// Delete a generation: rename it away first (atomic), then remove the files.
-    pub fn remove(&self, id: &str) -> Result<()> {
+    pub(crate) fn remove(&self, id: &str) -> Result<()> {
         let from = self.path(id);
         let to = self.dir.join(format!("{TRASH_PREFIX}{id}"));
         std::fs::rename(&from, &to).with_context(|| format!("removing generation {id}"))?;
@@ -535,7 +535,7 @@ impl Store {
 
 /// The order of generation ids: by their time, then by their `-N` suffix (`…Z` is 1), so that
 /// `…Z-10` comes after `…Z-9`.
-pub fn id_order(id: &str) -> (&str, u64) {
+pub(crate) fn id_order(id: &str) -> (&str, u64) {
     match id.rsplit_once('-') {
         Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
             (base, n.parse().unwrap_or(u64::MAX))
@@ -552,7 +552,7 @@ fn remove_dir_all(p: &Path) -> Result<()> {
     }
 }
 
-pub fn sync_dir(p: &Path) -> Result<()> {
+pub(crate) fn sync_dir(p: &Path) -> Result<()> {
     let fd = rustix::fs::open(
         p,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -577,7 +577,7 @@ fn write_json_synced<T: Serialize>(p: &Path, v: &T) -> Result<()> {
 }
 
 /// A node path (manifest form, no leading `/`) as a relative path.
-pub fn stored_rel(entry_path: &[u8]) -> &Path {
+pub(crate) fn stored_rel(entry_path: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
     Path::new(OsStr::from_bytes(entry_path))
 }

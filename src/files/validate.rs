@@ -16,7 +16,7 @@ use super::manifest::{Header, Manifest};
 /// One rule a manifest broke, with the path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {why}")]
-pub struct Violation {
+pub(crate) struct Violation {
     /// The entry, tree, artifact or header field concerned (`/etc/passwd`, `header.trees`).
     pub what: String,
     pub why: String,
@@ -34,7 +34,7 @@ fn shown(p: &[u8]) -> String {
 }
 
 /// Why `p` is not a relative, normalized path, if it is not.
-pub fn relative_path_problem(p: &[u8]) -> Option<&'static str> {
+pub(crate) fn relative_path_problem(p: &[u8]) -> Option<&'static str> {
     if p.is_empty() {
         return Some("empty path");
     }
@@ -56,7 +56,7 @@ pub fn relative_path_problem(p: &[u8]) -> Option<&'static str> {
 }
 
 /// Why `p` is not an absolute, normalized path (a tree as configured, `/etc`), if it is not.
-pub fn absolute_path_problem(p: &str) -> Option<&'static str> {
+pub(crate) fn absolute_path_problem(p: &str) -> Option<&'static str> {
     match p.as_bytes().strip_prefix(b"/") {
         None => Some("a relative path where an absolute one belongs"),
         Some(rest) => relative_path_problem(rest),
@@ -64,7 +64,7 @@ pub fn absolute_path_problem(p: &str) -> Option<&'static str> {
 }
 
 /// Is this a BLAKE3 hash as the store names objects (64 lowercase hex digits)?
-pub fn is_hash(h: &str) -> bool {
+pub(crate) fn is_hash(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -262,7 +262,7 @@ fn check_entry(
 }
 
 /// Check every rule; the first violation found is returned.
-pub fn validate(m: &Manifest) -> Result<(), Violation> {
+pub(crate) fn validate(m: &Manifest) -> Result<(), Violation> {
     let (trees, all_trees) = check_header(&m.header)?;
     let extras: HashSet<&[u8]> = m.header.extras.iter().map(|x| &x.0[..]).collect();
     let mut extra_ancestors: HashSet<&[u8]> = HashSet::new();

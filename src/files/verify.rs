@@ -16,7 +16,7 @@ use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ProblemKind {
+pub(crate) enum ProblemKind {
     Manifest,
     Missing,
     Extra,
@@ -25,7 +25,7 @@ pub enum ProblemKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub path: String,
     pub problem: ProblemKind,
     pub detail: String,
@@ -34,7 +34,7 @@ pub struct Problem {
 /// Check one stored file against its manifest record: present, a regular file of the right
 /// size and, unless `presence_only`, the right content. Returns the problem, if any, and the
 /// bytes read.
-pub fn check_stored(
+pub(crate) fn check_stored(
     file: &Path,
     size: u64,
     hash: &str,
@@ -71,7 +71,7 @@ pub fn check_stored(
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     pub generation: String,
     pub ok: bool,
     pub files_checked: u64,
@@ -82,7 +82,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         if self.ok {
             let shared = if self.shared_unchanged > 0 {
                 format!(
@@ -129,7 +129,7 @@ struct Expect {
 /// With `only_rehash`, only the objects in that set (those the backup just wrote) are
 /// re-hashed; the others, written and verified by earlier backups, are checked for presence.
 /// Without it (`recoveryctl verify`, the recovery's check) every byte is re-hashed.
-pub fn verify(
+pub(crate) fn verify(
     generation: &Generation,
     journal_hash: Option<&str>,
     only_rehash: Option<&HashSet<String>>,

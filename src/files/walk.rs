@@ -21,7 +21,7 @@ use super::manifest::TreeInfo;
 
 /// What a walk found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub trees: Vec<TreeInfo>,
     pub entries: Vec<Entry>,
     pub extras: Vec<Vec<u8>>,
@@ -63,7 +63,7 @@ fn node_path(rel: &[u8]) -> Vec<u8> {
 }
 
 /// A walk over several trees and extra files beneath one root.
-pub struct Walker<'a> {
+pub(crate) struct Walker<'a> {
     pub root: &'a Path,
     pub excludes: &'a Excludes,
     /// Called once per directory; an error (cancellation) stops the walk.
@@ -73,7 +73,7 @@ pub struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    pub fn scan(&self, trees: &[PathBuf], extras: &[PathBuf]) -> Result<Scan> {
+    pub(crate) fn scan(&self, trees: &[PathBuf], extras: &[PathBuf]) -> Result<Scan> {
         let mut scan = Scan::default();
         for tree in trees {
             let resolved = self
@@ -346,7 +346,7 @@ fn number_hardlinks(entries: &mut [Entry]) {
 /// every directory it has queued, and a tree with a thousand subdirectories in one place
 /// would otherwise run into the usual soft limit of 1024 (systemd leaves the hard limit high
 /// and expects programs that need more to raise the soft one themselves).
-pub fn raise_open_file_limit() {
+pub(crate) fn raise_open_file_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {

@@ -36,7 +36,7 @@ impl SystemBus {
 
     /// The connection (the address given to [`SystemBus::with_address`]; else
     /// `DBUS_SYSTEM_BUS_ADDRESS` when set, else the system bus).
-    pub async fn get(&self) -> Result<&zbus::Connection> {
+    pub(crate) async fn get(&self) -> Result<&zbus::Connection> {
         self.conn
             .get_or_try_init(|| async {
                 let builder = match &self.address {
@@ -60,7 +60,7 @@ pub fn error_name(e: &zbus::Error) -> Option<String> {
 }
 
 /// True when the service is not on the bus (not installed, not running, not activatable).
-pub fn service_absent(e: &zbus::Error) -> bool {
+pub(crate) fn service_absent(e: &zbus::Error) -> bool {
     matches!(
         error_name(e).as_deref(),
         Some("org.freedesktop.DBus.Error.ServiceUnknown")

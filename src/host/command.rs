@@ -47,7 +47,7 @@ impl CommandSpec {
         self
     }
 
-    pub fn args<I, A>(mut self, args: I) -> CommandSpec
+    pub(crate) fn args<I, A>(mut self, args: I) -> CommandSpec
     where
         I: IntoIterator<Item = A>,
         A: Into<OsString>,
@@ -56,7 +56,7 @@ impl CommandSpec {
         self
     }
 
-    pub fn env(mut self, k: &str, v: &str) -> CommandSpec {
+    pub(crate) fn env(mut self, k: &str, v: &str) -> CommandSpec {
         self.env.push((k.into(), v.into()));
         self
     }
@@ -68,7 +68,7 @@ impl CommandSpec {
     }
 
     /// The command line, for messages.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let mut s = self.program.display().to_string();
         for a in &self.args {
             s.push(' ');
@@ -89,7 +89,7 @@ pub struct CommandOutput {
 
 impl CommandOutput {
     /// One line for the journal: the last lines of output.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let out = last_lines(&self.stdout_tail, 3);
         let err = last_lines(&self.stderr_tail, 3);
         let mut s = format!("in {:.1}s", self.duration.as_secs_f64());

@@ -7,7 +7,7 @@
 //! the steps that need one then end `skipped` with that reason in the journal.
 
 pub mod bus;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod command;
 pub mod ostree;
 pub mod power;
@@ -22,7 +22,7 @@ use crate::config::Config;
 
 /// The host as the plans see it.
 #[derive(Clone)]
-pub struct Host {
+pub(crate) struct Host {
     pub units: Arc<dyn systemd::Units>,
     pub power: Arc<dyn power::Power>,
     pub rpm_ostree: Arc<dyn rpmostree::RpmOstree>,

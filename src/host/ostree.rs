@@ -40,7 +40,7 @@ impl OstreeDeployment {
         format!("{}.{}", self.checksum, self.serial)
     }
 
-    pub fn key(&self) -> super::rpmostree::DeploymentRef {
+    pub(crate) fn key(&self) -> super::rpmostree::DeploymentRef {
         super::rpmostree::DeploymentRef {
             osname: self.osname.clone(),
             checksum: self.checksum.clone(),
@@ -50,7 +50,7 @@ impl OstreeDeployment {
 }
 
 /// Parse the output of `ostree admin status`.
-pub fn parse_status(text: &str) -> Result<Vec<OstreeDeployment>> {
+pub(crate) fn parse_status(text: &str) -> Result<Vec<OstreeDeployment>> {
     let mut out: Vec<OstreeDeployment> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let n = n + 1;

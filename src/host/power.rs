@@ -36,7 +36,7 @@ pub struct Inhibitor {
 }
 
 impl Inhibitor {
-    pub fn none() -> Inhibitor {
+    pub(crate) fn none() -> Inhibitor {
         Inhibitor { fd: None }
     }
 

@@ -19,7 +19,7 @@ use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
 use super::bus::{SystemBus, error_name, service_absent};
 
-pub const SERVICE: &str = "org.projectatomic.rpmostree1";
+pub(crate) const SERVICE: &str = "org.projectatomic.rpmostree1";
 const TXN_IFACE: &str = "org.projectatomic.rpmostree1.Transaction";
 /// `G_IO_ERROR_BUSY`: "Transaction in progress", or "System transaction in progress" while
 /// something else (`ostree admin ...`) holds the sysroot lock.
@@ -32,7 +32,7 @@ const DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
     default_service = "org.projectatomic.rpmostree1",
     default_path = "/org/projectatomic/rpmostree1/Sysroot"
 )]
-pub trait Sysroot {
+pub(crate) trait Sysroot {
     fn register_client(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
     fn unregister_client(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
     fn reload(&self) -> zbus::Result<()>;
@@ -48,7 +48,7 @@ pub trait Sysroot {
     interface = "org.projectatomic.rpmostree1.OS",
     default_service = "org.projectatomic.rpmostree1"
 )]
-pub trait Os {
+pub(crate) trait Os {
     fn rollback(&self, options: HashMap<&str, Variant<'_>>) -> zbus::Result<String>;
     fn cleanup(&self, elements: &[&str]) -> zbus::Result<String>;
     #[zbus(property)]
@@ -58,7 +58,7 @@ pub trait Os {
 /// A deployment's identity: its OS name (stateroot), commit and serial. Two OS names can hold
 /// the same commit at the same serial, so all three are needed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-pub struct DeploymentRef {
+pub(crate) struct DeploymentRef {
     pub osname: String,
     pub checksum: String,
     pub serial: i32,
@@ -90,7 +90,7 @@ impl Deployment {
         format!("{}.{}", self.checksum, self.serial)
     }
 
-    pub fn key(&self) -> DeploymentRef {
+    pub(crate) fn key(&self) -> DeploymentRef {
         DeploymentRef {
             osname: self.osname.clone(),
             checksum: self.checksum.clone(),
@@ -99,7 +99,7 @@ impl Deployment {
     }
 
     /// For messages: the id and the version.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.version {
             Some(v) => format!("{} (version {v})", self.id),
             None => self.id.clone(),
@@ -165,7 +165,7 @@ impl Status {
     /// `ostree_sysroot_query_deployments_for(osname)`, as rpm-ostree computes them: passing
     /// over the booted deployment and other OS names, the first deployment of `osname` before
     /// the booted one is pending, the first after it the rollback.
-    pub fn pending_and_rollback(&self, osname: &str) -> (Option<usize>, Option<usize>) {
+    pub(crate) fn pending_and_rollback(&self, osname: &str) -> (Option<usize>, Option<usize>) {
         let (mut pending, mut rollback, mut found_booted) = (None, None, false);
         for (i, d) in self.deployments.iter().enumerate() {
             if Some(i) == self.booted {
@@ -198,17 +198,8 @@ impl Status {
     }
 
     /// Where a deployment is in the boot order.
-    pub fn find(&self, key: &DeploymentRef) -> Option<usize> {
+    pub(crate) fn find(&self, key: &DeploymentRef) -> Option<usize> {
         self.deployments.iter().position(|d| d.key() == *key)
-    }
-
-    /// The deployments before the booted one (of any OS): a staged one, or ones deployed
-    /// since the boot. Any of them would boot next instead of the booted one.
-    pub fn before_booted(&self) -> &[Deployment] {
-        match self.booted {
-            Some(b) => &self.deployments[..b],
-            None => &[],
-        }
     }
 }
 

@@ -27,7 +27,7 @@ impl SelinuxFs {
     }
 
     /// selinuxfs mounted at `selinuxfs` (a host path) beneath `root`.
-    pub fn at(root: &std::path::Path, selinuxfs: &std::path::Path) -> SelinuxFs {
+    pub(crate) fn at(root: &std::path::Path, selinuxfs: &std::path::Path) -> SelinuxFs {
         SelinuxFs {
             enforce: crate::config::under_root(root, &selinuxfs.join("enforce")),
         }

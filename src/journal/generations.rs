@@ -23,7 +23,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<GenerationRecord> {
 
 impl Journal {
     /// Record a generation as committed. Called after its directory is durable.
-    pub fn record_generation(&self, g: &GenerationRecord) -> Result<()> {
+    pub(crate) fn record_generation(&self, g: &GenerationRecord) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT INTO generations (id, run, state, created, manifest_hash, entries, bytes, identity)
@@ -35,7 +35,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn mark_generation_pruned(&self, id: &str) -> Result<()> {
+    pub(crate) fn mark_generation_pruned(&self, id: &str) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE generations SET state = 'pruned', pruned = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
@@ -45,7 +45,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn generation(&self, id: &str) -> Result<Option<GenerationRecord>> {
+    pub(crate) fn generation(&self, id: &str) -> Result<Option<GenerationRecord>> {
         self.conn()
             .query_row(
                 &format!("SELECT {COLUMNS} FROM generations WHERE id = ?1"),
@@ -57,7 +57,7 @@ impl Journal {
     }
 
     /// The id of every generation ever recorded, pruned ones included (ids are never reused).
-    pub fn generation_ids(&self) -> Result<Vec<String>> {
+    pub(crate) fn generation_ids(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT id FROM generations")

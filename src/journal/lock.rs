@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 
-pub fn lock_path(state_dir: &Path) -> PathBuf {
+pub(crate) fn lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("recoveryd.lock")
 }
 
 #[derive(Debug)]
-pub struct RunLock {
+pub(crate) struct RunLock {
     file: File,
 }
 
@@ -27,7 +27,7 @@ pub struct RunLock {
 const RELEASE_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("busy: {holder}")]
     Busy { holder: String },
     #[error("cannot open lock file {path}: {source}")]
@@ -39,7 +39,7 @@ pub enum LockError {
 
 impl RunLock {
     /// Take the lock, or report who holds it (after at most [`RELEASE_WINDOW`]).
-    pub fn acquire(state_dir: &Path) -> Result<RunLock, LockError> {
+    pub(crate) fn acquire(state_dir: &Path) -> Result<RunLock, LockError> {
         let path = lock_path(state_dir);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -84,7 +84,7 @@ impl RunLock {
     }
 
     /// Say who holds the lock, for the next caller that is refused.
-    pub fn describe(&mut self, holder: &str) -> std::io::Result<()> {
+    pub(crate) fn describe(&mut self, holder: &str) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.file.rewind()?;
         self.file.write_all(holder.as_bytes())?;

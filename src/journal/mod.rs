@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use lock::{LockError, RunLock, lock_path};
+pub(crate) use lock::{LockError, RunLock};
 pub use model::*;
 
 /// Errors a caller may want to tell apart.
@@ -45,7 +45,7 @@ pub enum JournalError {
     Missing(PathBuf),
 }
 
-pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = JournalError> = std::result::Result<T, E>;
 
 /// An open journal. Cheap to share behind an `Arc`; calls are serialized internally.
 pub struct Journal {
@@ -74,7 +74,7 @@ impl Journal {
 
     /// An empty journal in memory, for a read-only command on a state directory that has none
     /// (nothing has run yet): it knows no run and no generation, and is never written to disk.
-    pub fn in_memory() -> Result<Journal> {
+    pub(crate) fn in_memory() -> Result<Journal> {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory().map_err(|e| classify(&path, e))?;
         let journal = Journal {
@@ -230,10 +230,6 @@ impl Journal {
         self.conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.sql_err(e))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

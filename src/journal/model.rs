@@ -48,7 +48,7 @@ string_enum!(
 
 impl RunState {
     /// A run that has begun and not ended: it executes, or waits to be continued.
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         matches!(
             self,
             RunState::Running | RunState::Paused | RunState::AwaitingReboot
@@ -56,7 +56,7 @@ impl RunState {
     }
 
     /// A run in a final state will not be continued.
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(
             self,
             RunState::Succeeded | RunState::Timeout | RunState::Cancelled
@@ -103,7 +103,7 @@ pub struct RunRecord {
 impl RunRecord {
     /// A recovery can be continued unless it succeeded, timed out or was cancelled; a backup
     /// that failed is taken again rather than continued.
-    pub fn resumable(&self) -> bool {
+    pub(crate) fn resumable(&self) -> bool {
         !(self.state.is_final() || self.kind == RunKind::Backup && self.state == RunState::Failed)
     }
 }

@@ -6,11 +6,15 @@ use rusqlite::{OptionalExtension, params};
 use super::{Journal, Result};
 
 /// One deployment, as the pins table names it: OS name, checksum, serial.
-pub type PinKey<'a> = (&'a str, &'a str, i32);
+pub(crate) type PinKey<'a> = (&'a str, &'a str, i32);
 
 impl Journal {
     /// Record that recoveryd pinned this deployment (in run `run`).
-    pub fn record_pin(&self, (osname, checksum, serial): PinKey<'_>, run: i64) -> Result<()> {
+    pub(crate) fn record_pin(
+        &self,
+        (osname, checksum, serial): PinKey<'_>,
+        run: i64,
+    ) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT INTO pins (osname, checksum, serial, run) VALUES (?1, ?2, ?3, ?4)",
@@ -21,7 +25,7 @@ impl Journal {
     }
 
     /// The run that pinned this deployment, if recoveryd pinned it and has not unpinned it.
-    pub fn active_pin(&self, (osname, checksum, serial): PinKey<'_>) -> Result<Option<i64>> {
+    pub(crate) fn active_pin(&self, (osname, checksum, serial): PinKey<'_>) -> Result<Option<i64>> {
         self.conn()
             .query_row(
                 "SELECT COALESCE(run, 0) FROM pins WHERE osname = ?1 AND checksum = ?2 AND serial = ?3
@@ -34,7 +38,7 @@ impl Journal {
     }
 
     /// Record that the pin is gone (unpinned by recoveryd, or the deployment removed).
-    pub fn record_unpin(&self, (osname, checksum, serial): PinKey<'_>) -> Result<()> {
+    pub(crate) fn record_unpin(&self, (osname, checksum, serial): PinKey<'_>) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE pins SET unpinned = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')

@@ -114,11 +114,16 @@ impl Journal {
     }
 
     /// The newest run of a kind that is not in a final state (it can still be continued).
-    pub fn open_run(&self, kind: RunKind) -> Result<Option<RunRecord>> {
+    pub(crate) fn open_run(&self, kind: RunKind) -> Result<Option<RunRecord>> {
         Ok(self.latest_run(kind)?.filter(|r| r.resumable()))
     }
 
-    pub fn set_run_state(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
+    pub(crate) fn set_run_state(
+        &self,
+        id: i64,
+        state: RunState,
+        error: Option<&str>,
+    ) -> Result<()> {
         let finished = !state.is_open();
         self.conn()
             .execute(
@@ -131,7 +136,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_run_options(&self, id: i64, options: &serde_json::Value) -> Result<()> {
+    pub(crate) fn set_run_options(&self, id: i64, options: &serde_json::Value) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE runs SET options = ?2 WHERE id = ?1",
@@ -141,7 +146,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_run_stage(&self, id: i64, stage: &str) -> Result<()> {
+    pub(crate) fn set_run_stage(&self, id: i64, stage: &str) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE runs SET stage = ?2 WHERE id = ?1",
@@ -151,7 +156,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_no_progress_boots(&self, id: i64, n: u32) -> Result<()> {
+    pub(crate) fn set_no_progress_boots(&self, id: i64, n: u32) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE runs SET no_progress_boots = ?2 WHERE id = ?1",
@@ -162,7 +167,7 @@ impl Journal {
     }
 
     /// Record that an attempt of a step has begun; returns the attempt's row id.
-    pub fn step_started(
+    pub(crate) fn step_started(
         &self,
         run: i64,
         seq: u32,
@@ -181,7 +186,12 @@ impl Journal {
     }
 
     /// Record how an attempt ended.
-    pub fn step_finished(&self, row: i64, state: StepState, detail: Option<&str>) -> Result<()> {
+    pub(crate) fn step_finished(
+        &self,
+        row: i64,
+        state: StepState,
+        detail: Option<&str>,
+    ) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE steps SET state = ?2, detail = COALESCE(?3, detail),
@@ -194,7 +204,7 @@ impl Journal {
 
     /// Mark every attempt of a run still recorded as started as failed (the run could not
     /// record their end).
-    pub fn fail_started_steps(&self, run: i64, detail: &str) -> Result<()> {
+    pub(crate) fn fail_started_steps(&self, run: i64, detail: &str) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE steps SET state = 'failed', detail = ?2,
@@ -207,7 +217,12 @@ impl Journal {
     }
 
     /// Change an attempt's state without ending it (a reboot barrier waiting for the reboot).
-    pub fn step_set_state(&self, row: i64, state: StepState, detail: Option<&str>) -> Result<()> {
+    pub(crate) fn step_set_state(
+        &self,
+        row: i64,
+        state: StepState,
+        detail: Option<&str>,
+    ) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE steps SET state = ?2, detail = COALESCE(?3, detail) WHERE id = ?1",
@@ -245,7 +260,7 @@ impl Journal {
     }
 
     /// Number of steps of the run whose latest attempt is complete.
-    pub fn completed_steps(&self, run: i64) -> Result<u32> {
+    pub(crate) fn completed_steps(&self, run: i64) -> Result<u32> {
         self.conn()
             .query_row(
                 "SELECT COUNT(*) FROM steps s WHERE s.run = ?1 AND s.state IN ('done', 'skipped') AND s.stage != 'cleanup'
@@ -257,7 +272,7 @@ impl Journal {
     }
 
     /// Forget every step attempt of a run (`restart`). The run itself is kept.
-    pub fn clear_steps(&self, run: i64) -> Result<()> {
+    pub(crate) fn clear_steps(&self, run: i64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.sql_err(e))?;
         tx.execute("DELETE FROM steps WHERE run = ?1", [run])
@@ -267,7 +282,7 @@ impl Journal {
         tx.commit().map_err(|e| self.sql_err(e))
     }
 
-    pub fn set_var(&self, run: i64, key: &str, value: &str) -> Result<()> {
+    pub(crate) fn set_var(&self, run: i64, key: &str, value: &str) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT INTO run_vars (run, key, value) VALUES (?1, ?2, ?3)
@@ -289,7 +304,7 @@ impl Journal {
             .map_err(|e| self.sql_err(e))
     }
 
-    pub fn vars(&self, run: i64) -> Result<Vec<(String, String)>> {
+    pub(crate) fn vars(&self, run: i64) -> Result<Vec<(String, String)>> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT key, value FROM run_vars WHERE run = ?1 ORDER BY key")

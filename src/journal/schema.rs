@@ -20,7 +20,7 @@
 pub const CURRENT: u32 = 2;
 
 /// Additive features, in the order they were added: a name and idempotent SQL.
-pub const FEATURES: &[(&str, &str)] = &[("pins", PINS)];
+pub(crate) const FEATURES: &[(&str, &str)] = &[("pins", PINS)];
 
 /// Which deployments recoveryd pinned: only those it unpins again.
 const PINS: &str = r#"
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS pins (
 "#;
 
 /// The table that lists the features present.
-pub const FEATURES_TABLE: &str = r#"
+pub(crate) const FEATURES_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS features (
     name  TEXT PRIMARY KEY,
     added TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS features (
 "#;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: runs, their steps (one row per attempt) and run variables.
 const V1: &str = r#"

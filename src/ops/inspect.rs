@@ -12,7 +12,7 @@ use super::Ops;
 
 impl Ops {
     /// Re-hash every stored file of a generation against its manifest.
-    pub fn verify(&self, generation: Option<&str>) -> Result<VerifyReport, ApiError> {
+    pub(crate) fn verify(&self, generation: Option<&str>) -> Result<VerifyReport, ApiError> {
         let g = self.generation(generation)?;
         let jh = crate::plans::PlanContext::journal_hash(&self.journal, &g.info.id);
         crate::files::verify::verify(
@@ -26,7 +26,10 @@ impl Ops {
     }
 
     /// What a restore of every tree and machine-config file of a generation would change.
-    pub fn diff(&self, generation: Option<&str>) -> Result<(String, RestoreReport), ApiError> {
+    pub(crate) fn diff(
+        &self,
+        generation: Option<&str>,
+    ) -> Result<(String, RestoreReport), ApiError> {
         let g = self.checked_generation(generation)?;
         let m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
             .map_err(|e| ApiError::from_anyhow(&e))?;
@@ -41,7 +44,7 @@ impl Ops {
     }
 
     /// Every stage and step of a recovery and what it would change; nothing is changed.
-    pub async fn dry_run(&self, r: &RecoverRequest) -> Result<DryRun, ApiError> {
+    pub(crate) async fn dry_run(&self, r: &RecoverRequest) -> Result<DryRun, ApiError> {
         let new = self.recovery(r)?;
         let generation = new.options.generation.clone().unwrap_or_default();
         let pc = PreviewContext {

@@ -7,8 +7,8 @@ mod inspect;
 mod runs;
 mod status;
 
-pub use runs::{NewRun, Resume};
-pub use status::state_word;
+pub(crate) use runs::{NewRun, Resume};
+pub(crate) use status::state_word;
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use crate::plans::PlanContext;
 
 /// What the operations work with: the configuration, the journal, the plans.
 #[derive(Clone)]
-pub struct Ops {
+pub(crate) struct Ops {
     pub config: Arc<Config>,
     pub journal: Arc<Journal>,
     pub plans: Arc<PlanContext>,
@@ -51,7 +51,7 @@ impl Ops {
     /// For the read-only commands (verify, diff, the dry run, generations): the journal if
     /// there is one, else an empty one in memory, so that nothing is created. A journal that
     /// exists but cannot be read is said, not passed over.
-    pub fn open_read_only(config: Config) -> Result<Ops> {
+    pub(crate) fn open_read_only(config: Config) -> Result<Ops> {
         let journal = match Journal::open_existing(&config.journal_path()) {
             Ok(j) => j,
             Err(crate::journal::JournalError::Missing(_)) => Journal::in_memory()?,
@@ -69,7 +69,7 @@ impl Ops {
         })
     }
 
-    pub fn engine(&self, observer: Arc<dyn Observer>) -> Result<Engine> {
+    pub(crate) fn engine(&self, observer: Arc<dyn Observer>) -> Result<Engine> {
         Engine::new(self.config.clone(), self.journal.clone(), observer)
     }
 }

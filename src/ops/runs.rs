@@ -8,13 +8,13 @@ use crate::protocol::{ApiError, RecoverRequest};
 use super::Ops;
 
 /// A run to create.
-pub struct NewRun {
+pub(crate) struct NewRun {
     pub plan: Plan,
     pub options: RunOptions,
 }
 
 /// What a resume request comes to.
-pub enum Resume {
+pub(crate) enum Resume {
     /// Continue this run.
     Run {
         run: Box<RunRecord>,
@@ -31,7 +31,7 @@ fn failed(e: impl std::fmt::Display) -> ApiError {
 
 impl Ops {
     /// The one rule for which generation a command means: the one named, else the newest.
-    pub fn generation(&self, id: Option<&str>) -> Result<Generation, ApiError> {
+    pub(crate) fn generation(&self, id: Option<&str>) -> Result<Generation, ApiError> {
         match id {
             Some(id) => self
                 .plans
@@ -46,21 +46,21 @@ impl Ops {
 
     /// The generation a restore or recovery will use, its manifest checked before any run
     /// exists: a damaged or tampered one is refused here, and nothing changes.
-    pub fn checked_generation(&self, id: Option<&str>) -> Result<Generation, ApiError> {
+    pub(crate) fn checked_generation(&self, id: Option<&str>) -> Result<Generation, ApiError> {
         let g = self.generation(id)?;
         crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
             .map_err(|e| ApiError::from_anyhow(&e))?;
         Ok(g)
     }
 
-    pub fn backup(&self) -> NewRun {
+    pub(crate) fn backup(&self) -> NewRun {
         NewRun {
             plan: crate::plans::backup_plan(&self.plans),
             options: RunOptions::backup(),
         }
     }
 
-    pub fn recovery(&self, r: &RecoverRequest) -> Result<NewRun, ApiError> {
+    pub(crate) fn recovery(&self, r: &RecoverRequest) -> Result<NewRun, ApiError> {
         let g = self.checked_generation(r.generation.as_deref())?;
         if !r.force {
             crate::plans::check::journal_readable_after_rollback(&g.info, &self.journal)
@@ -78,7 +78,7 @@ impl Ops {
         })
     }
 
-    pub fn restore_files(&self, generation: Option<&str>) -> Result<NewRun, ApiError> {
+    pub(crate) fn restore_files(&self, generation: Option<&str>) -> Result<NewRun, ApiError> {
         let g = self.checked_generation(generation)?;
         Ok(NewRun {
             plan: crate::plans::restore_files_plan(&self.plans),
@@ -100,7 +100,7 @@ impl Ops {
 
     /// The open recovery to continue. At boot, a paused or failed run is left for an
     /// operator, and none at all is fine; an operator's resume of nothing is an error.
-    pub fn resume(&self, boot: bool) -> Result<Resume, ApiError> {
+    pub(crate) fn resume(&self, boot: bool) -> Result<Resume, ApiError> {
         let Some(run) = self.open_recovery()? else {
             if boot {
                 return Ok(Resume::Nothing("no interrupted recovery to resume".into()));
@@ -129,7 +129,7 @@ impl Ops {
     }
 
     /// The open recovery to start over.
-    pub fn restart(&self) -> Result<(RunRecord, Plan), ApiError> {
+    pub(crate) fn restart(&self) -> Result<(RunRecord, Plan), ApiError> {
         let run = self
             .open_recovery()?
             .ok_or_else(|| ApiError::NotFound("there is no open recovery to restart".into()))?;
@@ -138,7 +138,7 @@ impl Ops {
     }
 
     /// The open recovery an idle cancel applies to.
-    pub fn cancel_target(&self) -> Result<RunRecord, ApiError> {
+    pub(crate) fn cancel_target(&self) -> Result<RunRecord, ApiError> {
         self.open_recovery()?.ok_or_else(|| {
             ApiError::NotFound("no run is in progress and no recovery is open".into())
         })

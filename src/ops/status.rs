@@ -51,7 +51,7 @@ fn word(open: Option<&RunRecord>) -> String {
 
 /// Only the state word, from two queries (for signals and properties, read often). With the
 /// daemon's live view, the executing run's stage is the live one.
-pub fn state_word(journal: &Journal, live: Option<&Live>) -> Result<String> {
+pub(crate) fn state_word(journal: &Journal, live: Option<&Live>) -> Result<String> {
     if let Some(l) = live
         && let (Some(run), Some(kind)) = (l.run, l.kind)
     {
@@ -69,7 +69,7 @@ pub fn state_word(journal: &Journal, live: Option<&Live>) -> Result<String> {
 }
 
 impl Ops {
-    pub fn status(&self, live: Option<Live>) -> Result<Status> {
+    pub(crate) fn status(&self, live: Option<Live>) -> Result<Status> {
         let journal = &self.journal;
         let last_backup = journal.latest_run(RunKind::Backup)?;
         let last_recovery = journal.latest_run(RunKind::Recovery)?;

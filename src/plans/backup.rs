@@ -27,7 +27,7 @@ pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
 }
 
 /// Refuse early (nothing changed) when the backup cannot succeed.
-pub struct Preflight(pub Arc<PlanContext>);
+pub(crate) struct Preflight(pub Arc<PlanContext>);
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -36,7 +36,7 @@ pub struct Preflight(pub Arc<PlanContext>);
     human_bytes(*need), human_bytes(*margin), human_bytes(*free),
     if cleaned.is_empty() { "nothing was left to clean up" } else { cleaned.as_str() }
 )]
-pub struct NoSpace {
+pub(crate) struct NoSpace {
     pub dir: String,
     pub need: u64,
     pub margin: u64,
@@ -207,7 +207,7 @@ fn cluster_backup_size(root: &Path) -> u64 {
 }
 
 /// Copy the trees and the machine-config files into the staging generation.
-pub struct CopyFiles(pub Arc<PlanContext>);
+pub(crate) struct CopyFiles(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for CopyFiles {
@@ -338,7 +338,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
 }
 
 /// Write the manifest and commit the generation (fsync, rename, journal record).
-pub struct Commit(pub Arc<PlanContext>);
+pub(crate) struct Commit(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for Commit {
@@ -453,7 +453,7 @@ fn record(cx: &StepContext, info: &GenerationInfo) -> Result<()> {
 }
 
 /// Re-read the committed generation and check it against its manifest.
-pub struct VerifyGeneration(pub Arc<PlanContext>);
+pub(crate) struct VerifyGeneration(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for VerifyGeneration {
@@ -512,7 +512,7 @@ impl Step for VerifyGeneration {
 }
 
 /// Keep the newest `[backup] keep` generations and any that a recovery still needs.
-pub struct Prune(pub Arc<PlanContext>);
+pub(crate) struct Prune(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for Prune {
@@ -587,7 +587,7 @@ impl Step for Prune {
 /// On failure, timeout or cancellation: remove the partial generation and every object only
 /// it referred to; the previous generation stays as it was, and the store holds nothing that
 /// no generation refers to.
-pub struct RemoveStaging(pub Arc<PlanContext>);
+pub(crate) struct RemoveStaging(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Cleanup for RemoveStaging {

@@ -14,7 +14,7 @@ use crate::files::verify;
 use crate::journal::Journal;
 
 /// Re-hash the whole generation against its manifest before anything is changed.
-pub struct VerifyBackup(pub Arc<PlanContext>);
+pub(crate) struct VerifyBackup(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for VerifyBackup {
@@ -77,7 +77,7 @@ fn journal_format_read_by(g: &GenerationInfo) -> u32 {
 /// A recovery rolls back to the generation's OS, whose recoveryd resumes it after the reboot.
 /// Refuse up front, before anything changes, when that recoveryd could not read this journal.
 /// (With `--force` the node stays on the booted OS, so the question does not arise.)
-pub fn journal_readable_after_rollback(g: &GenerationInfo, journal: &Journal) -> Result<()> {
+pub(crate) fn journal_readable_after_rollback(g: &GenerationInfo, journal: &Journal) -> Result<()> {
     let reads = journal_format_read_by(g);
     let format = journal.schema_version()?;
     if format > reads {
@@ -103,7 +103,7 @@ pub fn journal_readable_after_rollback(g: &GenerationInfo, journal: &Journal) ->
 
 /// Refuse a generation taken on another node or another cluster (unless `--allow-foreign`),
 /// or one whose OS's recoveryd could not read this journal.
-pub struct CheckIdentity(pub Arc<PlanContext>);
+pub(crate) struct CheckIdentity(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for CheckIdentity {

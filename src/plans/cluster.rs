@@ -17,7 +17,7 @@ use crate::host::cluster::running_id;
 const CLUSTER: &[Integration] = &[Integration::Cluster];
 
 /// `cluster-backup.sh` into the staging generation: etcd snapshot and static pod resources.
-pub struct ClusterBackup(pub Arc<PlanContext>);
+pub(crate) struct ClusterBackup(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for ClusterBackup {
@@ -86,9 +86,9 @@ impl Step for ClusterBackup {
 }
 
 /// Save the images in use, so that a restore needs no registry.
-pub struct SaveImages(pub Arc<PlanContext>);
+pub(crate) struct SaveImages(pub Arc<PlanContext>);
 
-pub const IMAGES_ARCHIVE: &str = "images/images.tar";
+pub(crate) const IMAGES_ARCHIVE: &str = "images/images.tar";
 
 #[async_trait]
 impl Step for SaveImages {
@@ -139,7 +139,7 @@ impl Step for SaveImages {
 }
 
 /// `crictl rmp -fa`.
-pub struct RemovePods(pub Arc<PlanContext>);
+pub(crate) struct RemovePods(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for RemovePods {
@@ -178,7 +178,7 @@ impl Step for RemovePods {
 }
 
 /// `crio wipe -f`.
-pub struct WipeCrio(pub Arc<PlanContext>);
+pub(crate) struct WipeCrio(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for WipeCrio {
@@ -201,7 +201,7 @@ impl Step for WipeCrio {
 }
 
 /// Load the images saved with the generation.
-pub struct LoadImages(pub Arc<PlanContext>);
+pub(crate) struct LoadImages(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for LoadImages {
@@ -230,7 +230,7 @@ impl Step for LoadImages {
 }
 
 /// Note the ids of the control-plane containers, to know when they have been recreated.
-pub struct RecordContainers(pub Arc<PlanContext>);
+pub(crate) struct RecordContainers(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for RecordContainers {
@@ -283,7 +283,7 @@ impl Step for RecordContainers {
 }
 
 /// `cluster-restore.sh` on the generation's etcd backup.
-pub struct ClusterRestore(pub Arc<PlanContext>);
+pub(crate) struct ClusterRestore(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for ClusterRestore {
@@ -328,7 +328,7 @@ impl Step for ClusterRestore {
 }
 
 /// Wait for each control-plane container to run again with a new id.
-pub struct WaitContainers(pub Arc<PlanContext>);
+pub(crate) struct WaitContainers(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for WaitContainers {
@@ -386,7 +386,7 @@ impl Step for WaitContainers {
 }
 
 /// The state of kubelet and CRI-O, for error messages an operator acts on.
-pub async fn node_state(cx: &PlanContext) -> String {
+pub(crate) async fn node_state(cx: &PlanContext) -> String {
     if !cx.config.host.systemd {
         return "unit states unknown ([host] systemd = false)".into();
     }
@@ -410,7 +410,7 @@ pub async fn node_state(cx: &PlanContext) -> String {
 }
 
 /// Force a new revision of each control-plane operator and wait for the node to run it.
-pub struct RedeployOperators(pub Arc<PlanContext>);
+pub(crate) struct RedeployOperators(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for RedeployOperators {

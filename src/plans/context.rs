@@ -15,7 +15,7 @@ use crate::host::Host;
 use crate::journal::Journal;
 
 /// Shared by every step of a plan.
-pub struct PlanContext {
+pub(crate) struct PlanContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub host: Host,
@@ -29,7 +29,7 @@ impl PlanContext {
     }
 
     /// Plans for the given host adapters.
-    pub fn with_host(config: Arc<Config>, host: Host) -> Arc<PlanContext> {
+    pub(crate) fn with_host(config: Arc<Config>, host: Host) -> Arc<PlanContext> {
         let store = Store::new(&config.state_path());
         Arc::new(PlanContext {
             config,
@@ -39,7 +39,7 @@ impl PlanContext {
     }
 
     /// A small file of the host, trimmed; `None` when it is missing or empty.
-    pub fn host_file(&self, path: &str) -> Option<String> {
+    pub(crate) fn host_file(&self, path: &str) -> Option<String> {
         std::fs::read_to_string(self.config.host_path(path))
             .ok()
             .map(|s| s.trim().to_string())
@@ -48,7 +48,7 @@ impl PlanContext {
 
     /// The node's name as the cluster knows it: its hostname. A backup records it and a
     /// recovery compares it, so both read it here.
-    pub fn node_name(&self) -> String {
+    pub(crate) fn node_name(&self) -> String {
         self.host_file("/etc/hostname").unwrap_or_else(|| {
             rustix::system::uname()
                 .nodename()
@@ -59,14 +59,14 @@ impl PlanContext {
 
     /// Add to what the run records of the node's identity (the commit step puts it in the
     /// generation).
-    pub fn record_identity(cx: &StepContext, add: impl FnOnce(&mut Identity)) -> Result<()> {
+    pub(crate) fn record_identity(cx: &StepContext, add: impl FnOnce(&mut Identity)) -> Result<()> {
         let mut identity = cx.get(&IDENTITY)?.map(|j| j.0).unwrap_or_default();
         add(&mut identity);
         cx.set(&IDENTITY, &Json(identity))
     }
 
     /// Who the node is, as a generation records it.
-    pub fn identity(&self) -> Identity {
+    pub(crate) fn identity(&self) -> Identity {
         Identity {
             hostname: Some(self.node_name()),
             machine_id: self.host_file("/etc/machine-id"),
@@ -76,7 +76,7 @@ impl PlanContext {
     }
 
     /// The exclusion set for a backup taken now.
-    pub fn excludes(&self) -> Result<Excludes> {
+    pub(crate) fn excludes(&self) -> Result<Excludes> {
         let mut patterns: Vec<String> = exclude::FIXED.iter().map(|s| s.to_string()).collect();
         patterns.extend(exclude::tmpfiles_paths(&self.config.root)?);
         patterns.extend(self.config.backup.exclude.iter().cloned());
@@ -84,7 +84,7 @@ impl PlanContext {
     }
 
     /// The machine-config files outside the trees.
-    pub fn extras(&self) -> Result<Vec<PathBuf>> {
+    pub(crate) fn extras(&self) -> Result<Vec<PathBuf>> {
         crate::files::extras::outside_trees(
             &self.config.root,
             &self.config.backup.machine_config,
@@ -94,7 +94,7 @@ impl PlanContext {
 
     /// The generation a run works with: the one named in its options or variables, else the
     /// newest committed one.
-    pub fn generation_for(&self, cx: &StepContext) -> Result<Generation> {
+    pub(crate) fn generation_for(&self, cx: &StepContext) -> Result<Generation> {
         if let Some(id) = cx.get(&GENERATION)? {
             return self.store.open(&id);
         }
@@ -112,7 +112,7 @@ impl PlanContext {
     }
 
     /// The manifest hash the journal recorded for a generation, if it knows it.
-    pub fn journal_hash(journal: &Journal, id: &str) -> Option<String> {
+    pub(crate) fn journal_hash(journal: &Journal, id: &str) -> Option<String> {
         journal
             .generation(id)
             .ok()

@@ -23,7 +23,7 @@ use crate::host::rpmostree::{Deployment, DeploymentRef, Status};
 const OSTREE: &[Integration] = &[Integration::Ostree];
 
 /// The deployment a generation was taken on, as its identity records it.
-pub fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
+pub(crate) fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
     let d = info.identity.deployment.as_ref()?;
     Some(DeploymentRef {
         osname: d.osname.clone(),
@@ -33,7 +33,7 @@ pub fn generation_deployment(info: &GenerationInfo) -> Option<DeploymentRef> {
 }
 
 /// The run's target deployment, once the deployment check recorded it.
-pub fn target_of(cx: &StepContext) -> Result<Option<DeploymentRef>> {
+pub(crate) fn target_of(cx: &StepContext) -> Result<Option<DeploymentRef>> {
     Ok(cx.get(&TARGET)?.map(|j| j.0))
 }
 
@@ -61,7 +61,7 @@ async fn undeploy(ostree: &dyn Ostree, key: &DeploymentRef) -> Result<String> {
 
 /// What recoveryd records of itself in a generation: whose journal the generation's OS can
 /// read, for the check before a recovery crosses versions.
-pub fn recoveryd_identity() -> RecoverydIdentity {
+pub(crate) fn recoveryd_identity() -> RecoverydIdentity {
     RecoverydIdentity {
         version: env!("CARGO_PKG_VERSION").into(),
         journal_format: crate::journal::schema::CURRENT,
@@ -70,7 +70,7 @@ pub fn recoveryd_identity() -> RecoverydIdentity {
 
 /// Pin the booted deployment so it stays available as the rollback target; optionally remove
 /// older unpinned deployments (never the booted one, never a pinned one).
-pub struct PinDeployment(pub Arc<PlanContext>);
+pub(crate) struct PinDeployment(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for PinDeployment {
@@ -140,7 +140,7 @@ impl Step for PinDeployment {
 
 /// Unpin the deployments recoveryd pinned for generations that are gone, when no kept
 /// generation was taken on them (called by the prune step, which holds the run lock).
-pub async fn unpin_unused(p: &PlanContext, cx: &StepContext) -> Result<Vec<String>> {
+pub(crate) async fn unpin_unused(p: &PlanContext, cx: &StepContext) -> Result<Vec<String>> {
     if !p.config.host.ostree {
         return Ok(Vec::new());
     }
@@ -177,7 +177,7 @@ pub async fn unpin_unused(p: &PlanContext, cx: &StepContext) -> Result<Vec<Strin
 
 /// One thing to do so that the target deployment boots next, and the real API that does it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// rpm-ostree `Cleanup(["pending-deploy"])` on this OS: removes its unpinned deployments
     /// before the booted one, a staged one included.
     CleanupPending {
@@ -193,7 +193,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Action::CleanupPending { osname, removes } => format!(
                 "remove the pending deployment(s) {} of {osname} (rpm-ostree Cleanup pending-deploy)",
@@ -214,7 +214,7 @@ impl Action {
 
 /// What makes the target boot next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// In order.
     pub actions: Vec<Action>,
     /// The target is not booted: a reboot follows.
@@ -223,7 +223,7 @@ pub struct Placement {
 
 /// What the node can do besides rpm-ostree's rollback and cleanup.
 #[derive(Debug, Clone, Copy)]
-pub struct Tools {
+pub(crate) struct Tools {
     /// ostree has `admin set-default` (2023.6 and later).
     pub set_default: bool,
     /// `[recovery] undeploy_to_pinned`: unpinned deployments between the booted one and the
@@ -233,7 +233,7 @@ pub struct Tools {
 
 /// Why the target cannot be made to boot next; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlacementError {
+pub(crate) enum PlacementError {
     #[error("the node is not booted from an ostree deployment")]
     NotBooted,
     #[error(
@@ -284,7 +284,7 @@ fn without_pending(list: &[Deployment], os: &str) -> Vec<Deployment> {
 
 /// Decide what makes `target` boot next (see `docs/architecture.md` for the table). Pure: the
 /// dry run shows exactly what the recovery will do.
-pub fn placement(
+pub(crate) fn placement(
     status: &Status,
     target: &DeploymentRef,
     tools: Tools,
@@ -491,7 +491,7 @@ async fn make_target_next(
 }
 
 /// Make the generation's deployment the one that boots next (see [`placement`]).
-pub struct CheckDeployment(pub Arc<PlanContext>);
+pub(crate) struct CheckDeployment(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for CheckDeployment {
@@ -580,7 +580,7 @@ impl Step for CheckDeployment {
 
 /// Before the recovery's own reboot: nothing may boot instead of the target (an upgrade staged
 /// while the recovery ran is removed the supported way).
-pub struct CheckNextBoot(pub Arc<PlanContext>);
+pub(crate) struct CheckNextBoot(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for CheckNextBoot {
@@ -612,7 +612,7 @@ impl Step for CheckNextBoot {
 
 /// After a reboot (and whenever a run resumes past the rollback): the node must run the
 /// target deployment. Otherwise restoring files would put an old `/etc` onto another OS.
-pub async fn expect_booted(p: &PlanContext, cx: &StepContext) -> Result<String> {
+pub(crate) async fn expect_booted(p: &PlanContext, cx: &StepContext) -> Result<String> {
     if !p.config.host.ostree {
         return Ok(String::new());
     }

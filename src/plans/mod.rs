@@ -1,27 +1,27 @@
 //! The procedures as data: plans of named steps for the engine.
 
-pub mod backup;
-pub mod check;
-pub mod cluster;
-pub mod context;
-pub mod deployment;
-pub mod recovery;
-pub mod restore;
-pub mod units;
-pub mod vars;
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod cluster;
+pub(crate) mod context;
+pub(crate) mod deployment;
+pub(crate) mod recovery;
+pub(crate) mod restore;
+pub(crate) mod units;
+pub(crate) mod vars;
 
 use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use context::PlanContext;
+pub(crate) use context::PlanContext;
 
 use crate::engine::{Plan, PlanKind, RunOptions};
 use crate::files::store::{GenerationInfo, Store};
 use crate::journal::{GenerationRecord, Journal, RunKind};
 
 /// Run blocking work (file copies, hashing) off the async runtime; a panic in it propagates.
-pub async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     match tokio::task::spawn_blocking(f).await {
@@ -31,10 +31,10 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
-pub use recovery::recovery_plan;
+pub(crate) use recovery::recovery_plan;
 
 /// The backup plan.
-pub fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
+pub(crate) fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
     let mut p = Plan::new(RunKind::Backup)
         .step(backup::Preflight(cx.clone()))
         .step(deployment::PinDeployment(cx.clone()))
@@ -50,7 +50,7 @@ pub fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
 }
 
 /// `recoveryctl restore-files`: put the trees and machine-config files back, nothing else.
-pub fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
+pub(crate) fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
     Plan::new(RunKind::Recovery).step(restore::RestoreStep {
         cx: cx.clone(),
         name: "restore-files",
@@ -62,7 +62,7 @@ pub fn restore_files_plan(cx: &Arc<PlanContext>) -> Plan {
 }
 
 /// The plan a run was created with, rebuilt from its kind and options (to resume it).
-pub fn plan_for(kind: RunKind, options: &RunOptions, cx: &Arc<PlanContext>) -> Plan {
+pub(crate) fn plan_for(kind: RunKind, options: &RunOptions, cx: &Arc<PlanContext>) -> Plan {
     match (kind, options.plan) {
         (RunKind::Backup, _) => backup_plan(cx),
         (RunKind::Recovery, PlanKind::RestoreFiles) => restore_files_plan(cx),
@@ -71,7 +71,7 @@ pub fn plan_for(kind: RunKind, options: &RunOptions, cx: &Arc<PlanContext>) -> P
 }
 
 /// Every step name of every plan (for validating `[steps.NAME]`).
-pub fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
+pub(crate) fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
     let mut v = backup_plan(cx).step_names();
     v.extend(restore_files_plan(cx).step_names());
     v.extend(recovery_plan(cx).step_names());
@@ -82,12 +82,12 @@ pub fn known_step_names(cx: &Arc<PlanContext>) -> Vec<&'static str> {
 
 /// Remove what interrupted runs left in the store (staging, trash, half-written objects) and
 /// every object no generation refers to; the caller holds the run lock.
-pub fn clean_store(cx: &PlanContext) -> Result<String> {
+pub(crate) fn clean_store(cx: &PlanContext) -> Result<String> {
     backup::clean_store(cx, &|| Ok(()))
 }
 
 /// The journal's record of a committed generation (by run `run`, or found on disk).
-pub fn committed_record(info: &GenerationInfo, run: Option<i64>) -> GenerationRecord {
+pub(crate) fn committed_record(info: &GenerationInfo, run: Option<i64>) -> GenerationRecord {
     GenerationRecord {
         id: info.id.clone(),
         run,
@@ -103,7 +103,7 @@ pub fn committed_record(info: &GenerationInfo, run: Option<i64>) -> GenerationRe
 
 /// Record in the journal any committed generation it does not know (a crash between the
 /// commit's rename and its journal record leaves one).
-pub fn reconcile(journal: &Journal, store: &Store) -> Result<()> {
+pub(crate) fn reconcile(journal: &Journal, store: &Store) -> Result<()> {
     for g in store.list()? {
         if journal.generation(&g.info.id)?.is_none() {
             tracing::info!("recording generation {} found on disk", g.info.id);

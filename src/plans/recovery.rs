@@ -20,9 +20,9 @@ use super::vars::{NODE_STATE_AT_END, ROLLED_BACK, SELINUX_WAS_ENFORCING};
 use crate::engine::{Cleanup, Plan, Prologue, StepContext};
 use crate::journal::{RunKind, RunState};
 
-pub const KUBELET_TREE: &str = "/var/lib/kubelet";
+pub(crate) const KUBELET_TREE: &str = "/var/lib/kubelet";
 
-pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
+pub(crate) fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
     let unit = |name, stage, verb, unit| UnitStep {
         cx: cx.clone(),
         name,
@@ -151,7 +151,7 @@ pub fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
 
 /// Before any step of an invocation: repair what a crash left (SELinux permissive), and once
 /// the run is past its rollback, check that the node runs the recovery's deployment.
-pub struct ResumeChecks(pub Arc<PlanContext>);
+pub(crate) struct ResumeChecks(pub Arc<PlanContext>);
 
 /// The barrier after which the node must run the target deployment.
 const ROLLBACK_BARRIER: &str = "reboot-after-rollback";
@@ -188,7 +188,7 @@ impl ResumeChecks {
 }
 
 /// When a recovery fails, record the state it leaves the node in, for the operator.
-pub struct ReportNodeState(pub Arc<PlanContext>);
+pub(crate) struct ReportNodeState(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Cleanup for ReportNodeState {

@@ -16,7 +16,7 @@ use crate::text::human_bytes;
 
 /// Which trees a restore step covers.
 #[derive(Debug, Clone)]
-pub enum Trees {
+pub(crate) enum Trees {
     /// Every tree of the generation.
     All,
     /// Every tree except these.
@@ -39,7 +39,7 @@ impl Trees {
     }
 }
 
-pub struct RestoreStep {
+pub(crate) struct RestoreStep {
     pub cx: Arc<PlanContext>,
     pub name: &'static str,
     pub stage: &'static str,
@@ -54,7 +54,7 @@ pub struct RestoreStep {
 /// the previous mode put back on every exit path. The previous mode is journaled *before* the
 /// switch, so that a crash at any point after it leaves a record the resume acts on (the
 /// recovery's prologue puts enforcing back).
-pub async fn with_selinux_policy<T>(
+pub(crate) async fn with_selinux_policy<T>(
     p: &PlanContext,
     cx: &StepContext,
     f: impl std::future::Future<Output = Result<T>>,
@@ -78,7 +78,7 @@ pub async fn with_selinux_policy<T>(
 }
 
 /// A one-paragraph account of a restore or diff.
-pub fn summarize(r: &RestoreReport) -> String {
+pub(crate) fn summarize(r: &RestoreReport) -> String {
     let count = |k: ChangeKind| r.changes.iter().filter(|c| c.change == k).count();
     let mut s = format!(
         "{} changes: {} removed, {} created, {} content, {} type, {} metadata, {} links; {} files written ({}), {} live files hashed",
@@ -107,7 +107,7 @@ pub fn summarize(r: &RestoreReport) -> String {
 }
 
 /// Check the generation's manifest against the journal before trusting it.
-pub fn trusted_manifest(
+pub(crate) fn trusted_manifest(
     g: &Generation,
     journal: Option<&crate::journal::Journal>,
 ) -> Result<crate::files::manifest::Manifest> {

@@ -10,13 +10,13 @@ use crate::engine::{Integration, Outcome, PreviewContext, Step, StepContext, Var
 
 /// Which of the node's units.
 #[derive(Debug, Clone, Copy)]
-pub enum NodeUnit {
+pub(crate) enum NodeUnit {
     Kubelet,
     Crio,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitVerb {
+pub(crate) enum UnitVerb {
     Stop,
     Start,
     Restart,
@@ -24,7 +24,7 @@ pub enum UnitVerb {
     Disable,
 }
 
-pub struct UnitStep {
+pub(crate) struct UnitStep {
     pub cx: Arc<PlanContext>,
     pub name: &'static str,
     pub stage: &'static str,
@@ -91,7 +91,7 @@ impl Step for UnitStep {
 }
 
 /// `systemctl daemon-reload`, after unit files may have been restored.
-pub struct DaemonReload(pub Arc<PlanContext>);
+pub(crate) struct DaemonReload(pub Arc<PlanContext>);
 
 #[async_trait]
 impl Step for DaemonReload {
@@ -114,7 +114,7 @@ impl Step for DaemonReload {
 }
 
 /// Reboot, and count as done once the node has booted again.
-pub struct Reboot {
+pub(crate) struct Reboot {
     pub cx: Arc<PlanContext>,
     pub name: &'static str,
     pub stage: &'static str,

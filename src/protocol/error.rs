@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::EngineError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// Another run holds the lock or the daemon's slot, or a recovery is open.
     #[error("{0}")]
     Busy(String),
@@ -29,7 +29,7 @@ const PREFIX: &str = "org.recoveryd.Recovery1.Error.";
 
 impl ApiError {
     /// The D-Bus error name.
-    pub fn dbus_name(&self) -> String {
+    pub(crate) fn dbus_name(&self) -> String {
         self.static_name().to_string()
     }
 
@@ -45,7 +45,7 @@ impl ApiError {
         }
     }
 
-    pub fn short_name(&self) -> &'static str {
+    pub(crate) fn short_name(&self) -> &'static str {
         match self {
             ApiError::Busy(_) => "Busy",
             ApiError::NotFound(_) => "NotFound",
@@ -56,7 +56,7 @@ impl ApiError {
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             ApiError::Busy(m)
             | ApiError::NotFound(m)
@@ -68,7 +68,7 @@ impl ApiError {
     }
 
     /// From a D-Bus error name (full or short) and message; an unknown name is `Failed`.
-    pub fn from_name(name: &str, message: String) -> ApiError {
+    pub(crate) fn from_name(name: &str, message: String) -> ApiError {
         match name.strip_prefix(PREFIX).unwrap_or(name) {
             "Busy" => ApiError::Busy(message),
             "NotFound" => ApiError::NotFound(message),
@@ -80,7 +80,7 @@ impl ApiError {
     }
 
     /// What the daemon answers for an error of the engine or the layers below.
-    pub fn from_anyhow(e: &anyhow::Error) -> ApiError {
+    pub(crate) fn from_anyhow(e: &anyhow::Error) -> ApiError {
         match e.downcast_ref::<EngineError>() {
             Some(EngineError::Busy(m)) => ApiError::Busy(m.clone()),
             Some(EngineError::RecoveryOpen { .. }) => ApiError::Busy(e.to_string()),

@@ -7,7 +7,7 @@ use crate::journal::{RunKind, RunState, StepState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     RunStarted {
         run: i64,
         kind: RunKind,
@@ -69,7 +69,7 @@ impl Event {
     }
 
     /// The engine's borrowed form, for the one renderer ([`render`]).
-    pub fn as_engine(&self) -> Option<engine::Event<'_>> {
+    pub(crate) fn as_engine(&self) -> Option<engine::Event<'_>> {
         Some(match self {
             Event::RunStarted { run, kind, resumed } => engine::Event::RunStarted {
                 run: *run,
@@ -143,7 +143,7 @@ impl Event {
     }
 
     /// The line a person sees for this event (`None`: progress, drawn instead).
-    pub fn line(&self) -> Option<String> {
+    pub(crate) fn line(&self) -> Option<String> {
         self.as_engine().and_then(|e| render::line(&e))
     }
 }

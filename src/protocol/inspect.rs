@@ -10,13 +10,13 @@ use crate::text::human_bytes;
 
 /// `journal`: recent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Runs {
+pub(crate) struct Runs {
     pub runs: Vec<RunRecord>,
 }
 
 /// `journal --run N`: one run, every attempt of its steps, its variables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunDetail {
+pub(crate) struct RunDetail {
     pub run: RunRecord,
     pub steps: Vec<StepRecord>,
     pub vars: Vec<(String, String)>,
@@ -24,21 +24,21 @@ pub struct RunDetail {
 
 /// One entry of `generations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GenerationEntry {
+pub(crate) struct GenerationEntry {
     pub info: GenerationInfo,
     pub dir: std::path::PathBuf,
     pub in_journal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Generations {
+pub(crate) struct Generations {
     /// Oldest first.
     pub generations: Vec<GenerationEntry>,
 }
 
 /// `diff`: what a restore would change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Diff {
+pub(crate) struct Diff {
     pub generation: String,
     pub changes: Vec<Change>,
     pub mounts_left: Vec<String>,
@@ -46,7 +46,7 @@ pub struct Diff {
 }
 
 impl Runs {
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         if self.runs.is_empty() {
             "no runs yet\n".to_string()
         } else {
@@ -57,7 +57,7 @@ impl Runs {
 
 impl Generations {
     /// Newest first, for people.
-    pub fn human(&self, store: &std::path::Path) -> String {
+    pub(crate) fn human(&self, store: &std::path::Path) -> String {
         if self.generations.is_empty() {
             return format!("no generations in {}\n", store.display());
         }
@@ -82,7 +82,7 @@ impl Generations {
 }
 
 impl Diff {
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut s = String::new();
         for c in &self.changes {
             let kind = format!("{:?}", c.change).to_lowercase();
@@ -98,7 +98,7 @@ impl Diff {
 
 /// One step of a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DryRunStep {
+pub(crate) struct DryRunStep {
     pub index: usize,
     pub stage: String,
     pub step: String,
@@ -108,13 +108,13 @@ pub struct DryRunStep {
 
 /// Every stage and step of a recovery, and what each would change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DryRun {
+pub(crate) struct DryRun {
     pub generation: String,
     pub steps: Vec<DryRunStep>,
 }
 
 impl DryRun {
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut out = format!(
             "dry run: recovery from generation {} (nothing is changed)\n",
             self.generation
@@ -151,7 +151,7 @@ fn run_line(r: &RunRecord) -> String {
 }
 
 impl RunDetail {
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let d = self;
         use std::fmt::Write;
         let r = &d.run;

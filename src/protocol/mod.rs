@@ -10,25 +10,25 @@
 
 mod error;
 mod event;
-pub mod inspect;
+pub(crate) mod inspect;
 mod reply;
 mod request;
-pub mod status;
+pub(crate) mod status;
 
-pub use error::ApiError;
-pub use event::Event;
-pub use reply::{Reply, RunOutcome};
-pub use request::{RecoverRequest, Request};
-pub use status::{Live, RunSummary, Status};
+pub(crate) use error::ApiError;
+pub(crate) use event::Event;
+pub(crate) use reply::{Reply, RunOutcome};
+pub(crate) use request::{RecoverRequest, Request};
+pub(crate) use status::{Live, RunSummary, Status};
 
 use serde::{Deserialize, Serialize};
 
 /// The version of every JSON document recoveryd writes.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 /// A document with its schema version: `{"schema": 1, ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Doc<T> {
+pub(crate) struct Doc<T> {
     pub schema: u32,
     #[serde(flatten)]
     pub body: T,
@@ -46,23 +46,23 @@ impl<T> Doc<T> {
 /// One line of the socket stream: an event while a run goes on, then one reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Line {
+pub(crate) enum Line {
     Event(Event),
     Reply(Reply),
 }
 
 /// Serialize a document with its schema (one line, no newline).
-pub fn to_line<T: Serialize>(body: &T) -> String {
+pub(crate) fn to_line<T: Serialize>(body: &T) -> String {
     serde_json::to_string(&Doc::new(body)).expect("protocol documents serialize")
 }
 
 /// Serialize a document with its schema, indented for people.
-pub fn to_pretty<T: Serialize>(body: &T) -> String {
+pub(crate) fn to_pretty<T: Serialize>(body: &T) -> String {
     serde_json::to_string_pretty(&Doc::new(body)).expect("protocol documents serialize")
 }
 
 /// Read one line of the socket stream.
-pub fn read_line(s: &str) -> Result<Line, serde_json::Error> {
+pub(crate) fn read_line(s: &str) -> Result<Line, serde_json::Error> {
     Ok(serde_json::from_str::<Doc<Line>>(s)?.body)
 }
 

@@ -7,7 +7,7 @@ use crate::journal::{RunKind, RunState};
 
 /// How an invocation of a run ended: finished, paused, or waiting for a reboot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub run: i64,
     pub kind: RunKind,
     pub state: RunState,
@@ -18,7 +18,7 @@ pub struct RunOutcome {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum Reply {
+pub(crate) enum Reply {
     /// A waited-for run stopped (see its state).
     Finished(RunOutcome),
     /// A run started and goes on (the request did not wait).
@@ -41,23 +41,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Whether the request did what was asked (a run that waits for a reboot or paused did).
-    pub fn ok(&self) -> bool {
-        match self {
-            Reply::Finished(o) => matches!(
-                o.state,
-                RunState::Succeeded
-                    | RunState::AwaitingReboot
-                    | RunState::Paused
-                    | RunState::Running
-            ),
-            Reply::Error(_) => false,
-            _ => true,
-        }
-    }
-
     /// One line for a person.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         match self {
             Reply::Finished(o) => format!("{} run {} {}: {}", o.kind, o.run, o.state, o.message),
             Reply::Started { run, kind } => format!("{kind} run {run} started"),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The options of a recovery (`recoveryctl recover`, D-Bus `StartRecovery`, socket `recover`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RecoverRequest {
+pub(crate) struct RecoverRequest {
     /// Skip the deployment check: stay on the booted deployment.
     #[serde(default)]
     pub force: bool,
@@ -24,7 +24,7 @@ pub struct RecoverRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
+pub(crate) enum Request {
     Status {},
     Backup {
         #[serde(default)]
@@ -65,12 +65,12 @@ pub enum Request {
 
 impl Request {
     /// Whether the request changes anything (root only).
-    pub fn mutating(&self) -> bool {
+    pub(crate) fn mutating(&self) -> bool {
         !matches!(self, Request::Status {})
     }
 
     /// Whether the client follows the run to its end.
-    pub fn waits(&self) -> bool {
+    pub(crate) fn waits(&self) -> bool {
         match self {
             Request::Backup { wait }
             | Request::Recover { wait, .. }
@@ -80,7 +80,7 @@ impl Request {
         }
     }
 
-    pub fn recover(r: RecoverRequest, wait: bool) -> Request {
+    pub(crate) fn recover(r: RecoverRequest, wait: bool) -> Request {
         Request::Recover {
             force: r.force,
             allow_foreign: r.allow_foreign,
@@ -91,7 +91,7 @@ impl Request {
     }
 
     /// The recovery options of a `recover` request.
-    pub fn recover_options(&self) -> Option<RecoverRequest> {
+    pub(crate) fn recover_options(&self) -> Option<RecoverRequest> {
         match self {
             Request::Recover {
                 force,

@@ -7,7 +7,7 @@ use crate::journal::{GenerationRecord, RunKind, RunRecord, RunState};
 use crate::text::human_bytes;
 
 /// A backup's state in the names TALM reports.
-pub fn backup_state(run: &RunRecord) -> &'static str {
+pub(crate) fn backup_state(run: &RunRecord) -> &'static str {
     match run.state {
         RunState::Running | RunState::Paused | RunState::AwaitingReboot => {
             match run.stage.as_deref() {
@@ -23,7 +23,7 @@ pub fn backup_state(run: &RunRecord) -> &'static str {
 }
 
 /// TALM's name for a backup's outcome (`Active` while it runs); the run state for recoveries.
-pub fn phase(kind: RunKind, state: RunState) -> String {
+pub(crate) fn phase(kind: RunKind, state: RunState) -> String {
     match kind {
         RunKind::Backup => match state {
             RunState::Succeeded => "Succeeded".into(),
@@ -36,7 +36,7 @@ pub fn phase(kind: RunKind, state: RunState) -> String {
 }
 
 /// What the status shows as a run's phase: TALM's state for backups, the stage for recoveries.
-pub fn phase_of(run: &RunRecord) -> String {
+pub(crate) fn phase_of(run: &RunRecord) -> String {
     match run.kind {
         RunKind::Backup => backup_state(run).to_string(),
         RunKind::Recovery => run.stage.clone().unwrap_or_else(|| "starting".into()),
@@ -44,7 +44,7 @@ pub fn phase_of(run: &RunRecord) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSummary {
+pub(crate) struct RunSummary {
     pub id: i64,
     pub kind: RunKind,
     pub state: RunState,
@@ -61,7 +61,7 @@ pub struct RunSummary {
 
 /// Where the executing run is right now (the daemon's view; absent offline).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Live {
+pub(crate) struct Live {
     pub run: Option<i64>,
     pub kind: Option<RunKind>,
     pub stage: Option<String>,
@@ -78,7 +78,7 @@ pub struct Live {
 
 impl Live {
     /// Percent of the run's steps that are done.
-    pub fn percent(&self) -> u32 {
+    pub(crate) fn percent(&self) -> u32 {
         (self.steps_done * 100)
             .checked_div(self.steps_total)
             .unwrap_or(0) as u32
@@ -103,7 +103,7 @@ pub struct Status {
 
 impl Status {
     /// What `recoveryctl status` prints.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "state: {}", self.state);
@@ -154,7 +154,7 @@ impl Status {
     }
 }
 
-pub fn generation_line(g: &GenerationRecord) -> String {
+pub(crate) fn generation_line(g: &GenerationRecord) -> String {
     format!(
         "{}  committed {}  {} entries  {}  manifest {}",
         g.id,

@@ -47,7 +47,7 @@ fn answer(e: zbus::Error) -> Result<Reply> {
     )
 }
 
-pub struct Dbus;
+pub(crate) struct Dbus;
 
 #[async_trait(?Send)]
 impl Client for Dbus {

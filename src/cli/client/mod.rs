@@ -7,9 +7,9 @@ mod dbus;
 mod offline;
 mod socket;
 
-pub use dbus::Dbus;
-pub use offline::Offline;
-pub use socket::Socket;
+pub(crate) use dbus::Dbus;
+pub(crate) use offline::Offline;
+pub(crate) use socket::Socket;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -18,10 +18,10 @@ use crate::protocol::{Event, Reply, Request};
 
 /// What a client calls with each event of the run it follows. (An alias, so that
 /// `async_trait` leaves the closure's argument lifetime higher-ranked.)
-pub type OnEvent<'a> = dyn Fn(&Event) + 'a;
+pub(crate) type OnEvent<'a> = dyn Fn(&Event) + 'a;
 
 #[async_trait(?Send)]
-pub trait Client {
+pub(crate) trait Client {
     /// Send `request`; the events of a run it follows go to `events`. An answer of the daemon
     /// (an error included) is `Ok`; `Err` is a failure to reach or hear it.
     async fn request(&self, request: Request, events: &OnEvent<'_>) -> Result<Reply>;

@@ -13,7 +13,7 @@ use crate::engine::{Engine, Observer, Prepared, Report};
 use crate::ops::{NewRun, Ops, Resume};
 use crate::protocol::{self, ApiError, Event, Reply, Request, RunOutcome};
 
-pub struct Offline {
+pub(crate) struct Offline {
     pub config: Config,
 }
 
@@ -81,7 +81,7 @@ impl Offline {
     }
 
     /// Start a new run and follow it to its end (or pause, or reboot).
-    pub async fn run_new(
+    pub(crate) async fn run_new(
         &self,
         ops: &Ops,
         new: Result<NewRun, ApiError>,

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::{Client, OnEvent};
 use crate::protocol::{self, Line, Reply, Request};
 
-pub struct Socket(pub PathBuf);
+pub(crate) struct Socket(pub PathBuf);
 
 #[async_trait(?Send)]
 impl Client for Socket {

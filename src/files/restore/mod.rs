@@ -37,11 +37,11 @@ use super::store::Generation;
 use paths::{node, parent_of};
 
 /// Prefix of the temporary files a restore writes next to their destination.
-pub const TMP_PREFIX: &str = ".recoveryd-tmp.";
+pub(crate) const TMP_PREFIX: &str = ".recoveryd-tmp.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
+pub(crate) enum ChangeKind {
     /// In the live tree but not in the generation: removed by a restore.
     Added,
     /// In the generation but missing from the live tree: created by a restore.
@@ -57,7 +57,7 @@ pub enum ChangeKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
+pub(crate) struct Change {
     pub path: String,
     pub change: ChangeKind,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -65,7 +65,7 @@ pub struct Change {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreReport {
+pub(crate) struct RestoreReport {
     pub changes: Vec<Change>,
     pub files_written: u64,
     pub bytes_written: u64,
@@ -77,7 +77,7 @@ pub struct RestoreReport {
 }
 
 /// What to restore from a generation.
-pub struct Selection<'a> {
+pub(crate) struct Selection<'a> {
     /// Trees to restore, as configured (`/etc`). Trees absent from the generation are noted.
     pub trees: &'a [String],
     /// Also restore the machine-config files outside the trees.
@@ -87,13 +87,13 @@ pub struct Selection<'a> {
 /// Error for a generation that cannot be trusted; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 #[error("generation {generation} is corrupted; nothing was changed: {}", problems.join("; "))]
-pub struct Corrupted {
+pub(crate) struct Corrupted {
     pub generation: String,
     pub problems: Vec<String>,
 }
 
 /// List what a restore of `selection` would change.
-pub fn diff(
+pub(crate) fn diff(
     root: &Path,
     generation: &Generation,
     manifest: &Manifest,
@@ -117,7 +117,7 @@ fn compare<'a>(
 }
 
 /// Make the live trees of `selection` equal to the generation.
-pub fn restore(
+pub(crate) fn restore(
     root: &Path,
     generation: &Generation,
     manifest: &Manifest,

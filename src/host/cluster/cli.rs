@@ -14,7 +14,7 @@ use super::types::*;
 use crate::host::command::{CommandOutput, CommandSpec, Programs};
 
 /// The cluster's command-line tools on this node.
-pub struct ClusterCli {
+pub(crate) struct ClusterCli {
     pub programs: Arc<dyn Programs>,
     pub crictl: PathBuf,
     pub crio: PathBuf,

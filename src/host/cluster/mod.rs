@@ -2,7 +2,7 @@
 //! [`Cluster`]; [`ClusterCli`] runs the real commands; what they answer is parsed in [`types`].
 
 mod cli;
-pub mod types;
+pub(crate) mod types;
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 
-pub use cli::ClusterCli;
-pub use types::*;
+pub(crate) use cli::ClusterCli;
+pub(crate) use types::*;
 
 use super::command::CommandOutput;
 
 #[async_trait]
-pub trait Cluster: Send + Sync {
+pub(crate) trait Cluster: Send + Sync {
     /// `crictl ps`, retried.
     async fn containers(&self) -> Result<Vec<Container>>;
     /// `crictl ps`, one try, for a caller that polls (and keeps the last error).

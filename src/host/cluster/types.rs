@@ -8,14 +8,14 @@ use std::collections::HashMap;
 
 /// `crictl ps -o json`.
 #[derive(Debug, Deserialize)]
-pub struct ContainerList {
+pub(crate) struct ContainerList {
     #[serde(default)]
     pub containers: Vec<Container>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Container {
+pub(crate) struct Container {
     pub id: String,
     #[serde(default)]
     pub pod_sandbox_id: String,
@@ -30,24 +30,24 @@ pub struct Container {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ContainerMetadata {
+pub(crate) struct ContainerMetadata {
     pub name: String,
     #[serde(default)]
     pub attempt: u32,
 }
 
-pub const RUNNING: &str = "CONTAINER_RUNNING";
+pub(crate) const RUNNING: &str = "CONTAINER_RUNNING";
 
 /// `crictl images -o json`.
 #[derive(Debug, Deserialize)]
-pub struct ImageList {
+pub(crate) struct ImageList {
     #[serde(default)]
     pub images: Vec<Image>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Image {
+pub(crate) struct Image {
     pub id: String,
     #[serde(default)]
     pub repo_tags: Vec<String>,
@@ -60,7 +60,7 @@ pub struct Image {
 
 impl Image {
     /// The name to save and load the image by: a tag if it has one, else its digest reference.
-    pub fn reference(&self) -> Option<&str> {
+    pub(crate) fn reference(&self) -> Option<&str> {
         self.repo_tags
             .first()
             .or_else(|| self.repo_digests.first())
@@ -70,13 +70,13 @@ impl Image {
 
 /// An operator resource (`oc get etcd cluster -o json`): its revisions.
 #[derive(Debug, Clone, Deserialize)]
-pub struct OperatorResource {
+pub(crate) struct OperatorResource {
     pub status: OperatorStatus,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OperatorStatus {
+pub(crate) struct OperatorStatus {
     #[serde(default)]
     pub latest_available_revision: i64,
     #[serde(default)]
@@ -85,7 +85,7 @@ pub struct OperatorStatus {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     pub node_name: String,
     #[serde(default)]
     pub current_revision: i64,
@@ -93,7 +93,7 @@ pub struct NodeStatus {
 
 impl OperatorStatus {
     /// The current revision on `node`; with one node and no match, that node's (SNO).
-    pub fn current_revision(&self, node: &str) -> Option<i64> {
+    pub(crate) fn current_revision(&self, node: &str) -> Option<i64> {
         self.node_statuses
             .iter()
             .find(|s| s.node_name == node)
@@ -108,7 +108,7 @@ impl OperatorStatus {
 
 /// `oc get clusterversion version -o json`: who the cluster is.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ClusterVersion {
+pub(crate) struct ClusterVersion {
     pub spec: ClusterVersionSpec,
     #[serde(default)]
     pub status: Option<ClusterVersionStatus>,
@@ -116,45 +116,45 @@ pub struct ClusterVersion {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterVersionSpec {
+pub(crate) struct ClusterVersionSpec {
     #[serde(rename = "clusterID")]
     pub cluster_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ClusterVersionStatus {
+pub(crate) struct ClusterVersionStatus {
     pub desired: Release,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Release {
+pub(crate) struct Release {
     pub version: String,
 }
 
-pub fn parse_containers(json: &[u8]) -> Result<Vec<Container>> {
+pub(crate) fn parse_containers(json: &[u8]) -> Result<Vec<Container>> {
     Ok(serde_json::from_slice::<ContainerList>(json)
         .context("parsing `crictl ps -o json`")?
         .containers)
 }
 
-pub fn parse_images(json: &[u8]) -> Result<Vec<Image>> {
+pub(crate) fn parse_images(json: &[u8]) -> Result<Vec<Image>> {
     Ok(serde_json::from_slice::<ImageList>(json)
         .context("parsing `crictl images -o json`")?
         .images)
 }
 
-pub fn parse_operator(json: &[u8]) -> Result<OperatorStatus> {
+pub(crate) fn parse_operator(json: &[u8]) -> Result<OperatorStatus> {
     Ok(serde_json::from_slice::<OperatorResource>(json)
         .context("parsing an operator resource")?
         .status)
 }
 
-pub fn parse_cluster_version(json: &[u8]) -> Result<ClusterVersion> {
+pub(crate) fn parse_cluster_version(json: &[u8]) -> Result<ClusterVersion> {
     serde_json::from_slice(json).context("parsing the clusterversion")
 }
 
 /// The id of the running container with this name, if any.
-pub fn running_id<'a>(containers: &'a [Container], name: &str) -> Option<&'a str> {
+pub(crate) fn running_id<'a>(containers: &'a [Container], name: &str) -> Option<&'a str> {
     containers
         .iter()
         .filter(|c| c.metadata.name == name && c.state == RUNNING)
