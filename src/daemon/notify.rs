@@ -1,8 +1,9 @@
 //! sd_notify: READY, STATUS, WATCHDOG, STOPPING to the service manager.
 //!
 //! Written by hand (a few lines) rather than with the `sd-notify` crate because that crate
-//! cannot send to an abstract-namespace `NOTIFY_SOCKET` (`@name`), which containers and tests
-//! use; the protocol is one datagram of `KEY=VALUE` lines.
+//! (0.5.0: `UnixDatagram::connect(path)`) cannot send to an abstract-namespace
+//! `NOTIFY_SOCKET` (`@name`), which systemd-nspawn and the tests use; the protocol is one
+//! datagram of `KEY=VALUE` lines, sent without blocking.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;

@@ -1,0 +1,192 @@
+//! Commit the staging generation and verify what was committed.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+use crate::engine::{Json, Outcome, Step, StepContext};
+use crate::files::backup::Hooks;
+use crate::files::manifest::{Artifact, Manifest};
+use crate::files::store::{GenerationInfo, MANIFEST_FILE, NEW_OBJECTS};
+use crate::files::{copy::hash_file, verify};
+use crate::plans::blocking;
+use crate::plans::context::PlanContext;
+use crate::plans::vars::IDENTITY;
+use crate::text::human_bytes;
+
+use super::{PARTIAL, generation_id};
+
+/// Write the manifest and commit the generation (fsync, rename, journal record).
+pub(crate) struct Commit(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for Commit {
+    fn name(&self) -> &'static str {
+        "commit"
+    }
+    fn stage(&self) -> &'static str {
+        "commit"
+    }
+    fn describe(&self) -> String {
+        "write the manifest, flush the generation to disk and commit it atomically".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || commit(&p, &cx)).await
+    }
+}
+
+fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+    let id = generation_id(cx)?;
+    if let Ok(g) = p.store.open(&id) {
+        record(cx, &g.info)?;
+        return Ok(Outcome::Done(format!(
+            "generation {id} was already committed"
+        )));
+    }
+    let staging = p.store.staging_path(&id);
+    let manifest_path = staging.join(MANIFEST_FILE);
+    // An earlier attempt may have written the manifest and removed files.partial already:
+    // continue from the manifest, recomputing its artifacts.
+    let partial = staging.join(PARTIAL);
+    let mut m = if partial.exists() || !manifest_path.exists() {
+        Manifest::read_file(&partial, None)?
+    } else {
+        let mut m = Manifest::read_file(&manifest_path, None)?;
+        m.artifacts.clear();
+        m
+    };
+    for dir in ["cluster", "images"] {
+        let base = staging.join(dir);
+        if !base.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        let mut stack = vec![base];
+        while let Some(d) = stack.pop() {
+            let listing =
+                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
+            for e in listing {
+                let e = e.with_context(|| format!("listing {}", d.display()))?;
+                if e.file_type()?.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            let (hash, size) = std::fs::File::open(&f)
+                .and_then(|file| hash_file(&file))
+                .with_context(|| format!("hashing {}", f.display()))?;
+            let rel = f.strip_prefix(&staging).unwrap_or(&f).display().to_string();
+            m.artifacts.push(Artifact {
+                artifact: rel,
+                size,
+                hash,
+            });
+        }
+    }
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path)
+            .with_context(|| format!("removing {}", manifest_path.display()))?;
+    }
+    let hash = m
+        .write_file(&manifest_path)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    if partial.exists() {
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    let mut identity = p.identity();
+    if let Some(Json(recorded)) = cx.get(&IDENTITY)? {
+        identity = identity.merged(recorded);
+    }
+    let info = GenerationInfo {
+        format: 1,
+        id: id.clone(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        manifest_hash: hash.clone(),
+        entries: m.entries.len() as u64,
+        bytes: m.content_bytes(),
+        trees: m.header.trees.clone(),
+        identity,
+    };
+    cx.checkpoint()?;
+    let g = p.store.commit(&id, &info)?;
+    record(cx, &g.info)?;
+    Ok(Outcome::Done(format!(
+        "generation {id} committed: {} entries, {}, manifest {}",
+        info.entries,
+        human_bytes(info.bytes),
+        &hash[..16]
+    )))
+}
+
+fn record(cx: &StepContext, info: &GenerationInfo) -> Result<()> {
+    cx.journal
+        .record_generation(&crate::plans::committed_record(info, Some(cx.run)))?;
+    Ok(())
+}
+
+/// Re-read the committed generation and check it against its manifest.
+pub(crate) struct VerifyGeneration(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for VerifyGeneration {
+    fn name(&self) -> &'static str {
+        "verify-generation"
+    }
+    fn stage(&self) -> &'static str {
+        "commit"
+    }
+    fn describe(&self) -> String {
+        "re-hash every stored file of the new generation against its manifest".into()
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || {
+            let id = generation_id(&cx)?;
+            let g = p.store.open(&id)?;
+            let checkpoint = || cx.checkpoint();
+            let check_cancel = || cx.check_cancel();
+            let progress = |_: u64, _: u64, _: u64| {};
+            let hooks = Hooks {
+                checkpoint: &checkpoint,
+                check_cancel: &check_cancel,
+                progress: &progress,
+            };
+            let jh = PlanContext::journal_hash(&cx.journal, &id);
+            // Re-read what this backup wrote; objects of earlier backups were verified when
+            // they were written and are checked for presence.
+            // Without the list (an unreadable file), every object is re-read.
+            let new: Option<std::collections::HashSet<String>> = match std::fs::read_to_string(
+                g.dir.join(NEW_OBJECTS),
+            ) {
+                Ok(t) => Some(t.lines().map(str::to_string).collect()),
+                Err(e) => {
+                    tracing::warn!(
+                        "{NEW_OBJECTS} of generation {id} unreadable ({e}); re-hashing every object"
+                    );
+                    None
+                }
+            };
+            let r = verify::verify(
+                &g,
+                jh.as_deref(),
+                new.as_ref(),
+                p.config.backup.workers,
+                &hooks,
+            )?;
+            if !r.ok {
+                bail!("{}", r.summary());
+            }
+            Ok(Outcome::Done(r.summary()))
+        })
+        .await
+    }
+}

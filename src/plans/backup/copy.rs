@@ -1,0 +1,149 @@
+//! Copy the trees and the machine-config files into the staging generation.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+
+use crate::engine::{Outcome, Progress, Step, StepContext};
+use crate::files::backup::{Hooks, copy_files};
+use crate::files::bytetext::ByteText;
+use crate::files::manifest::{FORMAT, Header, Manifest, VERSION};
+use crate::files::store::NEW_OBJECTS;
+use crate::files::walk::Walker;
+use crate::plans::blocking;
+use crate::plans::context::PlanContext;
+use crate::text::human_bytes;
+
+use super::{PARTIAL, generation_id};
+
+/// Copy the trees and the machine-config files into the staging generation.
+pub(crate) struct CopyFiles(pub Arc<PlanContext>);
+
+#[async_trait]
+impl Step for CopyFiles {
+    fn name(&self) -> &'static str {
+        "copy-files"
+    }
+    fn stage(&self) -> &'static str {
+        "copy"
+    }
+    fn describe(&self) -> String {
+        let trees: Vec<String> = self
+            .0
+            .config
+            .backup
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "copy {} and the machine-config files, hashing every file",
+            trees.join(", ")
+        )
+    }
+    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
+        let p = self.0.clone();
+        let cx = cx.clone();
+        blocking(move || copy(&p, &cx)).await
+    }
+}
+
+fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+    let id = generation_id(cx)?;
+    let staging = p.store.staging_path(&id);
+    anyhow::ensure!(
+        staging.is_dir(),
+        "staging directory {} is missing",
+        staging.display()
+    );
+    // A retried attempt starts the copy over (objects already written are reused).
+    for leftover in [PARTIAL, NEW_OBJECTS] {
+        let l = staging.join(leftover);
+        if l.exists() {
+            std::fs::remove_file(&l).with_context(|| format!("removing {}", l.display()))?;
+        }
+    }
+
+    let excludes = p.excludes()?;
+    let extras = p.extras()?;
+    let checkpoint = || cx.checkpoint();
+    let check_cancel = || cx.check_cancel();
+    let mut scan = Walker {
+        root: &p.config.root,
+        excludes: &excludes,
+        checkpoint: &checkpoint,
+        sizes_only: false,
+    }
+    .scan(&p.config.backup.paths, &extras)?;
+    let prev_gen = p.store.latest()?;
+    let prev_manifest = match &prev_gen {
+        Some(g) => match g.manifest() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    "previous generation {} is not usable for sharing: {e:#}",
+                    g.info.id
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let progress = |done: u64, total: u64, bytes: u64| {
+        cx.progress(Progress {
+            done,
+            total,
+            bytes_done: bytes,
+            message: "files copied",
+            ..Default::default()
+        })
+    };
+    let hooks = Hooks {
+        checkpoint: &checkpoint,
+        check_cancel: &check_cancel,
+        progress: &progress,
+    };
+    let stats = copy_files(
+        &p.config.root,
+        &mut scan.entries,
+        &p.store,
+        prev_manifest.as_ref(),
+        p.config.backup.workers,
+        &hooks,
+    )?;
+    // The objects this backup wrote: the verify step re-reads exactly these.
+    let new_objects = staging.join(NEW_OBJECTS);
+    std::fs::write(&new_objects, stats.new_objects.join("\n"))
+        .with_context(|| format!("writing {}", new_objects.display()))?;
+    let mut m = Manifest::new(Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        generation: id.clone(),
+        trees: scan.trees,
+        extras: scan.extras.into_iter().map(ByteText).collect(),
+        extras_absent: scan.extras_absent.into_iter().map(ByteText).collect(),
+        exclude: excludes.patterns().to_vec(),
+        skipped_mounts: scan.skipped_mounts.into_iter().map(ByteText).collect(),
+    });
+    m.entries = scan.entries;
+    let partial = staging.join(PARTIAL);
+    m.write_file(&partial)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    let mut detail = format!(
+        "{} entries; {} files stored ({}), {} already stored ({}), {} hardlinks",
+        m.entries.len(),
+        stats.copied_files,
+        human_bytes(stats.copied_bytes),
+        stats.shared_files,
+        human_bytes(stats.shared_bytes),
+        stats.hardlinks
+    );
+    if !m.header.skipped_mounts.is_empty() {
+        detail.push_str(&format!(
+            "; {} mount points skipped",
+            m.header.skipped_mounts.len()
+        ));
+    }
+    Ok(Outcome::Done(detail))
+}

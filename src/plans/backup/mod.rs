@@ -1,0 +1,47 @@
+//! The file steps of the backup plan, one file per job: the pre-flight checks, the copy, the
+//! commit and its verification, and retention (with the clean-up after a failed backup).
+
+mod commit;
+mod copy;
+mod preflight;
+mod retention;
+
+pub(crate) use commit::{Commit, VerifyGeneration};
+pub(crate) use copy::CopyFiles;
+pub(crate) use preflight::Preflight;
+pub(crate) use retention::{Prune, RemoveStaging};
+
+use anyhow::{Context, Result};
+
+use crate::engine::StepContext;
+use crate::plans::context::PlanContext;
+use crate::plans::vars::GENERATION;
+use crate::text::human_bytes;
+
+/// The copy's record of what it wrote, kept beside the staging generation until the commit.
+const PARTIAL: &str = "files.partial";
+
+pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
+    cx.get(&GENERATION)?
+        .context("the run has no generation yet (the preflight step did not finish)")
+}
+
+/// Remove abandoned staging and trash directories, half-written objects, and objects no
+/// generation refers to. Returns what was removed, for the journal (empty: nothing).
+pub(super) fn clean_store(p: &PlanContext, checkpoint: &dyn Fn() -> Result<()>) -> Result<String> {
+    let removed = p.store.clean_abandoned()?;
+    let gc = p.store.gc(checkpoint)?;
+    let mut parts = removed;
+    if gc.removed > 0 {
+        parts.push(format!(
+            "{} unreferenced objects ({})",
+            gc.removed,
+            human_bytes(gc.bytes)
+        ));
+    }
+    Ok(if parts.is_empty() {
+        String::new()
+    } else {
+        format!("removed {}", parts.join(", "))
+    })
+}
