@@ -12,6 +12,9 @@ mod fragment;
 mod sources;
 pub(crate) mod units;
 
+#[cfg(test)]
+mod proptests;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -65,3 +65,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hex_input {
+    use super::ByteText;
+
+    #[test]
+    fn hex_that_is_not_ascii_is_an_error() {
+        for bad in [
+            r#"{"hex":"aéa"}"#,
+            r#"{"hex":"é0"}"#,
+            r#"{"hex":"0g"}"#,
+            r#"{"hex":"abc"}"#,
+        ] {
+            assert!(serde_json::from_str::<ByteText>(bad).is_err(), "{bad}");
+        }
+    }
+}

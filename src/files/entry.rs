@@ -183,13 +183,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Lowercase or uppercase hex back to bytes. Read from manifests, so anything else (an odd
+/// length, a character that is not a hex digit, one that is not ASCII) is an error.
 pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    fn digit(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
     if !s.len().is_multiple_of(2) {
         return Err(format!("odd-length hex `{s}`"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("bad hex `{s}`: {e}")))
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+            _ => Err(format!("bad hex `{s}`")),
+        })
         .collect()
 }
 

@@ -26,3 +26,6 @@ pub(crate) fn is_corruption(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<restore::Corrupted>().is_some()
     })
 }
+
+#[cfg(test)]
+mod proptests;

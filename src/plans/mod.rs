@@ -10,6 +10,9 @@ pub(crate) mod restore;
 pub(crate) mod units;
 pub(crate) mod vars;
 
+#[cfg(test)]
+mod placement_props;
+
 use std::sync::Arc;
 
 use anyhow::Result;
