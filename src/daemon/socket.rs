@@ -23,7 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::manager::{RunManager, Started};
-use crate::protocol::{self, ApiError, Event, Reply, Request, RunOutcome};
+use crate::protocol::{self, ApiError, Event, Reply, Request};
 
 /// The longest request accepted.
 pub(crate) const MAX_REQUEST: usize = 64 * 1024;
@@ -99,12 +99,18 @@ async fn read_request(stream: &mut BufReader<UnixStream>) -> Result<Request, Api
         Ok(Err(e)) => return Err(ApiError::InvalidArgs(format!("reading the request: {e}"))),
         Ok(Ok(_)) => {}
     }
+    parse_request(&line)
+}
+
+/// One request line as read from a client: bounded, UTF-8, one JSON request with no field
+/// the op does not take. Nothing from the socket is used before this accepts it.
+pub(crate) fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
     if line.len() > MAX_REQUEST {
         return Err(ApiError::InvalidArgs(format!(
             "request longer than {MAX_REQUEST} bytes"
         )));
     }
-    let text = std::str::from_utf8(&line)
+    let text = std::str::from_utf8(line)
         .map_err(|_| ApiError::InvalidArgs("request is not UTF-8".into()))?;
     if text.trim().is_empty() {
         return Err(ApiError::InvalidArgs("empty request".into()));
@@ -183,21 +189,7 @@ async fn follow(
             continue;
         }
         send(stream, &ev).await?;
-        if let Event::RunFinished {
-            run,
-            kind,
-            state,
-            phase,
-            message,
-        } = ev
-        {
-            let outcome = RunOutcome {
-                run,
-                kind,
-                state,
-                phase,
-                message,
-            };
+        if let Some(outcome) = ev.outcome() {
             return send(stream, &Reply::Finished(outcome)).await;
         }
     }

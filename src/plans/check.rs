@@ -6,9 +6,8 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use super::blocking;
-use super::context::PlanContext;
-use crate::engine::{Outcome, PreviewContext, Progress, Step, StepContext};
-use crate::files::backup::Hooks;
+use super::context::{PlanContext, with_step_hooks};
+use crate::engine::{Outcome, PreviewContext, Step, StepContext};
 use crate::files::store::GenerationInfo;
 use crate::files::verify;
 use crate::journal::Journal;
@@ -35,24 +34,10 @@ impl Step for VerifyBackup {
         let cx = cx.clone();
         blocking(move || {
             let g = p.generation_for(&cx)?;
-            let checkpoint = || cx.checkpoint();
-            let check_cancel = || cx.check_cancel();
-            let progress = |done: u64, total: u64, bytes: u64| {
-                cx.progress(Progress {
-                    done,
-                    total,
-                    bytes_done: bytes,
-                    message: "objects verified",
-                    ..Default::default()
-                })
-            };
-            let hooks = Hooks {
-                checkpoint: &checkpoint,
-                check_cancel: &check_cancel,
-                progress: &progress,
-            };
             let jh = PlanContext::journal_hash(&cx.journal, &g.info.id);
-            let r = verify::verify(&g, jh.as_deref(), None, p.config.backup.workers, &hooks)?;
+            let r = with_step_hooks(&cx, Some("objects verified"), |hooks| {
+                verify::verify(&g, jh.as_deref(), None, p.config.backup.workers, hooks)
+            })?;
             if !r.ok {
                 bail!(
                     "the backup cannot be trusted; nothing was changed. {}",

@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result};
 
 use super::vars::{GENERATION, IDENTITY};
 use crate::config::Config;
-use crate::engine::{Json, StepContext};
+use crate::engine::{Json, Progress, StepContext};
+use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
 use crate::files::store::{Generation, Store};
 use crate::host::Host;
@@ -119,4 +120,31 @@ impl PlanContext {
             .flatten()
             .map(|g| g.manifest_hash)
     }
+}
+
+/// Run `f` with the data path's hooks tied to the step: its failpoints and cancellation, and
+/// its progress reported as `message` ("files copied"); `None` reports none.
+pub(crate) fn with_step_hooks<R>(
+    cx: &StepContext,
+    message: Option<&'static str>,
+    f: impl FnOnce(&Hooks) -> R,
+) -> R {
+    let checkpoint = || cx.checkpoint();
+    let check_cancel = || cx.check_cancel();
+    let progress = |done: u64, total: u64, bytes: u64| {
+        if let Some(message) = message {
+            cx.progress(Progress {
+                done,
+                total,
+                bytes_done: bytes,
+                message,
+                ..Default::default()
+            })
+        }
+    };
+    f(&Hooks {
+        checkpoint: &checkpoint,
+        check_cancel: &check_cancel,
+        progress: &progress,
+    })
 }

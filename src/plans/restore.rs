@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::blocking;
-use super::context::PlanContext;
+use super::context::{PlanContext, with_step_hooks};
 use super::vars::SELINUX_WAS_ENFORCING;
-use crate::engine::{Outcome, PreviewContext, Progress, Step, StepContext};
+use crate::engine::{Outcome, PreviewContext, Step, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::restore::{self, ChangeKind, RestoreReport, Selection};
 use crate::files::store::Generation;
@@ -171,26 +171,12 @@ impl Step for RestoreStep {
                 trees: &trees.pick(&names),
                 extras,
             };
-            let checkpoint = || cx.checkpoint();
-            let check_cancel = || cx.check_cancel();
-            let progress = |done: u64, total: u64, bytes: u64| {
-                cx.progress(Progress {
-                    done,
-                    total,
-                    bytes_done: bytes,
-                    message: "entries restored",
-                    ..Default::default()
-                })
-            };
-            let hooks = Hooks {
-                checkpoint: &checkpoint,
-                check_cancel: &check_cancel,
-                progress: &progress,
-            };
             if selection.trees.is_empty() && !selection.extras {
                 return Ok(Outcome::Skipped("no such tree in this generation".into()));
             }
-            let r = restore::restore(&p.config.root, &g, &m, &selection, &hooks)?;
+            let r = with_step_hooks(&cx, Some("entries restored"), |hooks| {
+                restore::restore(&p.config.root, &g, &m, &selection, hooks)
+            })?;
             Ok(Outcome::Done(format!(
                 "from generation {}: {}",
                 g.info.id,

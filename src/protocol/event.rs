@@ -68,6 +68,26 @@ impl Event {
         }
     }
 
+    /// A run's end as the reply to a client that waited for it.
+    pub(crate) fn outcome(&self) -> Option<super::RunOutcome> {
+        match self {
+            Event::RunFinished {
+                run,
+                kind,
+                state,
+                phase,
+                message,
+            } => Some(super::RunOutcome {
+                run: *run,
+                kind: *kind,
+                state: *state,
+                phase: phase.clone(),
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The engine's borrowed form, for the one renderer ([`render`]).
     pub(crate) fn as_engine(&self) -> Option<engine::Event<'_>> {
         Some(match self {

@@ -10,7 +10,7 @@ use zbus::{OwnedObjectPath, Variant};
 
 use super::{Client, OnEvent};
 use crate::journal::RunKind;
-use crate::protocol::{self, ApiError, Doc, Event, Reply, Request, RunOutcome, Status};
+use crate::protocol::{self, ApiError, Doc, Reply, Request, Status};
 
 #[zbus::proxy(
     interface = "org.recoveryd.Recovery1.Manager",
@@ -150,21 +150,8 @@ impl Client for Dbus {
                 continue;
             }
             events(&ev);
-            if let Event::RunFinished {
-                run,
-                kind,
-                state,
-                phase,
-                message,
-            } = ev
-            {
-                return Ok(Reply::Finished(RunOutcome {
-                    run,
-                    kind,
-                    state,
-                    phase,
-                    message,
-                }));
+            if let Some(outcome) = ev.outcome() {
+                return Ok(Reply::Finished(outcome));
             }
         }
     }

@@ -6,12 +6,11 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 
 use crate::engine::{Json, Outcome, Step, StepContext};
-use crate::files::backup::Hooks;
 use crate::files::manifest::{Artifact, Manifest};
 use crate::files::store::{GenerationInfo, MANIFEST_FILE, NEW_OBJECTS};
 use crate::files::{copy::hash_file, verify};
 use crate::plans::blocking;
-use crate::plans::context::PlanContext;
+use crate::plans::context::{PlanContext, with_step_hooks};
 use crate::plans::vars::IDENTITY;
 use crate::text::human_bytes;
 
@@ -152,14 +151,6 @@ impl Step for VerifyGeneration {
         blocking(move || {
             let id = generation_id(&cx)?;
             let g = p.store.open(&id)?;
-            let checkpoint = || cx.checkpoint();
-            let check_cancel = || cx.check_cancel();
-            let progress = |_: u64, _: u64, _: u64| {};
-            let hooks = Hooks {
-                checkpoint: &checkpoint,
-                check_cancel: &check_cancel,
-                progress: &progress,
-            };
             let jh = PlanContext::journal_hash(&cx.journal, &id);
             // Re-read what this backup wrote; objects of earlier backups were verified when
             // they were written and are checked for presence.
@@ -175,13 +166,15 @@ impl Step for VerifyGeneration {
                     None
                 }
             };
-            let r = verify::verify(
-                &g,
-                jh.as_deref(),
-                new.as_ref(),
-                p.config.backup.workers,
-                &hooks,
-            )?;
+            let r = with_step_hooks(&cx, None, |hooks| {
+                verify::verify(
+                    &g,
+                    jh.as_deref(),
+                    new.as_ref(),
+                    p.config.backup.workers,
+                    hooks,
+                )
+            })?;
             if !r.ok {
                 bail!("{}", r.summary());
             }

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 
-use crate::engine::{Outcome, Progress, Step, StepContext};
-use crate::files::backup::{Hooks, copy_files};
+use crate::engine::{Outcome, Step, StepContext};
+use crate::files::backup::copy_files;
 use crate::files::bytetext::ByteText;
 use crate::files::manifest::{FORMAT, Header, Manifest, VERSION};
 use crate::files::store::NEW_OBJECTS;
 use crate::files::walk::Walker;
 use crate::plans::blocking;
 use crate::plans::context::PlanContext;
+use crate::plans::context::with_step_hooks;
 use crate::text::human_bytes;
 
 use super::{PARTIAL, generation_id};
@@ -68,7 +69,6 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let excludes = p.excludes()?;
     let extras = p.extras()?;
     let checkpoint = || cx.checkpoint();
-    let check_cancel = || cx.check_cancel();
     let mut scan = Walker {
         root: &p.config.root,
         excludes: &excludes,
@@ -90,28 +90,16 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         },
         None => None,
     };
-    let progress = |done: u64, total: u64, bytes: u64| {
-        cx.progress(Progress {
-            done,
-            total,
-            bytes_done: bytes,
-            message: "files copied",
-            ..Default::default()
-        })
-    };
-    let hooks = Hooks {
-        checkpoint: &checkpoint,
-        check_cancel: &check_cancel,
-        progress: &progress,
-    };
-    let stats = copy_files(
-        &p.config.root,
-        &mut scan.entries,
-        &p.store,
-        prev_manifest.as_ref(),
-        p.config.backup.workers,
-        &hooks,
-    )?;
+    let stats = with_step_hooks(cx, Some("files copied"), |hooks| {
+        copy_files(
+            &p.config.root,
+            &mut scan.entries,
+            &p.store,
+            prev_manifest.as_ref(),
+            p.config.backup.workers,
+            hooks,
+        )
+    })?;
     // The objects this backup wrote: the verify step re-reads exactly these.
     let new_objects = staging.join(NEW_OBJECTS);
     std::fs::write(&new_objects, stats.new_objects.join("\n"))
