@@ -6,6 +6,8 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod journal;
 pub(crate) mod logging;

@@ -19,3 +19,5 @@ else
   echo "tests/run.sh: not root, so the tests marked 'needs root' are left out (cargo lists them as ignored)" >&2
   cargo test
 fi
+# The parsers of outside bytes, fuzzed for a bounded time each (tests/fuzz.sh).
+tests/fuzz.sh

@@ -158,8 +158,19 @@ impl Manifest {
             path: p.clone(),
             source,
         })?;
+        Manifest::read_bytes(&bytes, &p, expected_hash)
+    }
+
+    /// Parse and check a manifest's bytes (`name` for messages), refusing them if
+    /// `expected_hash` is given and does not match.
+    pub(crate) fn read_bytes(
+        bytes: &[u8],
+        name: &str,
+        expected_hash: Option<&str>,
+    ) -> Result<Manifest, ManifestError> {
+        let p = name.to_string();
         if let Some(expected) = expected_hash {
-            let found = blake3::hash(&bytes).to_hex().to_string();
+            let found = blake3::hash(bytes).to_hex().to_string();
             if found != expected {
                 return Err(ManifestError::HashMismatch {
                     path: p,
