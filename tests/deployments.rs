@@ -445,3 +445,90 @@ fn a_journal_a_newer_recoveryd_extended_is_resumed_and_an_unreadable_one_refused
     );
     assert_eq!(w.rpm().calls_named("Rollback").len(), rollbacks);
 }
+
+/// The generations' ids and marks, oldest first.
+fn generations(w: &World) -> Vec<(String, String, bool)> {
+    let (code, out, err) = w.ctl(&["generations", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    common::json_list(&out, "generations")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["info"]["id"].as_str().unwrap().to_string(),
+                g["short_id"].as_str().unwrap().to_string(),
+                g["marks"]["protected"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ids(gens: &[(String, String, bool)]) -> Vec<String> {
+    gens.iter().map(|g| g.0.clone()).collect()
+}
+
+#[test]
+fn retention_keeps_protected_generations_and_the_newest_of_the_rollback_deployment() {
+    let mut w = World::new("[backup]\nkeep = 2\n");
+    let (v1, v2) = (w.old.clone(), w.new.clone());
+    let backup = |w: &World| {
+        let (code, out, err) = w.ctl(&["backup"]);
+        assert_eq!(code, 0, "{out}{err}");
+        newest_generation(w)
+    };
+    let gen1 = backup(&w);
+    // A failed upgrade: 2.0 boots, 1.0 is what a recovery would roll back to.
+    w.write_rpm_state(&[v2.clone(), v1.clone()], &v2, false);
+    w.reboot_into("boot-2", &w.id(&v2));
+    let gen2 = backup(&w);
+    // Protected by a prefix of its short id.
+    let short2 = generations(&w)
+        .iter()
+        .find(|g| g.0 == gen2)
+        .unwrap()
+        .1
+        .clone();
+    let (code, out, err) = w.ctl(&["generations", "protect", &short2[..6]]);
+    assert_eq!(code, 0, "{out}{err}");
+    let gen3 = backup(&w);
+    let gen4 = backup(&w);
+    let gens = generations(&w);
+    assert_eq!(
+        ids(&gens),
+        [gen1.clone(), gen2.clone(), gen3, gen4.clone()],
+        "gen1 is the newest on the rollback deployment, gen2 is protected"
+    );
+    assert!(gens[1].2, "gen2 is marked protected");
+
+    // Unprotected, it goes with the next backup; gen1 still stays.
+    let (code, out, err) = w.ctl(&["generations", "unprotect", &gen2]);
+    assert_eq!(code, 0, "{out}{err}");
+    let gen5 = backup(&w);
+    assert_eq!(
+        ids(&generations(&w)),
+        [gen1.clone(), gen4.clone(), gen5.clone()]
+    );
+
+    // Delete: the newest only with --force, a protected one only with --force; `latest` works.
+    let (code, out, err) = w.ctl(&["generations", "delete", "latest"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("newest"), "{err}");
+    let (code, _, err) = w.ctl(&["generations", "protect", &gen4]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = w.ctl(&["generations", "delete", &gen4]);
+    assert_ne!(code, 0);
+    assert!(err.contains("protected"), "{err}");
+    let (code, out, err) = w.ctl(&["generations", "delete", &gen4, "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(ids(&generations(&w)), [gen1.clone(), gen5.clone()]);
+    // What remains verifies: the delete's collection kept every object still referred to.
+    for g in [&gen1, &gen5] {
+        let (code, out, err) = w.ctl(&["verify", g]);
+        assert_eq!(code, 0, "{g}: {out}{err}");
+    }
+    // A prefix that fits several generations is refused, naming them.
+    let (code, _, err) = w.ctl(&["verify", "20"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("fits 2 generations"), "{err}");
+}

@@ -249,13 +249,13 @@ fn restore_brings_back_every_kind_of_entry_and_metadata() {
     mutate(&node.root());
     assert_ne!(differences(&node, &reference), "");
     let (code, out, err) = ctl(&node, &["diff"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "differences: {err}");
     for expected in [
-        "added     /etc/added",
-        "removed   /etc/bad",
-        "type      /etc/rel",
-        "link      /etc/hl/b",
-        "content   /etc/hosts",
+        "remove    /etc/added",
+        "create    /etc/bad",
+        "replace   /etc/rel",
+        "relink    /etc/hl/b",
+        "rewrite   /etc/hosts",
     ] {
         assert!(out.contains(expected), "diff lacks `{expected}`:\n{out}");
     }
@@ -309,8 +309,11 @@ fn restore_brings_back_every_kind_of_entry_and_metadata() {
     );
 
     // Afterwards a diff finds nothing to do.
-    let (_, out, err) = ctl(&node, &["diff"]);
-    assert_eq!(out, "", "{err}");
+    let (code, out, err) = ctl(&node, &["diff"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("would change nothing\n"), "{out}{err}");
+    let (code, out, err) = ctl(&node, &["diff", "--quiet"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
 }
 
 #[test]

@@ -65,7 +65,7 @@ fn every_json_document_keeps_its_shape() {
     check("verify", &["verify"], 0);
     std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
     std::fs::write(node.path("/etc/new-file"), "new\n").unwrap();
-    check("diff", &["diff"], 0);
+    check("diff", &["diff"], 1);
     check("recover-dry-run", &["recover", "--dry-run"], 0);
     check("restore-files", &["--offline", "restore-files"], 0);
     check("status", &["--offline", "status"], 0);
@@ -76,4 +76,45 @@ fn every_json_document_keeps_its_shape() {
     check("error-not-found", &["verify", "no-such-generation"], 1);
     check("error-nothing-to-cancel", &["--offline", "cancel"], 1);
     check("error-resume-nothing", &["--offline", "resume"], 1);
+}
+
+fn ctl_human(node: &Node, args: &[&str]) -> (i32, String) {
+    let (code, out, err) = run(Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .env_remove("RECOVERYD_FAILPOINTS"));
+    (code, format!("{out}--- stderr\n{err}"))
+}
+
+#[test]
+fn what_people_read_keeps_its_words() {
+    let node = Node::new(HOST_OFF);
+    let root = node.root();
+    let check = |name: &str, args: &[&str], want_code: i32| {
+        let (code, text) = ctl_human(&node, args);
+        assert_eq!(code, want_code, "{name}: {text}");
+        golden::check_text(name, &text, &root, &generation_ids(&node));
+    };
+    populate(&node);
+    check("human-generations-empty", &["generations"], 0);
+    let (code, text) = ctl_human(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = ctl_human(
+        &node,
+        &["generations", "label", "latest", "before the upgrade"],
+    );
+    assert_eq!(code, 0, "{text}");
+    std::fs::write(node.path("/etc/hostname"), "node1.example\n").unwrap();
+    let (code, text) = ctl_human(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{text}");
+    check("human-generations", &["generations"], 0);
+    std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
+    std::fs::write(node.path("/etc/new-file"), "new\n").unwrap();
+    std::fs::remove_file(node.path("/usr/local/bin/tool")).unwrap();
+    check("human-diff", &["diff"], 1);
+    let ids = generation_ids(&node);
+    check("human-diff-generations", &["diff", &ids[0], &ids[1]], 1);
+    check("human-recover-dry-run", &["recover", "--dry-run"], 0);
+    check("human-status", &["--offline", "status"], 0);
 }

@@ -48,12 +48,24 @@ pub(crate) enum Command {
     },
     /// Re-hash a generation against its manifest (default: the newest).
     Verify { generation: Option<String> },
-    /// Show what a restore of a generation would change in the live trees.
-    Diff { generation: Option<String> },
+    /// Show what restoring a generation would change: on the live node, or (with a second
+    /// generation) on a node that holds the first. Exit 0: nothing; 1: differences; 2: trouble.
+    Diff {
+        /// The generation restored (default: the newest); with OTHER, the one the node holds.
+        generation: Option<String>,
+        /// The generation restored onto a node that holds GENERATION.
+        other: Option<String>,
+        /// Print nothing; only the exit code says.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Restore the trees and machine-config files from a generation (nothing else).
     RestoreFiles { generation: Option<String> },
-    /// List the committed generations.
-    Generations,
+    /// List the committed generations, or protect, label or delete one.
+    Generations {
+        #[command(subcommand)]
+        action: Option<GenerationsAction>,
+    },
     /// Recover the node from a generation: check, restore files, reboot, restore the cluster.
     Recover {
         /// Skip the deployment check: recover onto the booted deployment instead of the one the
@@ -91,4 +103,24 @@ pub(crate) enum Command {
     },
     /// Cancel the open recovery (or the running run).
     Cancel,
+}
+
+/// A generation is named by `latest`, its id, or a unique prefix of its id or short id.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GenerationsAction {
+    /// List them, newest first (the default).
+    List,
+    /// Keep a generation whatever `[backup] keep` says, and refuse to delete it.
+    Protect { generation: String },
+    /// Let retention remove a generation again.
+    Unprotect { generation: String },
+    /// Give a generation a label (an empty text removes it).
+    Label { generation: String, text: String },
+    /// Delete a generation and the content only it refers to.
+    Delete {
+        generation: String,
+        /// Also a protected generation, or the newest.
+        #[arg(long)]
+        force: bool,
+    },
 }

@@ -22,6 +22,10 @@ pub(crate) const FAILED: u8 = 4;
 pub(crate) const BUSY: u8 = 5;
 /// A generation failed verification, or its manifest is corrupt.
 pub(crate) const CORRUPTED: u8 = 6;
+/// `diff` only: restoring would change something (as diff(1)).
+pub(crate) const DIFFERENCES: u8 = 1;
+/// `diff` only: the comparison could not be made (as diff(1)).
+pub(crate) const DIFF_TROUBLE: u8 = 2;
 
 /// The code for a run's state when this invocation ends.
 pub(crate) fn for_state(state: RunState) -> u8 {

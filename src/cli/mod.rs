@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-pub(crate) use args::{Cli, Command};
+pub(crate) use args::{Cli, Command, GenerationsAction};
 pub(crate) use out::Out;
 
 use crate::config::{Config, ConfigSource};
@@ -117,9 +117,19 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             Ok(out.reply(&reply))
         }
         Command::Journal { run, limit } => inspect::journal(out, &config, *run, *limit),
-        Command::Generations => inspect::generations(out, &config),
+        Command::Generations { action } => inspect::generations(out, &config, action.as_ref()),
         Command::Verify { generation } => inspect::verify(out, &config, generation),
-        Command::Diff { generation } => inspect::diff(out, &config, generation),
+        Command::Diff {
+            generation,
+            other,
+            quiet,
+        } => inspect::diff(
+            out,
+            &config,
+            generation.as_deref(),
+            other.as_deref(),
+            *quiet,
+        ),
         Command::Backup { wait } => request(
             cli,
             &config,

@@ -10,6 +10,7 @@ pub(crate) mod extras;
 pub mod fsx;
 pub(crate) mod identity;
 pub(crate) mod manifest;
+pub(crate) mod marks;
 pub(crate) mod restore;
 pub(crate) mod store;
 pub(crate) mod validate;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fsx;
 use super::manifest::{Manifest, TreeInfo};
+use super::marks::Marks;
 
 pub(crate) const INFO_FILE: &str = "generation.json";
 /// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
@@ -64,6 +65,8 @@ pub(crate) struct Generation {
     pub dir: PathBuf,
     /// The store's object directory.
     pub objects: PathBuf,
+    /// Protected, label (`marks.json`).
+    pub marks: Marks,
 }
 
 /// Where the object with this content hash lives.
@@ -72,7 +75,20 @@ fn object_path(objects: &Path, hash: &str) -> PathBuf {
     objects.join(&hash[..split]).join(hash)
 }
 
+/// How many characters of the manifest hash a short id has.
+pub(crate) const SHORT_ID: usize = 8;
+/// The shortest hash prefix taken as a short id.
+const MIN_SHORT_PREFIX: usize = 4;
+
 impl Generation {
+    /// The first characters of the manifest hash: an id to tell generations apart at a glance.
+    pub(crate) fn short_id(&self) -> &str {
+        self.info
+            .manifest_hash
+            .get(..SHORT_ID)
+            .unwrap_or(&self.info.manifest_hash)
+    }
+
     pub(crate) fn manifest_path(&self) -> PathBuf {
         self.dir.join(MANIFEST_FILE)
     }
@@ -426,6 +442,7 @@ impl Store {
             info: info.clone(),
             dir: final_path,
             objects: self.objects.clone(),
+            marks: Marks::default(),
         })
     }
 
@@ -512,10 +529,65 @@ impl Store {
             info.id
         );
         Ok(Generation {
+            marks: Marks::read(&dir),
             info,
             dir,
             objects: self.objects.clone(),
         })
+    }
+
+    /// The generation an operator means: `latest`, a full id, or a prefix of one generation's
+    /// id or of its short id (the first characters of its manifest hash, as `generations`
+    /// shows it). A prefix that fits two generations is refused, naming both.
+    pub(crate) fn resolve(&self, spec: &str) -> Result<Generation> {
+        let spec = spec.trim();
+        anyhow::ensure!(!spec.is_empty(), "an empty generation id");
+        let all = self.list()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .next_back()
+                .context("there is no committed generation; take a backup first");
+        }
+        if let Some(g) = all.iter().find(|g| g.info.id == spec) {
+            return Ok(g.clone());
+        }
+        let by_id: Vec<&Generation> = all.iter().filter(|g| g.info.id.starts_with(spec)).collect();
+        let by_hash: Vec<&Generation> = if spec.len() >= MIN_SHORT_PREFIX {
+            all.iter()
+                .filter(|g| g.info.manifest_hash.starts_with(spec))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut found: Vec<&Generation> = by_id;
+        for g in by_hash {
+            if !found.iter().any(|f| f.info.id == g.info.id) {
+                found.push(g);
+            }
+        }
+        match found.as_slice() {
+            [g] => Ok((*g).clone()),
+            [] => {
+                // The exact error of `open`: no such directory, or one that is not readable.
+                self.open(spec)?;
+                anyhow::bail!("no generation {spec} in {}", self.dir.display())
+            }
+            many => anyhow::bail!(
+                "`{spec}` fits {} generations ({}); give more of the id",
+                many.len(),
+                many.iter()
+                    .map(|g| format!("{} ({})", g.info.id, g.short_id()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Replace the marks of a committed generation.
+    pub(crate) fn set_marks(&self, id: &str, marks: &Marks) -> Result<()> {
+        let g = self.open(id)?;
+        marks.write(&g.dir)
     }
 
     /// The newest committed generation.

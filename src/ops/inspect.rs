@@ -43,6 +43,23 @@ impl Ops {
         Ok((g.info.id, r))
     }
 
+    /// What restoring generation `to` would change on a node that holds generation `from`.
+    pub(crate) fn diff_generations(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(String, String, Vec<crate::files::restore::Change>), ApiError> {
+        let read = |id: &str| {
+            let g = self.checked_generation(Some(id))?;
+            let m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
+                .map_err(|e| ApiError::from_anyhow(&e))?;
+            Ok::<_, ApiError>((g.info.id, m))
+        };
+        let (a, ma) = read(from)?;
+        let (b, mb) = read(to)?;
+        Ok((a, b, crate::files::restore::between(&ma, &mb)))
+    }
+
     /// Every stage and step of a recovery and what it would change; nothing is changed.
     pub(crate) async fn dry_run(&self, r: &RecoverRequest) -> Result<DryRun, ApiError> {
         let new = self.recovery(r)?;

@@ -3,10 +3,12 @@
 //! them behind its single-run slot; `recoveryctl --offline` calls them in-process. Neither
 //! re-derives a decision.
 
+mod generations;
 mod inspect;
 mod runs;
 mod status;
 
+pub(crate) use generations::Mark;
 pub(crate) use runs::{NewRun, Resume};
 pub(crate) use status::state_word;
 

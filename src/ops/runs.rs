@@ -30,13 +30,14 @@ fn failed(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Ops {
-    /// The one rule for which generation a command means: the one named, else the newest.
+    /// The one rule for which generation a command means: the one named (`latest`, an id, or
+    /// a unique prefix of an id or short id), else the newest.
     pub(crate) fn generation(&self, id: Option<&str>) -> Result<Generation, ApiError> {
         match id {
             Some(id) => self
                 .plans
                 .store
-                .open(id)
+                .resolve(id)
                 .map_err(|e| ApiError::NotFound(format!("{e:#}"))),
             None => self.plans.store.latest().map_err(failed)?.ok_or_else(|| {
                 ApiError::NotFound("there is no committed generation; take a backup first".into())

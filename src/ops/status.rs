@@ -92,7 +92,13 @@ impl Ops {
             live,
             last_backup: last_backup_summary,
             last_recovery: last_recovery_summary,
-            generations: journal.generations()?,
+            generations: match self.generations() {
+                Ok(g) => g.generations,
+                Err(e) => {
+                    tracing::warn!("cannot list the generations: {e}");
+                    Vec::new()
+                }
+            },
             store: match self.plans.store.stats() {
                 Ok(s) => Some(s),
                 Err(e) => {

@@ -78,17 +78,46 @@ pub(crate) async fn with_selinux_policy<T>(
 }
 
 /// A one-paragraph account of a restore or diff.
-pub(crate) fn summarize(r: &RestoreReport) -> String {
+/// A one-paragraph account of a restore (`done`) or of what one would do (a diff, a dry run),
+/// in the restore's direction either way.
+pub(crate) fn summarize(r: &RestoreReport, done: bool) -> String {
     let count = |k: ChangeKind| r.changes.iter().filter(|c| c.change == k).count();
+    let words = if done {
+        [
+            "removed",
+            "created",
+            "rewritten",
+            "replaced",
+            "reset",
+            "relinked",
+        ]
+    } else {
+        [
+            "to remove",
+            "to create",
+            "to rewrite",
+            "to replace",
+            "to reset",
+            "to relink",
+        ]
+    };
+    let kinds = [
+        ChangeKind::Remove,
+        ChangeKind::Create,
+        ChangeKind::Content,
+        ChangeKind::Type,
+        ChangeKind::Metadata,
+        ChangeKind::Link,
+    ];
+    let counts: Vec<String> = kinds
+        .iter()
+        .zip(words)
+        .map(|(k, w)| format!("{} {w}", count(*k)))
+        .collect();
     let mut s = format!(
-        "{} changes: {} removed, {} created, {} content, {} type, {} metadata, {} links; {} files written ({}), {} live files hashed",
+        "{} changes: {}; {} files written ({}), {} live files hashed",
         r.changes.len(),
-        count(ChangeKind::Added),
-        count(ChangeKind::Removed),
-        count(ChangeKind::Content),
-        count(ChangeKind::Type),
-        count(ChangeKind::Metadata),
-        count(ChangeKind::Link),
+        counts.join(", "),
         r.files_written,
         human_bytes(r.bytes_written),
         r.hashed_live_files
@@ -180,7 +209,7 @@ impl Step for RestoreStep {
             Ok(Outcome::Done(format!(
                 "from generation {}: {}",
                 g.info.id,
-                summarize(&r)
+                summarize(&r, true)
             )))
         });
         let r = if self.critical {
@@ -213,7 +242,11 @@ impl Step for RestoreStep {
                 extras,
             };
             let r = restore::diff(&p.config.root, &g, &m, &selection, &Hooks::none())?;
-            let mut s = format!("{desc}; from generation {}: {}", g.info.id, summarize(&r));
+            let mut s = format!(
+                "{desc}; from generation {}: {}",
+                g.info.id,
+                summarize(&r, false)
+            );
             for c in r.changes.iter().take(200) {
                 s.push_str(&format!(
                     "\n      {:<8} {} {}",

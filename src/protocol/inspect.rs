@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::marks::Marks;
 use crate::files::restore::Change;
 use crate::files::store::GenerationInfo;
 use crate::journal::{RunRecord, StepRecord};
@@ -25,9 +26,17 @@ pub(crate) struct RunDetail {
 /// One entry of `generations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct GenerationEntry {
+    /// The first characters of the manifest hash; any unique prefix of it, or of the id,
+    /// names the generation.
+    pub short_id: String,
     pub info: GenerationInfo,
     pub dir: std::path::PathBuf,
     pub in_journal: bool,
+    #[serde(default)]
+    pub marks: Marks,
+    /// What a recovery uses without `--generation` (the newest).
+    #[serde(default)]
+    pub latest: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,10 +45,13 @@ pub(crate) struct Generations {
     pub generations: Vec<GenerationEntry>,
 }
 
-/// `diff`: what a restore would change.
+/// `diff`: what restoring `generation` would change, on the live node or (`from`) on a node
+/// that holds another generation. Every change is said as what the restore does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Diff {
     pub generation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     pub changes: Vec<Change>,
     pub mounts_left: Vec<String>,
     pub notes: Vec<String>,
@@ -56,36 +68,94 @@ impl Runs {
 }
 
 impl Generations {
-    /// Newest first, for people.
+    /// Newest first, for people: what tells generations apart (when, which OS and cluster
+    /// version, how big, protected, label).
     pub(crate) fn human(&self, store: &std::path::Path) -> String {
         if self.generations.is_empty() {
             return format!("no generations in {}\n", store.display());
         }
-        self.generations
-            .iter()
-            .rev()
-            .map(|e| {
-                format!(
-                    "{}  created {}  {} entries  {}  manifest {}\n",
-                    e.info.id,
-                    e.info.created,
-                    e.info.entries,
-                    human_bytes(e.info.bytes),
-                    e.info
-                        .manifest_hash
-                        .get(..16)
-                        .unwrap_or(&e.info.manifest_hash)
-                )
-            })
-            .collect()
+        generation_table(&self.generations)
     }
+}
+
+/// The generations as a table, newest first.
+pub(crate) fn generation_table(generations: &[GenerationEntry]) -> String {
+    let mut out = format!(
+        "{:<10} {:<20} {:<26} {:<12} {:>10}  {}\n",
+        "SHORT ID", "ID", "OS DEPLOYMENT", "OCP", "SIZE", "MARKS"
+    );
+    for e in generations.iter().rev() {
+        let os = match &e.info.identity.deployment {
+            Some(d) => format!(
+                "{} {}",
+                d.version.as_deref().unwrap_or("-"),
+                d.checksum.get(..8).unwrap_or(&d.checksum)
+            ),
+            None => "-".to_string(),
+        };
+        let ocp = e
+            .info
+            .identity
+            .cluster
+            .as_ref()
+            .and_then(|c| c.version.clone())
+            .unwrap_or_else(|| "-".into());
+        let mut marks = Vec::new();
+        if e.latest {
+            marks.push("latest".to_string());
+        }
+        if e.marks.protected {
+            marks.push("protected".to_string());
+        }
+        if !e.in_journal {
+            marks.push("not in journal".to_string());
+        }
+        if let Some(l) = &e.marks.label {
+            marks.push(format!("\"{l}\""));
+        }
+        out.push_str(
+            format!(
+                "{:<10} {:<20} {:<26} {:<12} {:>10}  {}",
+                e.short_id,
+                e.info.id,
+                os,
+                ocp,
+                human_bytes(e.info.bytes),
+                marks.join(", ")
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// What `generations protect|unprotect|label|delete` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GenerationChange {
+    pub generation: String,
+    pub message: String,
 }
 
 impl Diff {
     pub(crate) fn human(&self) -> String {
-        let mut s = String::new();
+        let onto = match &self.from {
+            Some(f) => format!("a node that holds generation {f}"),
+            None => "the live node".to_string(),
+        };
+        let mut s = if self.changes.is_empty() {
+            format!(
+                "restoring generation {} onto {onto} would change nothing\n",
+                self.generation
+            )
+        } else {
+            format!(
+                "restoring generation {} onto {onto} would:\n",
+                self.generation
+            )
+        };
         for c in &self.changes {
-            let kind = format!("{:?}", c.change).to_lowercase();
+            let kind = c.change.action();
             if c.detail.is_empty() {
                 s.push_str(&format!("{kind:<9} {}\n", c.path));
             } else {

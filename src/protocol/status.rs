@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::inspect::{GenerationEntry, generation_table};
 use crate::files::store::StoreStats;
-use crate::journal::{GenerationRecord, RunKind, RunRecord, RunState};
+use crate::journal::{RunKind, RunRecord, RunState};
 use crate::text::human_bytes;
 
 /// A backup's state in the names TALM reports.
@@ -96,7 +97,8 @@ pub struct Status {
     pub live: Option<Live>,
     pub last_backup: Option<RunSummary>,
     pub last_recovery: Option<RunSummary>,
-    pub generations: Vec<GenerationRecord>,
+    /// The committed generations on disk, oldest first (as `generations` lists them).
+    pub generations: Vec<GenerationEntry>,
     /// What the object store holds (absent when it cannot be read; the reason is logged).
     pub store: Option<StoreStats>,
 }
@@ -146,21 +148,10 @@ impl Status {
             let _ = writeln!(s, "generations: none");
         } else {
             let _ = writeln!(s, "generations:");
-            for g in &self.generations {
-                let _ = writeln!(s, "  {}", generation_line(g));
+            for line in generation_table(&self.generations).lines() {
+                let _ = writeln!(s, "  {line}");
             }
         }
         s
     }
-}
-
-pub(crate) fn generation_line(g: &GenerationRecord) -> String {
-    format!(
-        "{}  committed {}  {} entries  {}  manifest {}",
-        g.id,
-        g.committed,
-        g.entries,
-        human_bytes(g.bytes as u64),
-        &g.manifest_hash[..g.manifest_hash.len().min(16)]
-    )
 }

@@ -9,10 +9,11 @@ use super::inspect::{Diff, DryRun, DryRunStep, GenerationEntry, Generations, Run
 use super::*;
 use crate::files::identity::{ClusterIdentity, DeploymentIdentity, Identity, RecoverydIdentity};
 use crate::files::manifest::TreeInfo;
+use crate::files::marks::Marks;
 use crate::files::restore::{Change, ChangeKind};
 use crate::files::store::{GenerationInfo, StoreStats};
 use crate::files::verify::{Problem, ProblemKind, VerifyReport};
-use crate::journal::{GenerationRecord, RunKind, RunRecord, RunState, StepRecord, StepState};
+use crate::journal::{RunKind, RunRecord, RunState, StepRecord, StepState};
 
 /// `value` written as a document and read back is `value`; returns the JSON for more checks.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
@@ -60,17 +61,30 @@ fn summary(with_optional: bool) -> RunSummary {
     }
 }
 
-fn generation_record() -> GenerationRecord {
-    GenerationRecord {
-        id: "20261201T100000Z-1".into(),
-        run: Some(3),
-        state: "committed".into(),
-        created: "2026-12-01T10:00:00Z".into(),
-        committed: "2026-12-01T10:01:00Z".into(),
-        manifest_hash: "ab".repeat(32),
-        entries: 12,
-        bytes: 4096,
-        identity: serde_json::json!({"hostname": "node1"}),
+fn generation_entry(full: bool) -> GenerationEntry {
+    GenerationEntry {
+        short_id: "cdcdcdcd".into(),
+        info: GenerationInfo {
+            format: 1,
+            id: "g1".into(),
+            created: "2026-12-01T10:00:00Z".into(),
+            manifest_hash: "cd".repeat(32),
+            entries: 3,
+            bytes: 10,
+            trees: vec![TreeInfo {
+                path: "/usr/local".into(),
+                present: true,
+                resolved: full.then(|| "/var/usrlocal".into()),
+            }],
+            identity: identity(full),
+        },
+        dir: "/var/recovery/generations/g1".into(),
+        in_journal: full,
+        marks: Marks {
+            protected: full,
+            label: full.then(|| "before 4.16".into()),
+        },
+        latest: full,
     }
 }
 
@@ -212,7 +226,7 @@ fn status(full: bool) -> Status {
         last_backup: Some(summary(full)),
         last_recovery: None,
         generations: if full {
-            vec![generation_record()]
+            vec![generation_entry(true)]
         } else {
             vec![]
         },
@@ -317,24 +331,7 @@ fn documents_of_the_read_only_commands() {
             vars: vec![("identity".into(), "{}".into())],
         });
         let v = round_trip(&Generations {
-            generations: vec![GenerationEntry {
-                info: GenerationInfo {
-                    format: 1,
-                    id: "g1".into(),
-                    created: "2026-12-01T10:00:00Z".into(),
-                    manifest_hash: "cd".repeat(32),
-                    entries: 3,
-                    bytes: 10,
-                    trees: vec![TreeInfo {
-                        path: "/usr/local".into(),
-                        present: true,
-                        resolved: full.then(|| "/var/usrlocal".into()),
-                    }],
-                    identity: identity(full),
-                },
-                dir: "/var/recovery/generations/g1".into(),
-                in_journal: full,
-            }],
+            generations: vec![generation_entry(full)],
         });
         if full {
             // Keys a newer recoveryd recorded are kept.
@@ -360,6 +357,7 @@ fn documents_of_the_read_only_commands() {
             },
         });
         round_trip(&Diff {
+            from: full.then(|| "g0".into()),
             generation: "g1".into(),
             changes: vec![Change {
                 path: "etc/hosts".into(),

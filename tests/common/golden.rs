@@ -46,9 +46,10 @@ fn normalize_str(s: &str, root: &str, generations: &[String]) -> String {
     let mut words: Vec<String> = Vec::new();
     let mut it = out.split(' ').peekable();
     while let Some(w) = it.next() {
-        let t = w.trim_end_matches([',', ')', ';', '.']);
+        let lead = if w.starts_with('(') { "(" } else { "" };
+        let t = w.trim_end_matches([',', ')', ';', '.']).trim_start_matches('(');
         let unit = |u: &str| ["B", "KiB", "MiB", "GiB", "TiB"].contains(&u);
-        let short_hash = t.len() >= 12
+        let short_hash = t.len() >= 8
             && t.bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
             && t.bytes().any(|c| c.is_ascii_digit());
@@ -63,7 +64,7 @@ fn normalize_str(s: &str, root: &str, generations: &[String]) -> String {
         {
             let n = it.next().unwrap_or_default();
             let tail = n.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-            words.push(format!("<size>{tail}"));
+            words.push(format!("{lead}<size>{tail}"));
         } else {
             words.push(w.to_string());
         }
@@ -126,7 +127,23 @@ pub fn check_lines(name: &str, lines: &[Value], root: &Path, generations: &[Stri
 fn check_value(name: &str, mut v: Value, root: &Path, generations: &[String]) {
     normalize(&mut v, &root.display().to_string(), generations);
     let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
-    let path = dir().join(format!("{name}.json"));
+    compare(name, &format!("{name}.json"), text);
+}
+
+/// Compare what a command prints for people with `tests/golden/<name>.txt`, normalized as
+/// the documents are.
+#[allow(dead_code)]
+pub fn check_text(name: &str, out: &str, root: &Path, generations: &[String]) {
+    let root = root.display().to_string();
+    let text: String = out
+        .lines()
+        .map(|l| normalize_str(l, &root, generations) + "\n")
+        .collect();
+    compare(name, &format!("{name}.txt"), text);
+}
+
+fn compare(name: &str, file: &str, text: String) {
+    let path = dir().join(file);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(dir()).unwrap();
         std::fs::write(&path, &text).unwrap();
@@ -147,7 +164,7 @@ fn check_value(name: &str, mut v: Value, root: &Path, generations: &[String]) {
             l[first.saturating_sub(6).min(l.len())..(first + 6).min(l.len())].join("\n")
         };
         panic!(
-            "{name}: the --json shape changed at line {}. If that is meant, run \
+            "{name}: the output changed at line {}. If that is meant, run \
              `UPDATE_GOLDEN=1 cargo test` and commit the diff.\n--- {}\n{}\n--- now\n{}\n--- all of it now\n{text}",
             first + 1,
             path.display(),

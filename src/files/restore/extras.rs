@@ -39,7 +39,7 @@ impl Restorer<'_> {
                 .reach_outside_dir(parent_of(x))
                 .with_context(|| format!("restoring {}", node(x)))?;
             let Some(pfd) = pfd else {
-                self.change(x, ChangeKind::Removed, "file");
+                self.change(x, ChangeKind::Create, "file");
                 self.to_copy.push(i);
                 continue;
             };

@@ -15,6 +15,7 @@
 //! is not read; one with the same size but another identity is hashed and compared with the
 //! manifest; everything else is copied.
 
+mod between;
 mod extras;
 mod metadata;
 mod paths;
@@ -34,26 +35,44 @@ use super::entry::{Entry, Time};
 use super::exclude::Excludes;
 use super::manifest::Manifest;
 use super::store::Generation;
+pub(crate) use between::between;
 use paths::{node, parent_of};
 
 /// Prefix of the temporary files a restore writes next to their destination.
 pub(crate) const TMP_PREFIX: &str = ".recoveryd-tmp.";
 
+/// A difference between the live trees and a generation, always said as what the restore
+/// does about it (`diff` prints the same words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ChangeKind {
-    /// In the live tree but not in the generation: removed by a restore.
-    Added,
-    /// In the generation but missing from the live tree: created by a restore.
-    Removed,
-    /// Different content.
+    /// In the live tree but not in the generation: the restore removes it.
+    Remove,
+    /// In the generation but missing from the live tree: the restore creates it.
+    Create,
+    /// Different content: the restore writes the generation's.
     Content,
-    /// A different kind of entry (a file became a directory, a directory a symlink, ...).
+    /// A different kind of entry (a file became a directory, a directory a symlink, ...): the
+    /// restore replaces it.
     Type,
-    /// Same content, different mode, owner, mtime or xattrs.
+    /// Same content, different mode, owner, mtime or xattrs: the restore sets them back.
     Metadata,
-    /// Should be a hardlink of another entry and is not.
+    /// Should be a hardlink of another entry and is not: the restore links it again.
     Link,
+}
+
+impl ChangeKind {
+    /// What the restore does to the entry, in the words `diff` prints.
+    pub(crate) fn action(self) -> &'static str {
+        match self {
+            ChangeKind::Remove => "remove",
+            ChangeKind::Create => "create",
+            ChangeKind::Content => "rewrite",
+            ChangeKind::Type => "replace",
+            ChangeKind::Metadata => "reset",
+            ChangeKind::Link => "relink",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

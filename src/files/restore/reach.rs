@@ -92,7 +92,7 @@ impl Restorer<'_> {
             match st.as_ref().map(Kind::of) {
                 Some(Kind::Dir) => {}
                 None if last => {
-                    self.change(rel, ChangeKind::Removed, "tree root");
+                    self.change(rel, ChangeKind::Create, "tree root");
                     if !self.apply {
                         return Ok(None);
                     }
@@ -147,7 +147,7 @@ impl Restorer<'_> {
                 (Some(Kind::Dir), _) => {}
                 (None, Some(i)) => {
                     if self.reported.insert(here.clone()) {
-                        self.change(&here, ChangeKind::Removed, "directory");
+                        self.change(&here, ChangeKind::Create, "directory");
                     }
                     if !self.apply {
                         return Ok(None);

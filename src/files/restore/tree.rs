@@ -46,7 +46,7 @@ impl Restorer<'_> {
         for i in kids {
             let e = &self.entries[i];
             let p = e.path_bytes().to_vec();
-            self.change(&p, ChangeKind::Removed, "");
+            self.change(&p, ChangeKind::Create, "");
             if owns_content(self.entries, i) {
                 self.to_copy.push(i);
             }
@@ -85,7 +85,7 @@ impl Restorer<'_> {
                 self.report.mounts_left.push(node(&child));
                 continue;
             }
-            self.change(&child, ChangeKind::Added, kind_name(Kind::of(&st)));
+            self.change(&child, ChangeKind::Remove, kind_name(Kind::of(&st)));
             if self.apply {
                 let mut mounts = Vec::new();
                 fsx::remove_tree_at(dir, &name, dev, &mut mounts, Path::new(&node(rel)))
@@ -125,7 +125,7 @@ impl Restorer<'_> {
                 match live_kind {
                     Some(Kind::Dir) => {}
                     None => {
-                        self.change(path, ChangeKind::Removed, "directory");
+                        self.change(path, ChangeKind::Create, "directory");
                         if !self.apply {
                             self.count_missing(path);
                             return Ok(());
@@ -195,7 +195,7 @@ impl Restorer<'_> {
         let path = e.path_bytes();
         let name = base_of(path);
         match live_kind {
-            None => self.change(path, ChangeKind::Removed, what),
+            None => self.change(path, ChangeKind::Create, what),
             Some(k) if k == e.kind => {
                 self.change(path, ChangeKind::Content, format!("different {what}"))
             }
@@ -300,7 +300,7 @@ impl Restorer<'_> {
             return Ok(());
         }
         match live_kind {
-            None => self.change(path, ChangeKind::Removed, "file"),
+            None => self.change(path, ChangeKind::Create, "file"),
             Some(Kind::File) => self.change(path, ChangeKind::Content, ""),
             Some(k) => self.change(path, ChangeKind::Type, format!("{} -> file", kind_name(k))),
         }

@@ -9,7 +9,7 @@ mod retention;
 pub(crate) use commit::{Commit, VerifyGeneration};
 pub(crate) use copy::CopyFiles;
 pub(crate) use preflight::Preflight;
-pub(crate) use retention::{Prune, RemoveStaging};
+pub(crate) use retention::{Prune, RemoveStaging, open_recovery_generation};
 
 use anyhow::{Context, Result};
 
