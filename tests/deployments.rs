@@ -532,3 +532,25 @@ fn retention_keeps_protected_generations_and_the_newest_of_the_rollback_deployme
     assert_ne!(code, 0);
     assert!(err.contains("fits 2 generations"), "{err}");
 }
+
+#[test]
+fn a_backup_refused_while_a_recovery_is_open_exits_5_and_records_no_run() {
+    let w = World::new("");
+    let (code, out, err) = w.ctl(&["backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // One stage of a recovery, then it stops: the recovery is open.
+    let (code, out, err) = w.ctl(&["recover", "--step"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let runs_before = w.journal().runs(100).unwrap().len();
+    let (code, out, err) = w.ctl(&["backup"]);
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("backups are refused"), "{err}");
+    assert_eq!(
+        w.journal().runs(100).unwrap().len(),
+        runs_before,
+        "no run recorded"
+    );
+    let (_, out, _) = w.ctl(&["status", "--json"]);
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["last_backup"]["state"], "succeeded", "{out}");
+}

@@ -322,6 +322,9 @@ fn rpms_hold_every_installed_file() {
         "/usr/lib/recoveryd/config.d",
         "/var/recovery",
         "/run/recoveryd",
+        "/usr/share/bash-completion/completions/recoveryctl",
+        "/usr/share/zsh/site-functions/_recoveryctl",
+        "/usr/share/fish/vendor_completions.d/recoveryctl.fish",
         "/usr/share/doc/recoveryd/README.md",
         "/usr/share/doc/recoveryd/architecture.md",
         "/usr/share/doc/recoveryd/config.md",
@@ -329,6 +332,22 @@ fn rpms_hold_every_installed_file() {
         "/usr/share/selinux/devel/include/distributed/recoveryd.if",
     ] {
         b.file(p);
+    }
+    // Man pages (compressed or not, as the build host's rpm does it): one per command.
+    for page in [
+        "recoveryctl",
+        "recoveryctl-backup",
+        "recoveryctl-generations-protect",
+    ] {
+        let prefix = format!("/usr/share/man/man1/{page}.1");
+        assert!(
+            b.files.keys().any(|k| k.starts_with(&prefix)),
+            "no man page {prefix}*: {:?}",
+            b.files
+                .keys()
+                .filter(|k| k.contains("/man/"))
+                .collect::<Vec<_>>()
+        );
     }
     for bin in ["/usr/bin/recoveryd", "/usr/bin/recoveryctl"] {
         let f = b.file(bin);

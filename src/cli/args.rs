@@ -8,9 +8,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "recoveryctl",
     version = crate::cli::version(),
-    about = "Back up a node and recover it after a failed upgrade"
+    about = "Back up a node and recover it after a failed upgrade",
+    after_help = crate::cli::exit::help()
 )]
 pub(crate) struct Cli {
+    /// Say more: -v logs what each step does, -vv everything (RECOVERYD_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Say less: no progress, no warnings; errors and the result only (`diff`: nothing, the
+    /// exit code says).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// Use this configuration file instead of /etc/recoveryd/config.toml and its drop-ins.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -55,9 +63,6 @@ pub(crate) enum Command {
         generation: Option<String>,
         /// The generation restored onto a node that holds GENERATION.
         other: Option<String>,
-        /// Print nothing; only the exit code says.
-        #[arg(long, short)]
-        quiet: bool,
     },
     /// Restore the trees and machine-config files from a generation (nothing else).
     RestoreFiles { generation: Option<String> },
@@ -103,6 +108,16 @@ pub(crate) enum Command {
     },
     /// Cancel the open recovery (or the running run).
     Cancel,
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion { shell: clap_complete::Shell },
+    /// Write the man pages and completion files (what packaging runs).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        man_dir: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        completions_dir: PathBuf,
+    },
 }
 
 /// A generation is named by `latest`, its id, or a unique prefix of its id or short id.

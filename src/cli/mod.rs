@@ -5,6 +5,7 @@
 mod args;
 mod client;
 mod console;
+mod docs;
 pub(crate) mod exit;
 mod inspect;
 mod out;
@@ -45,7 +46,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init("recoveryctl", "warn");
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    crate::logging::init("recoveryctl", level);
     crate::files::walk::raise_open_file_limit();
     let out = Out { json: cli.json };
     match dispatch(&cli, &out) {
@@ -84,12 +91,21 @@ fn client(cli: &Cli, config: &Config) -> Box<dyn Client> {
 
 /// Send a request through the chosen transport, show its events, print its reply.
 fn request(cli: &Cli, config: &Config, out: &Out, req: Request) -> Result<u8> {
-    let console = console::Console::new(cli.json);
+    let console = console::Console::new(cli.json || cli.quiet);
     let reply = runtime()?.block_on(client(cli, config).request(req, &|e| console.event(e)))?;
     Ok(out.reply(&reply))
 }
 
 fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
+    // Neither needs a configuration.
+    match &cli.command {
+        Command::Completion { shell } => return docs::completion(*shell),
+        Command::GenerateDocs {
+            man_dir,
+            completions_dir,
+        } => return docs::generate(man_dir, completions_dir),
+        _ => {}
+    }
     let config = load_config(&cli.config)?;
     let offline_only = |what: &str| -> Result<u8> {
         anyhow::bail!("{what} runs one stage in this process: add --offline")
@@ -119,16 +135,12 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
         Command::Journal { run, limit } => inspect::journal(out, &config, *run, *limit),
         Command::Generations { action } => inspect::generations(out, &config, action.as_ref()),
         Command::Verify { generation } => inspect::verify(out, &config, generation),
-        Command::Diff {
-            generation,
-            other,
-            quiet,
-        } => inspect::diff(
+        Command::Diff { generation, other } => inspect::diff(
             out,
             &config,
             generation.as_deref(),
             other.as_deref(),
-            *quiet,
+            cli.quiet,
         ),
         Command::Backup { wait } => request(
             cli,
@@ -142,7 +154,7 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             let off = client::Offline {
                 config: config.clone(),
             };
-            let console = console::Console::new(cli.json);
+            let console = console::Console::new(cli.json || cli.quiet);
             let reply = runtime()?.block_on(async {
                 let ops = crate::ops::Ops::open(config.clone())?;
                 let new = ops.restore_files(generation.as_deref());
@@ -198,5 +210,6 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             },
         ),
         Command::Cancel => request(cli, &config, out, Request::Cancel {}),
+        Command::Completion { .. } | Command::GenerateDocs { .. } => unreachable!("handled above"),
     }
 }

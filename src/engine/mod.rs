@@ -69,6 +69,17 @@ pub enum EngineError {
         /// Recorded as running, but no process holds the lock: it was killed or crashed.
         interrupted: bool,
     },
+    /// A backup asked for while a recovery is open: refused before any run is recorded, so
+    /// that a refusal never reads as a failed backup.
+    #[error(
+        "recovery run {run} is {state} (stage {stage}); backups are refused until it finishes \
+         or is cancelled (`recoveryctl status` shows it)"
+    )]
+    BackupRefused {
+        run: i64,
+        state: RunState,
+        stage: String,
+    },
     #[error("run {run} is {state}; it cannot be continued{hint}")]
     NotResumable {
         run: i64,

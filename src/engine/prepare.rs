@@ -44,7 +44,17 @@ impl Engine {
     pub fn prepare_new(&self, plan: Plan, options: RunOptions) -> Result<Prepared> {
         let mut lock = self.lock()?;
         match plan.kind {
-            RunKind::Backup => self.fail_stale_backups()?,
+            RunKind::Backup => {
+                self.fail_stale_backups()?;
+                if let Some(open) = self.journal.open_run(RunKind::Recovery)? {
+                    return Err(EngineError::BackupRefused {
+                        run: open.id,
+                        state: open.state,
+                        stage: open.stage.unwrap_or_else(|| "-".into()),
+                    }
+                    .into());
+                }
+            }
             RunKind::Recovery => {
                 if let Some(open) = self.journal.open_run(RunKind::Recovery)? {
                     // We hold the lock: a run recorded as running has no process any more.

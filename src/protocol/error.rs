@@ -83,7 +83,9 @@ impl ApiError {
     pub(crate) fn from_anyhow(e: &anyhow::Error) -> ApiError {
         match e.downcast_ref::<EngineError>() {
             Some(EngineError::Busy(m)) => ApiError::Busy(m.clone()),
-            Some(EngineError::RecoveryOpen { .. }) => ApiError::Busy(e.to_string()),
+            Some(EngineError::RecoveryOpen { .. } | EngineError::BackupRefused { .. }) => {
+                ApiError::Busy(e.to_string())
+            }
             Some(EngineError::NotFound(_)) => ApiError::NotFound(e.to_string()),
             Some(EngineError::NotResumable { .. }) => ApiError::InvalidArgs(e.to_string()),
             None if crate::files::is_corruption(e) => ApiError::Corrupted(format!("{e:#}")),

@@ -47,7 +47,9 @@ fn normalize_str(s: &str, root: &str, generations: &[String]) -> String {
     let mut it = out.split(' ').peekable();
     while let Some(w) = it.next() {
         let lead = if w.starts_with('(') { "(" } else { "" };
-        let t = w.trim_end_matches([',', ')', ';', '.']).trim_start_matches('(');
+        let t = w
+            .trim_end_matches([',', ')', ';', '.'])
+            .trim_start_matches('(');
         let unit = |u: &str| ["B", "KiB", "MiB", "GiB", "TiB"].contains(&u);
         let short_hash = t.len() >= 8
             && t.bytes()
