@@ -63,6 +63,7 @@ fn every_json_document_keeps_its_shape() {
     check("backup", &["--offline", "backup"], 0);
     check("generations", &["generations"], 0);
     check("verify", &["verify"], 0);
+    check("check", &["check"], 0);
     std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
     std::fs::write(node.path("/etc/new-file"), "new\n").unwrap();
     check("diff", &["diff"], 1);
@@ -117,4 +118,37 @@ fn what_people_read_keeps_its_words() {
     check("human-diff-generations", &["diff", &ids[0], &ids[1]], 1);
     check("human-recover-dry-run", &["recover", "--dry-run"], 0);
     check("human-status", &["--offline", "status"], 0);
+}
+
+/// On a terminal `restore-files` asks first; "n" changes nothing. (`script` gives the command
+/// a terminal; it is in util-linux, on every Debian.)
+#[test]
+fn on_a_terminal_a_restore_asks_first_and_no_changes_nothing() {
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
+    let cmd = format!(
+        "{} --config {} --offline restore-files",
+        env!("CARGO_BIN_EXE_recoveryctl"),
+        node.config.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[y/N]"), "{text}");
+    assert!(text.contains("not confirmed; nothing changed"), "{text}");
+    assert_eq!(o.status.code(), Some(4), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(node.path("/etc/hosts")).unwrap(),
+        "changed\n"
+    );
 }

@@ -65,7 +65,12 @@ pub(crate) enum Command {
         other: Option<String>,
     },
     /// Restore the trees and machine-config files from a generation (nothing else).
-    RestoreFiles { generation: Option<String> },
+    RestoreFiles {
+        generation: Option<String>,
+        /// Do not ask for confirmation on a terminal.
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// List the committed generations, or protect, label or delete one.
     Generations {
         #[command(subcommand)]
@@ -89,6 +94,9 @@ pub(crate) enum Command {
         /// The generation to recover from (default: the newest).
         #[arg(long)]
         generation: Option<String>,
+        /// Do not ask for confirmation on a terminal.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Continue the open recovery after its last completed step.
     Resume {
@@ -108,6 +116,14 @@ pub(crate) enum Command {
     },
     /// Cancel the open recovery (or the running run).
     Cancel,
+    /// Check the whole store: every generation's manifest and objects, and orphaned objects.
+    Check {
+        /// Re-hash every object (reads all the content), not only check that it is there.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Remove the objects no generation refers to.
+    Gc,
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
     /// Write the man pages and completion files (what packaging runs).

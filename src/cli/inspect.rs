@@ -187,3 +187,32 @@ pub(super) fn dry_run(out: &Out, config: &Config, r: &RecoverRequest) -> Result<
         Err(e) => Ok(out.error(&e)),
     }
 }
+
+pub(super) fn check(out: &Out, config: &Config, read_data: bool) -> Result<u8> {
+    let ops = Ops::open_read_only(config.clone())?;
+    match ops.check(read_data) {
+        Ok(c) => {
+            out.print(&c, || c.human());
+            Ok(if c.ok { exit::OK } else { exit::CORRUPTED })
+        }
+        Err(e) => Ok(out.error(&e)),
+    }
+}
+
+pub(super) fn gc(out: &Out, config: &Config) -> Result<u8> {
+    let ops = Ops::open(config.clone())?;
+    match ops.gc() {
+        Ok(g) => {
+            out.print(&g, || {
+                format!(
+                    "{} objects no generation refers to removed ({}), {} kept\n",
+                    g.removed,
+                    crate::text::human_bytes(g.bytes),
+                    g.kept
+                )
+            });
+            Ok(exit::OK)
+        }
+        Err(e) => Ok(out.error(&e)),
+    }
+}

@@ -76,6 +76,42 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// On a terminal, ask before a command that changes the node (`--yes` skips it; scripts,
+/// without a terminal or with `--json`, are not asked).
+fn confirm(
+    cli: &Cli,
+    config: &Config,
+    yes: bool,
+    what: &str,
+    generation: &Option<String>,
+) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes || cli.json || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(true);
+    }
+    let ops = crate::ops::Ops::open_read_only(config.clone())?;
+    let g = ops.generation(generation.as_deref())?;
+    let label = g
+        .marks
+        .label
+        .as_ref()
+        .map(|l| format!(" \"{l}\""))
+        .unwrap_or_default();
+    eprint!(
+        "{what} generation {} ({}{label})? [y/N] ",
+        g.info.id,
+        g.short_id()
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
+    if !yes {
+        eprintln!("recoveryctl: not confirmed; nothing changed");
+    }
+    Ok(yes)
+}
+
 /// The transport the global options choose.
 fn client(cli: &Cli, config: &Config) -> Box<dyn Client> {
     if cli.offline {
@@ -150,7 +186,16 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
                 wait: *wait || cli.offline,
             },
         ),
-        Command::RestoreFiles { generation } => {
+        Command::RestoreFiles { generation, yes } => {
+            if !confirm(
+                cli,
+                &config,
+                *yes,
+                "Restore the trees and machine-config files of",
+                generation,
+            )? {
+                return Ok(exit::FAILED);
+            }
             let off = client::Offline {
                 config: config.clone(),
             };
@@ -168,7 +213,19 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             step,
             dry_run,
             generation,
+            yes,
         } => {
+            if !*dry_run
+                && !confirm(
+                    cli,
+                    &config,
+                    *yes,
+                    "Recover the node (stop kubelet and CRI-O, restore files, reboot, restore etcd) from",
+                    generation,
+                )?
+            {
+                return Ok(exit::FAILED);
+            }
             let r = RecoverRequest {
                 force: *force,
                 allow_foreign: *allow_foreign,
@@ -210,6 +267,8 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             },
         ),
         Command::Cancel => request(cli, &config, out, Request::Cancel {}),
+        Command::Check { read_data } => inspect::check(out, &config, *read_data),
+        Command::Gc => inspect::gc(out, &config),
         Command::Completion { .. } | Command::GenerateDocs { .. } => unreachable!("handled above"),
     }
 }

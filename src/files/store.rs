@@ -275,6 +275,45 @@ impl Store {
         Ok(out)
     }
 
+    /// Objects no generation refers to, and the bytes on disk they take (what `gc` would
+    /// remove); an error while anything under `generations/` is unreadable.
+    pub(crate) fn orphans(&self) -> Result<(Vec<String>, u64)> {
+        let referenced = self.referenced_objects()?;
+        let (mut names, mut bytes) = (Vec::new(), 0);
+        self.for_each_object(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !referenced.contains(&name) {
+                bytes += e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
+                names.push(name);
+            }
+            Ok(())
+        })?;
+        names.sort();
+        Ok((names, bytes))
+    }
+
+    /// The entries under `generations/` that are not readable generations, with the reason.
+    pub(crate) fn unreadable(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let name = e.file_name();
+            if name.as_encoded_bytes().starts_with(b".") || !e.file_type()?.is_dir() {
+                continue;
+            }
+            if let Err(err) = self.open(&name.to_string_lossy()) {
+                out.push(format!("{}: {err:#}", e.path().display()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Remove objects no generation refers to (left by pruned generations, failed or cancelled
     /// backups, a crash). Must run under the run lock, so that no backup is copying at the same
     /// time. Crash-safe: what is referenced is read before anything is removed, and only

@@ -41,7 +41,8 @@ impl Ops {
         Ok(Generations { generations })
     }
 
-    fn lock(&self) -> Result<RunLock, ApiError> {
+    /// The run lock, for a change to the store outside a run.
+    pub(super) fn lock(&self) -> Result<RunLock, ApiError> {
         RunLock::acquire(&self.config.state_path()).map_err(|e| match e {
             crate::journal::LockError::Busy { holder } => ApiError::Busy(holder),
             e => failed(e),

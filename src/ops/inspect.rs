@@ -5,7 +5,7 @@ use crate::engine::{PreviewContext, step::gated};
 use crate::files::backup::Hooks;
 use crate::files::restore::{RestoreReport, Selection};
 use crate::files::verify::VerifyReport;
-use crate::protocol::inspect::{DryRun, DryRunStep};
+use crate::protocol::inspect::{DryRun, DryRunStep, StoreCheck};
 use crate::protocol::{ApiError, RecoverRequest};
 
 use super::Ops;
@@ -86,5 +86,52 @@ impl Ops {
             });
         }
         Ok(DryRun { generation, steps })
+    }
+}
+
+impl Ops {
+    /// Check the whole store: every generation's manifest and objects (present, or re-hashed
+    /// with `read_data`), what under `generations/` is unreadable, and the orphans.
+    pub(crate) fn check(&self, read_data: bool) -> Result<StoreCheck, ApiError> {
+        let failed = |e: anyhow::Error| ApiError::from_anyhow(&e);
+        let store = &self.plans.store;
+        let unreadable = store.unreadable().map_err(failed)?;
+        let nothing = std::collections::HashSet::new();
+        let mut generations = Vec::new();
+        for g in store.list().map_err(failed)? {
+            let jh = crate::plans::PlanContext::journal_hash(&self.journal, &g.info.id);
+            let only = if read_data { None } else { Some(&nothing) };
+            let r = crate::files::verify::verify(
+                &g,
+                jh.as_deref(),
+                only,
+                self.config.backup.workers,
+                &Hooks::none(),
+            )
+            .map_err(failed)?;
+            generations.push(r);
+        }
+        let (orphans, orphan_bytes) = if unreadable.is_empty() {
+            store.orphans().map_err(failed)?
+        } else {
+            (Vec::new(), 0)
+        };
+        Ok(StoreCheck {
+            read_data,
+            ok: unreadable.is_empty() && generations.iter().all(|g| g.ok),
+            generations,
+            orphans,
+            orphan_bytes,
+            unreadable,
+        })
+    }
+
+    /// Remove the objects no generation refers to, under the run lock.
+    pub(crate) fn gc(&self) -> Result<crate::files::store::GcStats, ApiError> {
+        let _lock = self.lock()?;
+        self.plans
+            .store
+            .gc(&|| Ok(()))
+            .map_err(|e| ApiError::from_anyhow(&e))
     }
 }

@@ -258,3 +258,45 @@ impl RunDetail {
         s
     }
 }
+
+/// `check`: the whole store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoreCheck {
+    /// Whether every object was re-hashed (`--read-data`), or only checked for presence.
+    pub read_data: bool,
+    pub ok: bool,
+    /// One verification per committed generation, oldest first.
+    pub generations: Vec<crate::files::verify::VerifyReport>,
+    /// Objects no generation refers to (`recoveryctl gc` removes them).
+    pub orphans: Vec<String>,
+    pub orphan_bytes: u64,
+    /// What under `generations/` is not a readable generation.
+    pub unreadable: Vec<String>,
+}
+
+impl StoreCheck {
+    pub(crate) fn human(&self) -> String {
+        let mut s = String::new();
+        for g in &self.generations {
+            s.push_str(&format!("{}\n", g.summary()));
+        }
+        for u in &self.unreadable {
+            s.push_str(&format!("unreadable: {u}\n"));
+        }
+        if self.orphans.is_empty() {
+            s.push_str("no orphaned objects\n");
+        } else {
+            s.push_str(&format!(
+                "{} orphaned objects ({}) that no generation refers to: `recoveryctl gc` removes them\n",
+                self.orphans.len(),
+                human_bytes(self.orphan_bytes)
+            ));
+        }
+        s.push_str(if self.ok {
+            "the store is consistent\n"
+        } else {
+            "the store has problems (above); a generation with problems cannot be trusted\n"
+        });
+        s
+    }
+}
