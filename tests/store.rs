@@ -758,3 +758,104 @@ fn objects(node: &Node) -> HashSet<PathBuf> {
     }
     out
 }
+
+/// The node's files (not the state directory), path -> content.
+fn node_files(node: &Node) -> std::collections::BTreeMap<String, Vec<u8>> {
+    common::tree_contents(&node.root())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("var/recovery"))
+        .collect()
+}
+
+#[test]
+fn restore_files_with_paths_or_a_target_touches_nothing_else() {
+    let node = node("");
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let backed_up = node_files(&node);
+    // An upgrade-like change in several places.
+    for (p, c) in [
+        ("/etc/a/f1", "changed a"),
+        ("/etc/a/new", "new in a"),
+        ("/etc/b/f1", "changed b"),
+        ("/etc/hosts", "changed hosts"),
+        ("/usr/local/bin/tool", "changed tool"),
+    ] {
+        std::fs::write(node.path(p), c).unwrap();
+    }
+    let changed = node_files(&node);
+
+    // A dry run of some paths says what it would do and changes nothing.
+    let (code, out, err) = ctl(&node, &["restore-files", "--dry-run", "--path", "/etc/b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rewrite   /etc/b/f1"), "{out}");
+    assert!(!out.contains("/etc/a"), "only the path asked for: {out}");
+    assert_eq!(node_files(&node), changed);
+
+    // A path that is not in the generation: refused, nothing changed, no run.
+    let (code, _, err) = ctl(
+        &node,
+        &["--offline", "restore-files", "--yes", "--path", "/etc/nope"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("/etc/nope is not in generation"), "{err}");
+    assert_eq!(node_files(&node), changed);
+
+    // Into another directory: the generation's trees appear there, the node is untouched.
+    let target = node.dir.path().join("restored");
+    let (code, out, err) = ctl(
+        &node,
+        &["restore-files", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(node_files(&node), changed, "the node is untouched");
+    let in_target: std::collections::BTreeMap<String, Vec<u8>> = common::tree_contents(&target)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with('/'))
+        .collect();
+    for (p, c) in &backed_up {
+        let in_tree = ["etc/", "usr/local/", "var/lib/kubelet/"]
+            .iter()
+            .any(|t| p.starts_with(t));
+        if in_tree && !p.ends_with('/') {
+            assert_eq!(in_target.get(p), Some(c), "{p} in the target");
+        }
+    }
+
+    // In place, one directory and one file: exactly those come back.
+    let (code, out, err) = ctl(
+        &node,
+        &[
+            "--offline",
+            "restore-files",
+            "--yes",
+            "--path",
+            "/etc/a",
+            "--path",
+            "/etc/hosts",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let after = node_files(&node);
+    for (p, c) in &after {
+        let selected = p.starts_with("etc/a/") || p == "etc/hosts";
+        let want = if selected {
+            backed_up.get(p)
+        } else {
+            changed.get(p)
+        };
+        assert_eq!(Some(c), want, "{p}");
+    }
+    assert!(
+        !after.contains_key("etc/a/new"),
+        "what the generation lacks under a path goes"
+    );
+    assert_eq!(
+        after.get("etc/b/f1").map(|c| c.as_slice()),
+        Some(&b"changed b"[..])
+    );
+    assert_eq!(
+        after.get("usr/local/bin/tool").map(|c| c.as_slice()),
+        Some(&b"changed tool"[..])
+    );
+}

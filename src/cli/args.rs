@@ -64,9 +64,20 @@ pub(crate) enum Command {
         /// The generation restored onto a node that holds GENERATION.
         other: Option<String>,
     },
-    /// Restore the trees and machine-config files from a generation (nothing else).
+    /// Restore the trees and machine-config files from a generation (nothing else), in place
+    /// or into another directory, all of them or some paths.
     RestoreFiles {
         generation: Option<String>,
+        /// Restore into this directory instead of the node (the trees appear under it; the
+        /// node is not touched and no run is recorded).
+        #[arg(long, value_name = "DIR")]
+        target: Option<PathBuf>,
+        /// Only this node path (a directory and what is under it, or one file); repeatable.
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<String>,
+        /// Show what the restore would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Do not ask for confirmation on a terminal.
         #[arg(long, short)]
         yes: bool,

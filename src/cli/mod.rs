@@ -186,7 +186,45 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
                 wait: *wait || cli.offline,
             },
         ),
-        Command::RestoreFiles { generation, yes } => {
+        Command::RestoreFiles {
+            generation,
+            target,
+            paths,
+            dry_run,
+            yes,
+        } => {
+            if *dry_run || target.is_some() {
+                let ops = crate::ops::Ops::open_read_only(config.clone())?;
+                return match ops.restore_elsewhere(
+                    generation.as_deref(),
+                    paths,
+                    target.as_deref(),
+                    *dry_run,
+                ) {
+                    Ok((id, r)) => {
+                        let where_ = match target {
+                            Some(t) => format!("into {}", t.display()),
+                            None => "in place".to_string(),
+                        };
+                        let doc = crate::protocol::inspect::Diff {
+                            generation: id.clone(),
+                            from: None,
+                            changes: r.changes.clone(),
+                            mounts_left: r.mounts_left.clone(),
+                            notes: r.notes.clone(),
+                        };
+                        out.print(&doc, || {
+                            format!(
+                                "{}generation {id} {where_}: {}\n",
+                                if *dry_run { doc.human() } else { String::new() },
+                                inspect::summarize(&r, !*dry_run)
+                            )
+                        });
+                        Ok(exit::OK)
+                    }
+                    Err(e) => Ok(out.error(&e)),
+                };
+            }
             if !confirm(
                 cli,
                 &config,
@@ -202,7 +240,7 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             let console = console::Console::new(cli.json || cli.quiet);
             let reply = runtime()?.block_on(async {
                 let ops = crate::ops::Ops::open(config.clone())?;
-                let new = ops.restore_files(generation.as_deref());
+                let new = ops.restore_files(generation.as_deref(), paths);
                 off.run_new(&ops, new, &|e| console.event(e)).await
             })?;
             Ok(out.reply(&reply))

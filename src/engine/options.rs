@@ -33,6 +33,9 @@ pub struct RunOptions {
     /// The generation the run works with (recoveries, file restores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<String>,
+    /// A file restore of only these node paths (`restore-files --path`); empty: everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 impl RunOptions {

@@ -135,3 +135,60 @@ impl Ops {
             .map_err(|e| ApiError::from_anyhow(&e))
     }
 }
+
+impl Ops {
+    /// A file restore that is not a run: into another directory (`target`), or only what it
+    /// would do (`dry_run`, in place or into `target`). Only `paths` when given.
+    pub(crate) fn restore_elsewhere(
+        &self,
+        generation: Option<&str>,
+        paths: &[String],
+        target: Option<&std::path::Path>,
+        dry_run: bool,
+    ) -> Result<(String, RestoreReport), ApiError> {
+        let invalid = |e: anyhow::Error| ApiError::InvalidArgs(format!("{e:#}"));
+        let g = self.checked_generation(generation)?;
+        let mut m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
+            .map_err(|e| ApiError::from_anyhow(&e))?;
+        if !paths.is_empty() {
+            m = crate::files::restore::narrow(&m, paths).map_err(invalid)?;
+        }
+        let root = match target {
+            Some(t) => {
+                std::fs::create_dir_all(t)
+                    .map_err(|e| ApiError::Failed(format!("creating {}: {e}", t.display())))?;
+                let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+                if canon(t).is_some() && canon(t) == canon(&self.config.root) {
+                    return Err(ApiError::InvalidArgs(format!(
+                        "--target {} is the node itself; leave --target out to restore in place",
+                        t.display()
+                    )));
+                }
+                m = crate::files::restore::for_target(m);
+                // The directories above each tree: a target starts empty.
+                for tree in &m.header.trees {
+                    let rel = tree.path.trim_start_matches('/');
+                    if let Some(parent) = std::path::Path::new(rel).parent() {
+                        std::fs::create_dir_all(t.join(parent)).map_err(|e| {
+                            ApiError::Failed(format!("creating {}: {e}", t.join(parent).display()))
+                        })?;
+                    }
+                }
+                t.to_path_buf()
+            }
+            None => self.config.root.clone(),
+        };
+        let trees: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
+        let sel = Selection {
+            trees: &trees,
+            extras: true,
+        };
+        let r = if dry_run {
+            crate::files::restore::diff(&root, &g, &m, &sel, &Hooks::none())
+        } else {
+            crate::files::restore::restore(&root, &g, &m, &sel, &Hooks::none())
+        }
+        .map_err(|e| ApiError::from_anyhow(&e))?;
+        Ok((g.info.id, r))
+    }
+}

@@ -75,17 +75,31 @@ impl Ops {
                 allow_foreign: r.allow_foreign,
                 step: r.step,
                 generation: Some(g.info.id),
+                paths: Vec::new(),
             },
         })
     }
 
-    pub(crate) fn restore_files(&self, generation: Option<&str>) -> Result<NewRun, ApiError> {
+    /// A journaled file restore in place: every tree, or only `paths` (checked here, before
+    /// any run exists).
+    pub(crate) fn restore_files(
+        &self,
+        generation: Option<&str>,
+        paths: &[String],
+    ) -> Result<NewRun, ApiError> {
         let g = self.checked_generation(generation)?;
+        if !paths.is_empty() {
+            let m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
+                .map_err(|e| ApiError::from_anyhow(&e))?;
+            crate::files::restore::narrow(&m, paths)
+                .map_err(|e| ApiError::InvalidArgs(format!("{e:#}")))?;
+        }
         Ok(NewRun {
             plan: crate::plans::restore_files_plan(&self.plans),
             options: RunOptions {
                 plan: PlanKind::RestoreFiles,
                 generation: Some(g.info.id),
+                paths: paths.to_vec(),
                 ..Default::default()
             },
         })

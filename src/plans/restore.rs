@@ -194,7 +194,10 @@ impl Step for RestoreStep {
         let policy_cx = cx.clone();
         let work = blocking(move || {
             let g = p.generation_for(&cx)?;
-            let m = trusted_manifest(&g, Some(&cx.journal))?;
+            let mut m = trusted_manifest(&g, Some(&cx.journal))?;
+            if !cx.options.paths.is_empty() {
+                m = restore::narrow(&m, &cx.options.paths)?;
+            }
             let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
             let selection = Selection {
                 trees: &trees.pick(&names),

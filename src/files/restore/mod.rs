@@ -18,6 +18,7 @@
 mod between;
 mod extras;
 mod metadata;
+mod narrow;
 mod paths;
 mod reach;
 mod tree;
@@ -36,6 +37,7 @@ use super::exclude::Excludes;
 use super::manifest::Manifest;
 use super::store::Generation;
 pub(crate) use between::between;
+pub(crate) use narrow::{for_target, narrow};
 use paths::{node, parent_of};
 
 /// Prefix of the temporary files a restore writes next to their destination.
