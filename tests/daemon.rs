@@ -688,3 +688,48 @@ fn without_the_daemon_a_waiting_client_is_told_and_the_boot_resume_goes_offline(
         "127.0.0.1 localhost\n"
     );
 }
+
+#[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
+fn a_daemon_backup_of_a_large_file_reports_bytes_as_they_are_copied() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    // One 1 GiB file of real (not sparse) data: the copy of it is one job of the copy step.
+    let big = node.path("/var/lib/kubelet/big.img");
+    let f = std::fs::File::create(&big).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut w = std::io::BufWriter::new(f);
+    for i in 0..1024u32 {
+        use std::io::Write;
+        w.write_all(&i.to_le_bytes()).unwrap();
+        w.write_all(&chunk[4..]).unwrap();
+    }
+    drop(w);
+    let d = Daemon::start(&bus, &node, &[]);
+    let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
+    assert_eq!(lines.last().unwrap()["state"], "succeeded", "{lines:?}");
+    let copy: Vec<(u64, u64, u64)> = lines
+        .iter()
+        .filter(|l| l["event"] == "step_progress" && l["step"] == "copy-files")
+        .map(|l| {
+            (
+                l["done"].as_u64().unwrap(),
+                l["bytes_done"].as_u64().unwrap(),
+                l["bytes_total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Reported every 64 MiB: at least a dozen reports while the one large file copies
+    // (fewer files done than in total), bytes growing, the total known from the start.
+    // (Two workers report, so two reports may arrive out of order: count the 64 MiB marks
+    // passed, not the order.)
+    let marks: std::collections::BTreeSet<u64> = copy
+        .iter()
+        .filter(|(_, b, t)| b < t)
+        .map(|(_, b, _)| b >> 26)
+        .collect();
+    assert!(marks.len() >= 12, "{copy:?}");
+    assert!(copy.iter().all(|(_, _, t)| *t >= 1 << 30), "{copy:?}");
+    assert_eq!(copy.last().unwrap().1, copy.last().unwrap().2, "{copy:?}");
+}

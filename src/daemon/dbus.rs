@@ -229,6 +229,13 @@ impl ManagerIface {
         self.manager.live().percent()
     }
 
+    /// `(bytes done, bytes total)` of the executing step, where it works in bytes.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn progress_bytes(&self) -> (u64, u64) {
+        let l = self.manager.live();
+        (l.bytes_done, l.bytes_total)
+    }
+
     /// `(generation id, committed at)` of the newest generation, or empty strings.
     #[zbus(property)]
     async fn last_backup(&self) -> (String, String) {
@@ -260,6 +267,19 @@ impl ManagerIface {
         step: &str,
         state: &str,
         detail: &str,
+    ) -> zbus::Result<()>;
+
+    /// Inside a step: items done of total, and bytes done of total where the step copies or
+    /// reads bytes (0 of 0 otherwise).
+    #[zbus(signal)]
+    async fn step_progress(
+        emitter: &SignalEmitter<'_>,
+        run: OwnedObjectPath,
+        step: &str,
+        done: u64,
+        total: u64,
+        bytes_done: u64,
+        bytes_total: u64,
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]
@@ -398,7 +418,26 @@ async fn signal(
             ManagerIface::step_finished(emitter, run_path(*run), step, state.as_str(), detail)
                 .await?
         }
-        Event::StepProgress { .. } => {}
+        Event::StepProgress {
+            run,
+            step,
+            done,
+            total,
+            bytes_done,
+            bytes_total,
+            ..
+        } => {
+            ManagerIface::step_progress(
+                emitter,
+                run_path(*run),
+                step,
+                *done,
+                *total,
+                *bytes_done,
+                *bytes_total,
+            )
+            .await?
+        }
         Event::Idle => {
             let _ = iface.current_run_changed(emitter).await;
             let _ = iface.progress_changed(emitter).await;

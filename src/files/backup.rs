@@ -23,6 +23,9 @@ use super::fsx;
 use super::manifest::Manifest;
 use super::store::{Store, stored_rel};
 
+/// How many bytes between two progress reports of a copy.
+const PROGRESS_BYTES: u64 = 64 << 20;
+
 /// Progress and cancellation hooks for long file operations.
 pub(crate) struct Hooks<'a> {
     /// Called for every file changed or copied; an error (cancellation, failpoint) stops the
@@ -31,8 +34,9 @@ pub(crate) struct Hooks<'a> {
     /// Called for every file of a read-only pass (a restore's comparison first pass); an
     /// error (cancellation) stops it. Failpoints count `checkpoint` calls only.
     pub check_cancel: &'a (dyn Fn() -> Result<()> + Sync),
-    /// `(files done, files total, bytes done)`.
-    pub progress: &'a (dyn Fn(u64, u64, u64) + Sync),
+    /// `(files done, files total, bytes done, bytes total)`; bytes total is 0 where it is
+    /// not known.
+    pub progress: &'a (dyn Fn(u64, u64, u64, u64) + Sync),
 }
 
 impl Hooks<'_> {
@@ -40,7 +44,7 @@ impl Hooks<'_> {
         Hooks {
             checkpoint: &|| Ok(()),
             check_cancel: &|| Ok(()),
-            progress: &|_, _, _| {},
+            progress: &|_, _, _, _| {},
         }
     }
 }
@@ -118,6 +122,7 @@ pub(crate) fn copy_files(
     }
 
     let total = jobs.len() as u64;
+    let bytes_total: u64 = jobs.iter().map(|&i| entries[i].size).sum();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let done = AtomicU64::new(0);
@@ -138,19 +143,29 @@ pub(crate) fn copy_files(
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = jobs.get(k) else { return };
                     let e = &entries_ro[i];
+                    // Bytes as they are copied, with a report each PROGRESS_BYTES, so that
+                    // progress moves inside a large file (a deterministic count, no timer).
+                    let meter = |n: u64| {
+                        let before = bytes.fetch_add(n, Ordering::Relaxed);
+                        if before / PROGRESS_BYTES != (before + n) / PROGRESS_BYTES {
+                            (hooks.progress)(
+                                done.load(Ordering::Relaxed),
+                                total,
+                                before + n,
+                                bytes_total,
+                            );
+                        }
+                    };
                     let r = (hooks.checkpoint)().and_then(|()| {
-                        one_file(root, e, store, &tmp_dir, &reflink, &mut dirs)
+                        one_file(root, e, store, &tmp_dir, &reflink, &mut dirs, &meter)
                             .with_context(|| format!("backing up {}", e.display()))
                     });
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
-                    if let Ok(d) = &r {
-                        bytes.fetch_add(d.size, Ordering::Relaxed);
-                    }
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_multiple_of(256) || n == total {
-                        (hooks.progress)(n, total, bytes.load(Ordering::Relaxed));
+                        (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
                     }
                     results
                         .lock()
@@ -240,6 +255,7 @@ fn one_file(
     tmp_dir: &Path,
     reflink: &ReflinkState,
     dirs: &mut DirCache,
+    meter: &dyn Fn(u64),
 ) -> Result<Done> {
     let node_path = Path::new("/").join(stored_rel(e.path_bytes()));
     let parent = node_path.parent().unwrap_or(Path::new("/"));
@@ -279,7 +295,7 @@ fn one_file(
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?
         .into();
-    let copied = match copy_and_hash(src, &dst, reflink, None) {
+    let copied = match copy_and_hash(src, &dst, reflink, None, meter) {
         Ok(c) => c,
         Err(err) => {
             drop(dst);

@@ -88,12 +88,20 @@ fn for_each_extent(
 
 /// Hash a whole file. Holes of a sparse file are hashed as zeros without being read.
 pub(crate) fn hash_file(src: &File) -> io::Result<(String, u64)> {
+    hash_file_metered(src, &|_| {})
+}
+
+/// [`hash_file`], telling `meter` how many bytes each read covered (for progress in bytes).
+fn hash_file_metered(src: &File, meter: &dyn Fn(u64)) -> io::Result<(String, u64)> {
     let st = rustix::fs::fstat(src)?;
     let size = st.st_size as u64;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF.min(size.max(4096) as usize)];
     if (st.st_blocks as u64) * 512 < size {
-        for_each_extent(src, size, &mut buf, &mut h, |_, _| Ok(()))?;
+        for_each_extent(src, size, &mut buf, &mut h, |chunk, _| {
+            meter(chunk.len() as u64);
+            Ok(())
+        })?;
         return Ok((h.finalize().to_hex().to_string(), size));
     }
     let mut total = 0u64;
@@ -105,17 +113,20 @@ pub(crate) fn hash_file(src: &File) -> io::Result<(String, u64)> {
         }
         h.update(&buf[..n]);
         total += n as u64;
+        meter(n as u64);
     }
     Ok((h.finalize().to_hex().to_string(), total))
 }
 
 /// Copy `src` into the empty file `dst` and hash it. `expect` (a hex hash) makes the copy fail
-/// if the content differs, so that unverified bytes are never put in place.
+/// if the content differs, so that unverified bytes are never put in place. `meter` is told
+/// the bytes of every chunk as it is done, so that progress moves inside a large file.
 pub(crate) fn copy_and_hash(
     src: OwnedFd,
     dst: &OwnedFd,
     reflink: &ReflinkState,
     expect: Option<&str>,
+    meter: &dyn Fn(u64),
 ) -> io::Result<Copied> {
     let st = rustix::fs::fstat(&src)?;
     let size = st.st_size as u64;
@@ -125,7 +136,7 @@ pub(crate) fn copy_and_hash(
     let copied = if reflink.enabled() && size > 0 {
         match rustix::fs::ioctl_ficlone(dst_file, &src) {
             Ok(()) => {
-                let (hash, n) = hash_file(&src)?;
+                let (hash, n) = hash_file_metered(&src, meter)?;
                 if n != size {
                     return Err(io::Error::other("file changed size while it was copied"));
                 }
@@ -138,11 +149,11 @@ pub(crate) fn copy_and_hash(
             }
             Err(_) => {
                 reflink.disable();
-                copy_bytes(&src, dst, size, st.st_blocks as u64)?
+                copy_bytes(&src, dst, size, st.st_blocks as u64, meter)?
             }
         }
     } else {
-        copy_bytes(&src, dst, size, st.st_blocks as u64)?
+        copy_bytes(&src, dst, size, st.st_blocks as u64, meter)?
     };
     if let Some(e) = expect
         && e != copied.hash
@@ -158,7 +169,13 @@ pub(crate) fn copy_and_hash(
     Ok(copied)
 }
 
-fn copy_bytes(src: &File, dst: &OwnedFd, size: u64, blocks: u64) -> io::Result<Copied> {
+fn copy_bytes(
+    src: &File,
+    dst: &OwnedFd,
+    size: u64,
+    blocks: u64,
+    meter: &dyn Fn(u64),
+) -> io::Result<Copied> {
     let mut out = File::from(rustix::io::fcntl_dupfd_cloexec(dst, 0)?);
     let mut h = blake3::Hasher::new();
     let sparse = blocks * 512 < size;
@@ -174,6 +191,7 @@ fn copy_bytes(src: &File, dst: &OwnedFd, size: u64, blocks: u64) -> io::Result<C
             h.update(&buf[..n]);
             out.write_all(&buf[..n])?;
             total += n as u64;
+            meter(n as u64);
         }
         if total != size {
             return Err(io::Error::other(format!(
@@ -190,6 +208,7 @@ fn copy_bytes(src: &File, dst: &OwnedFd, size: u64, blocks: u64) -> io::Result<C
     // Extent by extent.
     let mut buf = vec![0u8; BUF];
     for_each_extent(src, size, &mut buf, &mut h, |chunk, offset| {
+        meter(chunk.len() as u64);
         out.write_all_at(chunk, offset)
     })?;
     out.set_len(size)?;

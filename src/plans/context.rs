@@ -131,14 +131,14 @@ pub(crate) fn with_step_hooks<R>(
 ) -> R {
     let checkpoint = || cx.checkpoint();
     let check_cancel = || cx.check_cancel();
-    let progress = |done: u64, total: u64, bytes: u64| {
+    let progress = |done: u64, total: u64, bytes_done: u64, bytes_total: u64| {
         if let Some(message) = message {
             cx.progress(Progress {
                 done,
                 total,
-                bytes_done: bytes,
+                bytes_done,
+                bytes_total,
                 message,
-                ..Default::default()
             })
         }
     };

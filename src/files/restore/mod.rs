@@ -283,7 +283,7 @@ impl<'a> Restorer<'a> {
         if self.apply {
             (self.hooks.checkpoint)()?;
             if self.done.is_multiple_of(512) {
-                (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+                (self.hooks.progress)(self.done, self.total, self.report.bytes_written, 0);
             }
         } else {
             (self.hooks.check_cancel)()?;
@@ -320,7 +320,7 @@ impl<'a> Restorer<'a> {
                 .context("restoring machine-config files")?;
         }
         if self.apply {
-            (self.hooks.progress)(self.done, self.total, self.report.bytes_written);
+            (self.hooks.progress)(self.done, self.total, self.report.bytes_written, 0);
         }
         Ok(())
     }

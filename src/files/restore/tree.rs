@@ -323,7 +323,7 @@ impl Restorer<'_> {
                 .with_context(|| format!("opening {}", stored.display()))?
                 .into();
             let dst = fsx::create_child_file(dir, &tmp, 0o600)?;
-            let copied = copy_and_hash(src, &dst, &self.reflink, e.hash.as_deref())
+            let copied = copy_and_hash(src, &dst, &self.reflink, e.hash.as_deref(), &|_| {})
                 .with_context(|| format!("copying from {}", stored.display()))?;
             let st = fsx::fstat(dst.as_fd())?;
             self.apply_metadata(Target::Fd(dst.as_fd()), e, &st)?;
