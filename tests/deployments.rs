@@ -553,4 +553,15 @@ fn a_backup_refused_while_a_recovery_is_open_exits_5_and_records_no_run() {
     let (_, out, _) = w.ctl(&["status", "--json"]);
     let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["last_backup"]["state"], "succeeded", "{out}");
+
+    // The restore-files stage, then a cancel: it says what is down and how to get out.
+    let (code, out, err) = w.ctl(&["resume", "--step"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.ctl(&["cancel"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("kubelet is stopped and disabled"), "{said}");
+    assert!(said.contains("CRI-O is stopped"), "{said}");
+    assert!(said.contains("systemctl start crio && systemctl enable --now kubelet"), "{said}");
+    assert!(said.contains("recoveryctl recover --generation"), "{said}");
 }

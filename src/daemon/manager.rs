@@ -124,7 +124,10 @@ impl RunManager {
             return Ok(Reply::Cancel {
                 run,
                 kind,
-                message: format!("cancelling {kind} run {run}"),
+                message: format!(
+                    "cancelling {kind} run {run}: it stops at the end of its current step; \
+                     `recoveryctl cancel` again then, or `recoveryctl status`, says what state the node is in"
+                ),
             });
         }
         let r = self.ops.cancel_target()?;
@@ -135,7 +138,7 @@ impl RunManager {
         Ok(Reply::Cancel {
             run: r.id,
             kind: r.kind,
-            message: format!("{} run {} cancelled", r.kind, r.id),
+            message: self.ops.after_cancel(&r),
         })
     }
 

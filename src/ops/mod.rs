@@ -3,6 +3,7 @@
 //! them behind its single-run slot; `recoveryctl --offline` calls them in-process. Neither
 //! re-derives a decision.
 
+mod aftermath;
 mod generations;
 mod inspect;
 mod runs;

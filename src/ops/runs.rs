@@ -159,3 +159,17 @@ impl Ops {
         })
     }
 }
+
+impl Ops {
+    /// What a cancel of run `run` left on the node, and the commands that get out of it.
+    pub(crate) fn after_cancel(&self, run: &RunRecord) -> String {
+        let steps = self.journal.steps(run.id).unwrap_or_default();
+        let generation = RunOptions::from_json(&run.options).generation;
+        format!(
+            "{} run {} cancelled; {}",
+            run.kind,
+            run.id,
+            super::aftermath::describe(&steps, generation.as_deref())
+        )
+    }
+}

@@ -153,7 +153,7 @@ impl Client for Offline {
                     Ok(r) => Ok(Reply::Cancel {
                         run: r.id,
                         kind: r.kind,
-                        message: format!("{} run {} cancelled", r.kind, r.id),
+                        message: ops.after_cancel(&run),
                     }),
                     Err(e) => Ok(Reply::Error(ApiError::from_anyhow(&e))),
                 }
