@@ -562,6 +562,9 @@ fn a_backup_refused_while_a_recovery_is_open_exits_5_and_records_no_run() {
     let said = format!("{out}{err}");
     assert!(said.contains("kubelet is stopped and disabled"), "{said}");
     assert!(said.contains("CRI-O is stopped"), "{said}");
-    assert!(said.contains("systemctl start crio && systemctl enable --now kubelet"), "{said}");
+    assert!(
+        said.contains("systemctl start crio && systemctl enable --now kubelet"),
+        "{said}"
+    );
     assert!(said.contains("recoveryctl recover --generation"), "{said}");
 }

@@ -64,9 +64,21 @@ fn every_json_document_keeps_its_shape() {
     check("generations", &["generations"], 0);
     check("verify", &["verify"], 0);
     check("check", &["check"], 0);
-    check("generations-protect", &["generations", "protect", "latest"], 0);
-    check("generations-label", &["generations", "label", "latest", "before 4.16"], 0);
-    check("error-delete-protected", &["generations", "delete", "latest"], 1);
+    check(
+        "generations-protect",
+        &["generations", "protect", "latest"],
+        0,
+    );
+    check(
+        "generations-label",
+        &["generations", "label", "latest", "before 4.16"],
+        0,
+    );
+    check(
+        "error-delete-protected",
+        &["generations", "delete", "latest"],
+        1,
+    );
     check("gc", &["gc"], 0);
     std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
     std::fs::write(node.path("/etc/new-file"), "new\n").unwrap();
