@@ -417,12 +417,12 @@ fn dry_run_shows_the_plan_and_changes_nothing() {
         "would roll testos back to testos-",
         "== stage restore-files",
         "stop kubelet.service through systemd's D-Bus API (now active)",
-        "content  /etc/hosts",
-        "added    /etc/added.conf",
-        "removed  /etc/ssh/key",
+        "rewrite  /etc/hosts",
+        "remove   /etc/added.conf",
+        "create   /etc/ssh/key",
         "== stage reboot",
         "== stage restore-cluster",
-        "content  /var/lib/kubelet/config.yaml",
+        "rewrite  /var/lib/kubelet/config.yaml",
         "== stage post-restore",
     ] {
         assert!(out.contains(expected), "dry run lacks `{expected}`:\n{out}");

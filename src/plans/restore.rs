@@ -253,7 +253,7 @@ impl Step for RestoreStep {
             for c in r.changes.iter().take(200) {
                 s.push_str(&format!(
                     "\n      {:<8} {} {}",
-                    format!("{:?}", c.change).to_lowercase(),
+                    c.change.action(),
                     c.path,
                     c.detail
                 ));
