@@ -28,29 +28,21 @@ impl Marks {
     /// The marks of the generation in `dir` (none: the defaults).
     pub(crate) fn read(dir: &Path) -> Marks {
         let path = dir.join(MARKS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "{} is unreadable ({e}); the generation counts as protected",
-                    path.display()
-                );
-                Marks {
-                    protected: true,
-                    label: None,
-                }
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marks::default(),
-            Err(e) => {
-                tracing::warn!(
-                    "{} is unreadable ({e}); the generation counts as protected",
-                    path.display()
-                );
-                Marks {
-                    protected: true,
-                    label: None,
-                }
+        let read = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Marks::default(),
+            Err(e) => Err(e.to_string()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        };
+        read.unwrap_or_else(|e| {
+            tracing::warn!(
+                "{} is unreadable ({e}); the generation counts as protected",
+                path.display()
+            );
+            Marks {
+                protected: true,
+                label: None,
             }
-        }
+        })
     }
 
     /// Write the marks of the generation in `dir`, replacing the old ones atomically.

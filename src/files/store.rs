@@ -294,23 +294,36 @@ impl Store {
 
     /// The entries under `generations/` that are not readable generations, with the reason.
     pub(crate) fn unreadable(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
+        let mut out: Vec<String> = self
+            .generation_dirs()?
+            .into_iter()
+            .filter_map(|(path, name)| {
+                self.open(&name)
+                    .err()
+                    .map(|err| format!("{}: {err:#}", path.display()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// What under `generations/` could be a committed generation: its directories that are
+    /// not staging or trash (their path and name).
+    fn generation_dirs(&self) -> Result<Vec<(PathBuf, String)>> {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
         };
+        let mut out = Vec::new();
         for e in rd {
             let e = e?;
             let name = e.file_name();
             if name.as_encoded_bytes().starts_with(b".") || !e.file_type()?.is_dir() {
                 continue;
             }
-            if let Err(err) = self.open(&name.to_string_lossy()) {
-                out.push(format!("{}: {err:#}", e.path().display()));
-            }
+            out.push((e.path(), name.to_string_lossy().into_owned()));
         }
-        out.sort();
         Ok(out)
     }
 
@@ -518,27 +531,17 @@ impl Store {
 
     fn list_with(&self, strict: bool) -> Result<Vec<Generation>> {
         let mut out = Vec::new();
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
-        };
-        for e in rd {
-            let e = e?;
-            let name = e.file_name();
-            if name.as_encoded_bytes().starts_with(b".") || !e.file_type()?.is_dir() {
-                continue;
-            }
-            match self.open(&name.to_string_lossy()) {
+        for (path, name) in self.generation_dirs()? {
+            match self.open(&name) {
                 Ok(g) => out.push(g),
                 Err(err) if strict => {
                     return Err(err.context(format!(
                         "{} is not a readable generation; objects are not collected while it is \
                          there (move it out of the state directory if it is damaged beyond use)",
-                        e.path().display()
+                        path.display()
                     )));
                 }
-                Err(err) => tracing::warn!("ignoring {}: {err:#}", e.path().display()),
+                Err(err) => tracing::warn!("ignoring {}: {err:#}", path.display()),
             }
         }
         out.sort_by(|a, b| id_order(&a.info.id).cmp(&id_order(&b.info.id)));
