@@ -82,7 +82,7 @@ impl Generations {
 pub(crate) fn generation_table(generations: &[GenerationEntry]) -> String {
     let mut out = format!(
         "{:<10} {:<20} {:<26} {:<12} {:>10}  {}\n",
-        "SHORT ID", "ID", "OS DEPLOYMENT", "OCP", "SIZE", "MARKS"
+        "SHORT ID", "ID (UTC TIME)", "OS DEPLOYMENT", "OCP", "SIZE", "MARKS"
     );
     for e in generations.iter().rev() {
         let os = match &e.info.identity.deployment {
