@@ -707,3 +707,53 @@ fn a_backup_with_undeploy_old_keeps_the_booted_deployment_pinned_and_alone() {
         "{pin:?}"
     );
 }
+
+/// As TALM's upgrade-recovery.sh: `cluster-backup.sh --force DIR`, and a failing `crictl rmp
+/// -fa` or `crio wipe -f` recorded but not fatal; `strict_wipe` makes them fatal.
+#[test]
+fn cluster_steps_match_the_script_forced_backup_and_wipes_that_may_fail() {
+    let w = World::new("");
+    let reference = w.backup_then_break();
+    let calls = cluster_calls(&w.root());
+    let backup = calls
+        .iter()
+        .find(|c| c.starts_with("cluster-backup.sh "))
+        .unwrap();
+    assert!(
+        backup.starts_with("cluster-backup.sh --force /"),
+        "{backup}"
+    );
+    let (_, out, _) = w.ctl(&["verify", "--json"]);
+    assert!(out.contains("\"ok\": true"), "{out}");
+
+    // Both clean-up commands fail: the recovery goes on and says so.
+    let state = w.root().join("opt/fake-cluster/state");
+    std::fs::write(state.join("fail-rmp"), "").unwrap();
+    std::fs::write(state.join("fail-wipe"), "").unwrap();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let (code, out, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let j = w.journal();
+    for step in ["remove-pods", "wipe-crio"] {
+        let a = j.last_attempt(2, step).unwrap().unwrap();
+        assert_eq!(a.state, StepState::Done, "{step}");
+        let detail = a.detail.unwrap_or_default();
+        assert!(
+            detail.contains("failed, not fatal") && detail.contains("injected failure"),
+            "{step}: {detail}"
+        );
+    }
+    let _ = reference;
+}
+
+#[test]
+fn with_strict_wipe_a_failing_crio_wipe_fails_the_recovery() {
+    let w = World::new("[recovery]\nstrict_wipe = true\n");
+    let _reference = w.backup_then_break();
+    std::fs::write(w.root().join("opt/fake-cluster/state/fail-wipe"), "").unwrap();
+    w.write_rpm_state(&[w.old.clone(), w.new.clone()], &w.old.clone(), false);
+    let (code, out, err) = w.ctl(&["recover"]);
+    assert_eq!(code, 4, "{out}{err}");
+    let a = w.journal().last_attempt(2, "wipe-crio").unwrap().unwrap();
+    assert_eq!(a.state, StepState::Failed);
+}

@@ -54,6 +54,7 @@ section!(BackupFragment {
     images: bool,
     deadline: Seconds,
     cluster_backup: PathBuf,
+    cluster_backup_force: bool,
     machine_config: PathBuf,
     undeploy_old: bool,
     require_separate_mount: bool,
@@ -71,6 +72,7 @@ section!(RecoveryFragment {
     reboot_delay: Seconds,
     boot_attempts: u32,
     permissive: bool,
+    strict_wipe: bool,
 });
 
 section!(HostFragment {

@@ -76,6 +76,9 @@ pub struct BackupConfig {
     pub images: bool,
     pub deadline: Duration,
     pub cluster_backup: PathBuf,
+    /// Pass `--force` to `cluster-backup.sh` (as TALM does): skip its "operator progressing"
+    /// checks, which fail while the API is unreachable, and mark the snapshot possibly dirty.
+    pub cluster_backup_force: bool,
     pub machine_config: PathBuf,
     pub undeploy_old: bool,
     pub require_separate_mount: bool,
@@ -95,6 +98,9 @@ pub struct RecoveryConfig {
     pub boot_attempts: u32,
     /// Switch SELinux to permissive while restoring (set back on every exit path).
     pub permissive: bool,
+    /// Fail the recovery when `crictl rmp -fa` or `crio wipe -f` fails (by default their
+    /// failure is recorded and the recovery goes on, as upgrade-recovery.sh does).
+    pub strict_wipe: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +294,7 @@ impl Config {
                     b.machine_config
                         .unwrap_or_else(|| "/etc/machine-config-daemon/currentconfig".into()),
                 )?,
+                cluster_backup_force: b.cluster_backup_force.unwrap_or(true),
                 undeploy_old: b.undeploy_old.unwrap_or(false),
                 require_separate_mount: b.require_separate_mount.unwrap_or(false),
                 workers,
@@ -311,6 +318,7 @@ impl Config {
                 reboot_delay: secs(r.reboot_delay, 0),
                 boot_attempts,
                 permissive: r.permissive.unwrap_or(false),
+                strict_wipe: r.strict_wipe.unwrap_or(false),
             },
             host: HostConfig {
                 systemd: h.systemd.unwrap_or(true),

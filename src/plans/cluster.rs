@@ -49,12 +49,13 @@ impl Step for ClusterBackup {
             .config
             .host_path(&self.0.config.backup.cluster_backup);
         let timeout = self.0.config.step_limits(self.name()).timeout;
-        let out = self
-            .0
-            .host
-            .cluster
-            .script(&script, &[&dir.display().to_string()], timeout)
-            .await?;
+        let dir_arg = dir.display().to_string();
+        let args: Vec<&str> = if self.0.config.backup.cluster_backup_force {
+            vec!["--force", &dir_arg]
+        } else {
+            vec![&dir_arg]
+        };
+        let out = self.0.host.cluster.script(&script, &args, timeout).await?;
         let produced: Vec<String> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -158,6 +159,7 @@ impl Step for RemovePods {
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
         match self.0.host.cluster.remove_pods().await {
             Ok(out) => Ok(Outcome::Done(out.summary())),
+            Err(e) if !self.0.config.recovery.strict_wipe => Ok(not_fatal("crictl rmp -fa", &e)),
             Err(e) => {
                 // On a broken node CRI-O may not answer; the wipe that follows removes the
                 // pods' state anyway. Only a CRI-O that runs and refuses is an error.
@@ -195,9 +197,22 @@ impl Step for WipeCrio {
         "wipe CRI-O's containers and images (crio wipe -f)".into()
     }
     async fn run(&self, _cx: &StepContext) -> Result<Outcome> {
-        let out = self.0.host.cluster.wipe().await?;
-        Ok(Outcome::Done(out.summary()))
+        match self.0.host.cluster.wipe().await {
+            Ok(out) => Ok(Outcome::Done(out.summary())),
+            Err(e) if !self.0.config.recovery.strict_wipe => Ok(not_fatal("crio wipe -f", &e)),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// A failed clean-up command that the recovery goes past, as upgrade-recovery.sh does (it
+/// ignores their exit codes): recorded with its output, and the step done.
+/// `[recovery] strict_wipe = true` makes it fatal.
+fn not_fatal(what: &str, e: &anyhow::Error) -> Outcome {
+    tracing::warn!("{what} failed; going on as upgrade-recovery.sh does: {e:#}");
+    Outcome::Done(format!(
+        "{what} failed, not fatal ([recovery] strict_wipe = false, as upgrade-recovery.sh): {e:#}"
+    ))
 }
 
 /// Load the images saved with the generation.
