@@ -733,3 +733,47 @@ fn a_daemon_backup_of_a_large_file_reports_bytes_as_they_are_copied() {
     assert!(copy.iter().all(|(_, _, t)| *t >= 1 << 30), "{copy:?}");
     assert_eq!(copy.last().unwrap().1, copy.last().unwrap().2, "{copy:?}");
 }
+
+#[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
+fn a_state_directory_emptied_under_the_daemon_is_said_and_no_run_starts() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let mut d = Daemon::start(&bus, &node, &[]);
+    let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
+    assert_eq!(lines.last().unwrap()["state"], "succeeded", "{lines:?}");
+    // What TALM's backup-agent's Cleanup does: everything under the directory goes.
+    let state = node.path("/var/recovery");
+    for e in std::fs::read_dir(&state).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    // Still serving, and saying what happened.
+    let status = socket(&d.socket, b"{\"op\":\"status\"}\n");
+    let s = status.last().unwrap();
+    let warnings = s["warnings"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("was removed or replaced while recoveryd ran")),
+        "{s}"
+    );
+    // A backup is refused with the same words; nothing is recorded into a deleted file.
+    let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
+    let last = lines.last().unwrap();
+    assert_eq!(last["reply"], "error", "{lines:?}");
+    assert!(
+        last["message"].as_str().unwrap().contains("restart"),
+        "{last}"
+    );
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+}

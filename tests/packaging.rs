@@ -329,6 +329,7 @@ fn rpms_hold_every_installed_file() {
         "/usr/share/doc/recoveryd/architecture.md",
         "/usr/share/doc/recoveryd/config.md",
         "/usr/share/doc/recoveryd/operations.md",
+        "/usr/share/doc/recoveryd/openshift.md",
         "/usr/share/selinux/packages/targeted/recoveryd.pp.bz2",
         "/usr/share/selinux/devel/include/distributed/recoveryd.if",
     ] {

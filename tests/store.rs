@@ -859,3 +859,38 @@ fn restore_files_with_paths_or_a_target_touches_nothing_else() {
         Some(&b"changed tool"[..])
     );
 }
+
+#[test]
+fn a_state_directory_holding_talms_backup_is_refused_and_said_everywhere() {
+    let node = node("");
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // What TALM's backup-agent writes into its backup path.
+    let state = state(&node);
+    std::fs::write(state.join("upgrade-recovery.sh"), "#!/bin/bash\n").unwrap();
+    std::fs::create_dir_all(state.join("usrlocal")).unwrap();
+    std::fs::write(state.join("etc.exclude.list"), ".updated\n").unwrap();
+    let (code, out, err) = ctl(&node, &["--offline", "--json", "backup"]);
+    assert_eq!(code, 4, "a failed backup run: {out}{err}");
+    assert!(
+        out.contains("also holds TALM's backup"),
+        "the Job's result: {out}"
+    );
+    assert!(out.contains("backup: false"), "{out}");
+    // The journal has it, and status says it on every call.
+    let (_, out, _) = ctl(&node, &["journal", "--json"]);
+    assert!(out.contains("also holds TALM's backup"), "{out}");
+    let (_, out, _) = ctl(&node, &["--offline", "status", "--json"]);
+    let s: Value = serde_json::from_str(&out).unwrap();
+    let w = s["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("upgrade-recovery.sh, etc.exclude.list, usrlocal")),
+        "{out}"
+    );
+    // The generation taken before is untouched.
+    let (code, out, err) = ctl(&node, &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

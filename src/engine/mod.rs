@@ -173,6 +173,13 @@ impl Engine {
     }
 
     fn lock(&self) -> Result<RunLock> {
+        // A run journaled into a deleted file would be recorded nowhere: refuse it.
+        anyhow::ensure!(
+            self.journal.still_on_disk(),
+            "{} was removed or replaced while recoveryd ran (the state directory was emptied?); \
+             no run starts until recoveryd is restarted (systemctl restart recoveryd)",
+            self.journal.path().display()
+        );
         match RunLock::acquire(&self.config.state_path()) {
             Ok(l) => Ok(l),
             Err(crate::journal::LockError::Busy { holder }) => {

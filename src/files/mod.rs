@@ -11,6 +11,7 @@ pub mod fsx;
 pub(crate) mod identity;
 pub(crate) mod manifest;
 pub(crate) mod marks;
+pub(crate) mod neighbours;
 pub(crate) mod restore;
 pub(crate) mod store;
 pub(crate) mod validate;

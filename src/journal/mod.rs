@@ -51,6 +51,9 @@ pub(crate) type Result<T, E = JournalError> = std::result::Result<T, E>;
 pub struct Journal {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The database file's (device, inode) when it was opened: a journal removed or replaced
+    /// under a running process is told apart from the one it writes to (None: in memory).
+    file_id: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -80,9 +83,21 @@ impl Journal {
         let journal = Journal {
             conn: Mutex::new(conn),
             path,
+            file_id: None,
         };
         journal.migrate(0)?;
         Ok(journal)
+    }
+
+    /// Whether the file this journal writes to is still the one at its path. False when the
+    /// state directory was emptied (or the journal replaced) under a running process: what it
+    /// writes then goes to a deleted file.
+    pub(crate) fn still_on_disk(&self) -> bool {
+        self.file_id.is_none() || file_id(&self.path) == self.file_id
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Open an existing journal without creating it (status readers).
@@ -136,6 +151,7 @@ impl Journal {
         let journal = Journal {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            file_id: file_id(path),
         };
         if version < schema::CURRENT || !journal.has_every_feature() {
             journal.migrate(version)?;
@@ -284,4 +300,9 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
 fn restrict_mode(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

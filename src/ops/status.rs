@@ -99,6 +99,7 @@ impl Ops {
                     Vec::new()
                 }
             },
+            warnings: self.warnings(),
             store: match self.plans.store.stats() {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -107,5 +108,23 @@ impl Ops {
                 }
             },
         })
+    }
+}
+
+impl Ops {
+    /// What is wrong with the state directory itself.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.journal.still_on_disk() {
+            out.push(format!(
+                "{} was removed or replaced while recoveryd ran (the state directory was emptied?); \
+                 nothing is recorded any more and no run starts: restart recoveryd (systemctl restart recoveryd)",
+                self.journal.path().display()
+            ));
+        }
+        if let Some(why) = crate::files::neighbours::shared_with_talm(&self.config.state_path()) {
+            out.push(why);
+        }
+        out
     }
 }

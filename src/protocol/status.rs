@@ -101,6 +101,10 @@ pub struct Status {
     pub generations: Vec<GenerationEntry>,
     /// What the object store holds (absent when it cannot be read; the reason is logged).
     pub store: Option<StoreStats>,
+    /// What an operator must know about the state directory (shared with TALM's backup,
+    /// emptied under the daemon).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Status {
@@ -109,6 +113,9 @@ impl Status {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "state: {}", self.state);
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
         if let Some(l) = &self.live
             && let Some(step) = &l.step
         {

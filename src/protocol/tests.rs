@@ -230,6 +230,11 @@ fn status(full: bool) -> Status {
         } else {
             vec![]
         },
+        warnings: if full {
+            vec!["/var/recovery also holds TALM's backup".into()]
+        } else {
+            Vec::new()
+        },
         store: full.then(|| StoreStats {
             generations: 1,
             objects: 10,

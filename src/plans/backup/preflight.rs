@@ -74,6 +74,9 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         "the state directory {} does not exist",
         state.display()
     );
+    if let Some(why) = crate::files::neighbours::shared_with_talm(&state) {
+        bail!("{why}");
+    }
     let mut notes = Vec::new();
     let parent = state.parent().unwrap_or(Path::new("/"));
     if fsx::dev_of(&state)? == fsx::dev_of(parent)? {
