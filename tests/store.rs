@@ -894,3 +894,64 @@ fn a_state_directory_holding_talms_backup_is_refused_and_said_everywhere() {
     let (code, out, err) = ctl(&node, &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn the_metrics_textfile_follows_every_run() {
+    let node =
+        node("[host]\nmetrics_textfile = \"/var/lib/prometheus/node-exporter/recoveryd.prom\"\n");
+    let dir = node.path("/var/lib/prometheus/node-exporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(dir.join("recoveryd.prom")).unwrap();
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let t = value(&text, "recoveryd_last_successful_backup_timestamp_seconds");
+    assert!((now - 120.0..=now + 1.0).contains(&t), "{t} vs {now}");
+    assert_eq!(value(&text, "recoveryd_generations"), 1.0);
+    assert!(value(&text, "recoveryd_newest_generation_bytes") > 100_000.0);
+    assert_eq!(
+        value(
+            &text,
+            "recoveryd_last_run_state{kind=\"backup\",state=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "recoveryd_recovery_in_progress"), 0.0);
+    // Every series has its HELP and TYPE, and no temporary file is left.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(text.contains(&format!("# TYPE {name} gauge")), "{l}");
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["recoveryd.prom"]);
+
+    // A failed backup: the state changes, the last success stays.
+    std::fs::write(state(&node).join("upgrade-recovery.sh"), "").unwrap();
+    let (code, _, _) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 4);
+    let text = std::fs::read_to_string(dir.join("recoveryd.prom")).unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "recoveryd_last_run_state{kind=\"backup\",state=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "recoveryd_last_successful_backup_timestamp_seconds"),
+        t
+    );
+}

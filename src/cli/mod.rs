@@ -241,7 +241,9 @@ fn dispatch(cli: &Cli, out: &Out) -> Result<u8> {
             let reply = runtime()?.block_on(async {
                 let ops = crate::ops::Ops::open(config.clone())?;
                 let new = ops.restore_files(generation.as_deref(), paths);
-                off.run_new(&ops, new, &|e| console.event(e)).await
+                let reply = off.run_new(&ops, new, &|e| console.event(e)).await;
+                ops.write_metrics();
+                reply
             })?;
             Ok(out.reply(&reply))
         }

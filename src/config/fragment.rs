@@ -81,6 +81,7 @@ section!(HostFragment {
     cluster: bool,
     sysroot: PathBuf,
     selinuxfs: PathBuf,
+    metrics_textfile: PathBuf,
     kubelet_unit: String,
     crio_unit: String,
     kubeconfig: PathBuf,

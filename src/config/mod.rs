@@ -111,6 +111,8 @@ pub struct HostConfig {
     pub sysroot: PathBuf,
     /// Where selinuxfs is mounted (its `enforce` file switches the mode).
     pub selinuxfs: PathBuf,
+    /// A node-exporter textfile written after every run; none by default.
+    pub metrics_textfile: Option<PathBuf>,
     pub kubelet_unit: String,
     pub crio_unit: String,
     pub kubeconfig: PathBuf,
@@ -329,6 +331,10 @@ impl Config {
                     "host.selinuxfs",
                     h.selinuxfs.unwrap_or_else(|| "/sys/fs/selinux".into()),
                 )?,
+                metrics_textfile: h
+                    .metrics_textfile
+                    .map(|p| abs("host.metrics_textfile", p))
+                    .transpose()?,
                 kubelet_unit: h.kubelet_unit.unwrap_or_else(|| "kubelet.service".into()),
                 crio_unit: h.crio_unit.unwrap_or_else(|| "crio.service".into()),
                 kubeconfig: abs(

@@ -13,6 +13,8 @@ pub(crate) struct Broadcaster {
     pub tx: broadcast::Sender<protocol::Event>,
     pub notifier: Arc<Notifier>,
     pub live: Arc<Mutex<Live>>,
+    /// For the metrics textfile, rewritten when a run ends.
+    pub ops: crate::ops::Ops,
 }
 
 impl Observer for Broadcaster {
@@ -52,6 +54,9 @@ impl Observer for Broadcaster {
                 }
                 Event::RunFinished { .. } => {}
             }
+        }
+        if matches!(e, Event::RunFinished { .. }) {
+            self.ops.write_metrics();
         }
         if let Some(status) = render::status_line(e) {
             self.notifier.status(&status);

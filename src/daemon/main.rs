@@ -90,6 +90,7 @@ async fn run(args: Args, activated: Option<std::os::unix::net::UnixListener>) ->
     let config = Config::load(&source).map_err(|e| Permanent(e.to_string()))?;
     let ops = Ops::open(config).map_err(|e| Permanent(format!("{e:#}")))?;
     crate::plans::reconcile(&ops.journal, &ops.plans.store)?;
+    ops.write_metrics();
 
     let notifier = Arc::new(Notifier::from_env());
     let shutdown = CancellationToken::new();

@@ -36,6 +36,7 @@ impl RunManager {
         let (tx, _) = broadcast::channel(1024);
         let live = Arc::new(Mutex::new(Live::default()));
         let observer = Arc::new(Broadcaster {
+            ops: ops.clone(),
             tx: tx.clone(),
             notifier,
             live: live.clone(),

@@ -6,6 +6,7 @@
 mod aftermath;
 mod generations;
 mod inspect;
+mod metrics;
 mod runs;
 mod status;
 

@@ -108,7 +108,16 @@ impl Client for Offline {
             return Ok(Reply::Status(Box::new(ops.status(None)?)));
         }
         let ops = Ops::open(self.config.clone())?;
-        match &request {
+        let reply = self.handle(&ops, &request, events).await;
+        ops.write_metrics();
+        reply
+    }
+}
+
+impl Offline {
+    /// A request that starts, continues or cancels a run, in this process.
+    async fn handle(&self, ops: &Ops, request: &Request, events: &OnEvent<'_>) -> Result<Reply> {
+        match request {
             Request::Backup { .. } => self.run_new(&ops, Ok(ops.backup()), events).await,
             Request::Recover { .. } => {
                 let r = request.recover_options().unwrap_or_default();
