@@ -118,10 +118,10 @@ impl Offline {
     /// A request that starts, continues or cancels a run, in this process.
     async fn handle(&self, ops: &Ops, request: &Request, events: &OnEvent<'_>) -> Result<Reply> {
         match request {
-            Request::Backup { .. } => self.run_new(&ops, Ok(ops.backup()), events).await,
+            Request::Backup { .. } => self.run_new(ops, Ok(ops.backup()), events).await,
             Request::Recover { .. } => {
                 let r = request.recover_options().unwrap_or_default();
-                self.run_new(&ops, ops.recovery(&r), events).await
+                self.run_new(ops, ops.recovery(&r), events).await
             }
             Request::Resume { boot, step, .. } => {
                 let (run, plan, trigger) = match ops.resume(*boot) {
@@ -132,7 +132,7 @@ impl Offline {
                     }
                     Err(e) => return Ok(Reply::Error(e)),
                 };
-                let (engine, rx) = self.engine(&ops)?;
+                let (engine, rx) = self.engine(ops)?;
                 // An operator's resume runs to the end unless --step; the boot unit keeps the
                 // run's mode.
                 let one_stage = if *boot { None } else { Some(*step) };
@@ -146,7 +146,7 @@ impl Offline {
                     Ok(x) => x,
                     Err(e) => return Ok(Reply::Error(e)),
                 };
-                let (engine, rx) = self.engine(&ops)?;
+                let (engine, rx) = self.engine(ops)?;
                 match engine.prepare_restart(run.id, plan, Some(*step)) {
                     Ok(p) => Forward(events).execute(engine, rx, p).await,
                     Err(e) => Ok(Reply::Error(ApiError::from_anyhow(&e))),
@@ -157,7 +157,7 @@ impl Offline {
                     Ok(r) => r,
                     Err(e) => return Ok(Reply::Error(e)),
                 };
-                let (engine, _rx) = self.engine(&ops)?;
+                let (engine, _rx) = self.engine(ops)?;
                 match engine.cancel_idle(run.id) {
                     Ok(r) => Ok(Reply::Cancel {
                         run: r.id,
