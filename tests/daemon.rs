@@ -430,10 +430,33 @@ fn the_socket_api_as_the_backup_job_uses_it_and_bad_input() {
             .unwrap(),
         0o600
     );
-    // What the Job runs.
-    let (code, out, err) = ctl(&bus, &node, &["--socket", &sock, "backup", "--wait"]);
+    // What the Job runs: the result, one JSON document, is its termination message.
+    let result = node.dir.path().join("termination-log");
+    let (code, out, err) = ctl(
+        &bus,
+        &node,
+        &[
+            "--socket",
+            &sock,
+            "--result-file",
+            result.to_str().unwrap(),
+            "backup",
+            "--wait",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("succeeded"), "{err}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(
+        (
+            doc["schema"].as_u64(),
+            doc["reply"].as_str(),
+            doc["state"].as_str()
+        ),
+        (Some(1), Some("finished"), Some("succeeded")),
+        "{doc}"
+    );
     let lines = socket(&d.socket, b"{\"op\":\"backup\",\"wait\":true}\n");
     let (_, out, _) = ctl(&bus, &node, &["generations", "--json"]);
     let gens: Vec<String> = common::json_list(&out, "generations")

@@ -28,6 +28,10 @@ pub(crate) struct Cli {
     /// Run the engine in this process instead of asking the daemon (rescue shells, tests).
     #[arg(long, global = true, conflicts_with = "socket")]
     pub offline: bool,
+    /// Also write the result, as one JSON document, into this file (the backup Job's
+    /// terminationMessagePath, so that `oc get pod -o yaml` and the hub see it).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub result_file: Option<PathBuf>,
     /// Talk to the daemon over this Unix socket instead of D-Bus (the backup Job's way).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,

@@ -54,19 +54,23 @@ pub fn main() -> ExitCode {
     };
     crate::logging::init("recoveryctl", level);
     crate::files::walk::raise_open_file_limit();
-    let out = Out { json: cli.json };
+    let out = Out {
+        json: cli.json,
+        result_file: cli.result_file.clone(),
+    };
     match dispatch(&cli, &out) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = exit::for_error(&e);
+            let api = if code == exit::CORRUPTED {
+                ApiError::Corrupted(format!("{e:#}"))
+            } else if code == exit::BUSY {
+                ApiError::Busy(format!("{e:#}"))
+            } else {
+                ApiError::Failed(format!("{e:#}"))
+            };
+            out.record(&Reply::Error(api.clone()));
             if cli.json {
-                let api = if code == exit::CORRUPTED {
-                    ApiError::Corrupted(format!("{e:#}"))
-                } else if code == exit::BUSY {
-                    ApiError::Busy(format!("{e:#}"))
-                } else {
-                    ApiError::Failed(format!("{e:#}"))
-                };
                 println!("{}", protocol::to_pretty(&Reply::Error(api)));
             } else {
                 eprintln!("recoveryctl: {e:#}");

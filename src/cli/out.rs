@@ -3,14 +3,17 @@
 use super::exit;
 use crate::protocol::{self, ApiError, Reply};
 
-/// Where results go: one JSON document on stdout with `--json`, words otherwise.
+/// Where results go: one JSON document on stdout with `--json`, words otherwise; and the same
+/// document, on one line, into `--result-file` (a pod's termination message).
 pub(crate) struct Out {
     pub json: bool,
+    pub result_file: Option<std::path::PathBuf>,
 }
 
 impl Out {
     /// Print a document: its JSON (with the schema), or what `human` says.
     pub(crate) fn print<T: serde::Serialize>(&self, doc: &T, human: impl FnOnce() -> String) {
+        self.record(doc);
         if self.json {
             println!("{}", protocol::to_pretty(doc));
         } else {
@@ -18,10 +21,23 @@ impl Out {
         }
     }
 
+    /// Write the document into the result file, if there is one. Kubernetes keeps at most
+    /// 4096 bytes of a termination message; the result documents are far below that.
+    pub(crate) fn record<T: serde::Serialize>(&self, doc: &T) {
+        if let Some(path) = &self.result_file
+            && let Err(e) = std::fs::write(path, protocol::to_line(doc))
+        {
+            eprintln!("recoveryctl: writing the result to {}: {e}", path.display());
+        }
+    }
+
     /// Print a reply; returns its exit code.
     pub(crate) fn reply(&self, r: &Reply) -> u8 {
         match r {
-            Reply::Error(_) if !self.json => eprintln!("recoveryctl: {}", r.human()),
+            Reply::Error(_) if !self.json => {
+                self.record(r);
+                eprintln!("recoveryctl: {}", r.human())
+            }
             _ => self.print(r, || r.human() + "\n"),
         }
         exit::for_reply(r)
