@@ -727,21 +727,26 @@ fn payload_unpacks_and_units_verify() {
 // The backup Job
 // ------------------------------------------------------------------------------------------
 
-fn backup_job() -> serde_json::Value {
+/// The documents of a YAML file of the project, as JSON (PyYAML: Debian package python3-yaml).
+fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
-        .arg(root().join("deploy/backup-job.yaml"))
+        .arg(root().join(rel))
         .output()
         .expect("python3");
     assert!(
         out.status.success(),
-        "deploy/backup-job.yaml does not parse (PyYAML: Debian package python3-yaml):\n{}",
+        "{rel} does not parse (PyYAML: Debian package python3-yaml):\n{}",
         text(&out.stderr)
     );
-    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn backup_job() -> serde_json::Value {
+    let docs = yaml_docs("deploy/backup-job.yaml");
     assert_eq!(docs.len(), 1, "one document: the Job");
     docs.into_iter().next().unwrap()
 }
@@ -868,6 +873,82 @@ fn backup_job_is_unprivileged_and_reports_its_result() {
     assert!(spec["podFailurePolicy"].is_null(), "no podFailurePolicy");
     assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
     assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+}
+
+#[test]
+fn the_scc_admits_the_backup_job_and_nothing_more() {
+    let docs = yaml_docs("deploy/openshift/rbac.yaml");
+    let kind = |k: &str| -> &serde_json::Value {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in deploy/openshift/rbac.yaml"))
+    };
+    for d in &docs {
+        assert!(
+            d["apiVersion"].is_string() && d["metadata"]["name"].is_string(),
+            "{d}"
+        );
+    }
+    let job = backup_job();
+    let pod = &job["spec"]["template"]["spec"];
+    let ns = kind("Namespace")["metadata"]["name"].clone();
+    assert_eq!(job["metadata"]["namespace"], ns);
+    let sa = kind("ServiceAccount");
+    assert_eq!(sa["metadata"]["namespace"], ns);
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+
+    // The privilege lint: nothing privileged, no host namespaces, read-only root, no
+    // capability, one volume type.
+    let scc = kind("SecurityContextConstraints");
+    for off in [
+        "allowPrivilegedContainer",
+        "allowPrivilegeEscalation",
+        "allowHostNetwork",
+        "allowHostPID",
+        "allowHostIPC",
+        "allowHostPorts",
+    ] {
+        assert_eq!(scc[off], false, "{off}");
+    }
+    assert_eq!(scc["readOnlyRootFilesystem"], true);
+    assert_eq!(scc["requiredDropCapabilities"], serde_json::json!(["ALL"]));
+    assert_eq!(scc["allowedCapabilities"], serde_json::json!([]));
+    assert_eq!(scc["volumes"], serde_json::json!(["hostPath"]));
+    assert_eq!(scc["users"], serde_json::json!([]));
+    assert_eq!(scc["groups"], serde_json::json!([]));
+    // ... and what it requires is what the Job asks for.
+    assert_eq!(scc["runAsUser"]["type"], "MustRunAs");
+    assert_eq!(scc["runAsUser"]["uid"], pod["securityContext"]["runAsUser"]);
+    assert_eq!(scc["seLinuxContext"]["type"], "MustRunAs");
+    assert_eq!(
+        scc["seLinuxContext"]["seLinuxOptions"]["type"],
+        pod["securityContext"]["seLinuxOptions"]["type"]
+    );
+    assert_eq!(
+        scc["seccompProfiles"],
+        serde_json::json!(["runtime/default"])
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+
+    // Only that service account may use it, only that SCC, only "use".
+    let role = kind("Role");
+    assert_eq!(role["metadata"]["namespace"], ns);
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["verbs"], serde_json::json!(["use"]));
+    assert_eq!(
+        rules[0]["resourceNames"],
+        serde_json::json!([scc["metadata"]["name"]])
+    );
+    let binding = kind("RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": ns}])
+    );
 }
 
 // ------------------------------------------------------------------------------------------
