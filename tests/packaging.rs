@@ -951,6 +951,62 @@ fn the_scc_admits_the_backup_job_and_nothing_more() {
     );
 }
 
+/// The ACM Policy on the hub carries exactly the objects of deploy/backup-job.yaml and
+/// deploy/openshift/rbac.yaml (it is generated from them), and is Compliant only when the Job
+/// has succeeded; the ClusterGroupUpgrade example lists it before the upgrade, backup: false.
+#[test]
+fn the_policy_is_generated_from_the_job_and_rbac_and_orders_backup_first() {
+    let out = Command::new(root().join("deploy/openshift/generate-policy.py"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let committed = std::fs::read_to_string(root().join("deploy/openshift/policy.yaml")).unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        committed,
+        "deploy/openshift/policy.yaml is stale: run deploy/openshift/generate-policy.py > deploy/openshift/policy.yaml"
+    );
+    let docs = yaml_docs("deploy/openshift/policy.yaml");
+    let policy = docs.iter().find(|d| d["kind"] == "Policy").unwrap();
+    assert_eq!(
+        policy["spec"]["remediationAction"], "inform",
+        "TALM requires inform"
+    );
+    let templates = policy["spec"]["policy-templates"].as_array().unwrap();
+    let objects: Vec<&serde_json::Value> = templates
+        .iter()
+        .flat_map(|t| {
+            t["objectDefinition"]["spec"]["object-templates"]
+                .as_array()
+                .unwrap()
+        })
+        .map(|o| {
+            assert_eq!(o["complianceType"], "musthave");
+            &o["objectDefinition"]
+        })
+        .collect();
+    for rbac in yaml_docs("deploy/openshift/rbac.yaml") {
+        assert!(
+            objects.contains(&&rbac),
+            "{} missing from the policy",
+            rbac["kind"]
+        );
+    }
+    let job = objects.iter().find(|o| o["kind"] == "Job").unwrap();
+    assert_eq!(job["status"], serde_json::json!({"succeeded": 1}));
+    assert_eq!(job["spec"], backup_job()["spec"]);
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "PlacementBinding")
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["name"], policy["metadata"]["name"]);
+
+    let cgu = yaml_docs("deploy/openshift/clustergroupupgrade-example.yaml");
+    let spec = &cgu[0]["spec"];
+    assert_eq!(spec["backup"], false);
+    assert_eq!(spec["managedPolicies"][0], policy["metadata"]["name"]);
+}
+
 // ------------------------------------------------------------------------------------------
 // File-context regexes
 // ------------------------------------------------------------------------------------------
