@@ -10,6 +10,7 @@ PACKAGES=(
   util-linux      # setpriv (non-root callers), mount
   systemd systemd-container mmdebstrap zstd  # real systemd as PID 1 in systemd-nspawn
   rpm rpmlint cpio python3-yaml               # building and checking the RPM; the Job manifest
+  python3-pip     # kubernetes-validate (PyPI), for tests/validate-manifests.py
   python3-gi gir1.2-ostree-1.0                # libostree from the fake rpm-ostreed (writing a test sysroot)
   selinux-policy-dev checkpolicy semodule-utils  # compiling the SELinux module
   selinux-policy-default bzip2  # linking it against the whole reference policy (neverallows)
