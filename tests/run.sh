@@ -21,8 +21,8 @@ else
 fi
 # Every shipped Kubernetes object against the Kubernetes schemas (kubernetes-validate, PyPI).
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
-  python3 -m pip install -q --break-system-packages kubernetes-validate==1.34.1 2>/dev/null ||
-    python3 -m pip install -q kubernetes-validate==1.34.1
+  python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0 2>/dev/null ||
+    python3 -m pip install -q kubernetes-validate==1.37.0
 fi
 tests/validate-manifests.py
 # The parsers of outside bytes, fuzzed for a bounded time each (tests/fuzz.sh).
