@@ -307,17 +307,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Everything under `generations/` (none when it does not exist yet).
+    fn entries(&self) -> Result<Vec<std::fs::DirEntry>> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd
+                .collect::<io::Result<Vec<_>>>()
+                .with_context(|| format!("reading {}", self.dir.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        }
+    }
+
     /// What under `generations/` could be a committed generation: its directories that are
     /// not staging or trash (their path and name).
     fn generation_dirs(&self) -> Result<Vec<(PathBuf, String)>> {
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e?;
+        for e in self.entries()? {
             let name = e.file_name();
             if name.as_encoded_bytes().starts_with(b".") || !e.file_type()?.is_dir() {
                 continue;
@@ -451,13 +456,7 @@ impl Store {
                 removed.push(format!("{n} half-written objects"));
             }
         }
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
-        };
-        for e in rd {
-            let e = e?;
+        for e in self.entries()? {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX) {
                 remove_dir_all(&e.path())?;
@@ -500,14 +499,8 @@ impl Store {
 
     /// The staging directories present (a backup being written, or one abandoned).
     fn staging_dirs(&self) -> Result<Vec<PathBuf>> {
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e?;
+        for e in self.entries()? {
             if e.file_name()
                 .as_encoded_bytes()
                 .starts_with(STAGING_PREFIX.as_bytes())
