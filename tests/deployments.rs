@@ -491,6 +491,16 @@ fn retention_keeps_protected_generations_and_the_newest_of_the_rollback_deployme
         .clone();
     let (code, out, err) = w.ctl(&["generations", "protect", &short2[..6]]);
     assert_eq!(code, 0, "{out}{err}");
+    // Marks are not content: a protected, labelled generation (and a marks file a crash left
+    // half-written) still verifies, so it can still be recovered from.
+    let (code, out, err) = w.ctl(&["generations", "label", &gen2, "last good before 2.0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let gen2_dir = w.root().join("var/recovery/generations").join(&gen2);
+    std::fs::write(gen2_dir.join(".marks.json.tmp"), "{\"protec").unwrap();
+    let (code, out, err) = w.ctl(&["verify", &gen2]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.ctl(&["recover", "--dry-run", "--generation", &gen2]);
+    assert_eq!(code, 0, "{out}{err}");
     let gen3 = backup(&w);
     let gen4 = backup(&w);
     let gens = generations(&w);

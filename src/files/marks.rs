@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const MARKS_FILE: &str = "marks.json";
+/// Where a new `marks.json` is written before it replaces the old one (a crash can leave it).
+pub(crate) const MARKS_TMP: &str = ".marks.json.tmp";
 /// The longest label, in characters.
 pub(crate) const MAX_LABEL: usize = 200;
 
@@ -49,7 +51,7 @@ impl Marks {
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         use std::io::Write;
         let path = dir.join(MARKS_FILE);
-        let tmp = dir.join(format!(".{MARKS_FILE}.tmp"));
+        let tmp = dir.join(MARKS_TMP);
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         serde_json::to_writer_pretty(&mut f, self)?;

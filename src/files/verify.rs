@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
+use super::marks::{MARKS_FILE, MARKS_TMP};
 use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +204,13 @@ pub(crate) fn verify(
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let presence = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let total = expect.len() as u64;
+    let bytes_total: u64 = expect
+        .iter()
+        .filter(|x| !x.presence_only)
+        .map(|x| x.size)
+        .sum();
     let problems = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -220,6 +228,10 @@ pub(crate) fn verify(
                         presence.fetch_add(1, Ordering::Relaxed);
                     }
                     bytes.fetch_add(read, Ordering::Relaxed);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_multiple_of(256) || n == total {
+                        (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
+                    }
                     if let Some((problem, detail)) = problem {
                         let mut p = problems.lock().unwrap_or_else(|p| p.into_inner());
                         for shown in &x.shown {
@@ -248,7 +260,9 @@ pub(crate) fn verify(
         .iter()
         .map(|a| generation.dir.join(&a.artifact))
         .collect();
-    let top_level = [INFO_FILE, MANIFEST_FILE, NEW_OBJECTS];
+    // The operator's marks are not content: protecting or labelling a generation must not make
+    // it fail verification (and so its recovery).
+    let top_level = [INFO_FILE, MANIFEST_FILE, NEW_OBJECTS, MARKS_FILE, MARKS_TMP];
     let mut stack = vec![generation.dir.clone()];
     while let Some(d) = stack.pop() {
         let listing = |e| format!("listing {}: {e}", d.display());
