@@ -294,9 +294,13 @@ fn a_disk_that_fills_during_the_copy_is_cleaned_up_and_the_retry_succeeds() {
     let st = state(&node);
     sh(&format!("mount -t tmpfs -o size=6m tmpfs {}", st.display()));
     let _u = Unmount(st.clone());
-    // 2 MiB of new content to copy.
+    // 2 MiB of new content to copy, walked (by name) before the small files, so that the
+    // backup has written ~1.4 MiB when it is stopped: what its cleanup frees is then always
+    // enough for the journal to record the failure. (Stopped among the 2 KB files instead, the
+    // cleanup freed a few pages only, and whether the journal could then write its WAL frames
+    // depended on the run.)
     sh(&format!(
-        "cd {} && mkdir etc/big && for i in $(seq 1 16); do head -c 131072 /dev/urandom > etc/big/b$i; done",
+        "cd {} && mkdir etc/0big && for i in $(seq 1 16); do head -c 131072 /dev/urandom > etc/0big/b$i; done",
         node.root().display()
     ));
     // Stop the backup once it is copying, fill the disk, let it go on: ENOSPC mid-copy.
