@@ -48,7 +48,9 @@ impl Ops {
         let last_ok_backup = runs
             .iter()
             .find(|r| r.kind == RunKind::Backup && r.state == RunState::Succeeded);
-        let newest = self.plans.store.latest().ok().flatten();
+        // One listing of the store for both the newest generation and the count.
+        let gens = self.plans.store.list().unwrap_or_default();
+        let newest = gens.last();
         gauge(
             "recoveryd_last_successful_backup_timestamp_seconds",
             "When the last backup that succeeded finished (0: none yet).",
@@ -80,10 +82,7 @@ impl Ops {
         gauge(
             "recoveryd_generations",
             "Committed generations in the state directory.",
-            vec![(
-                String::new(),
-                self.plans.store.list().map_or(0, |l| l.len()) as f64,
-            )],
+            vec![(String::new(), gens.len() as f64)],
         );
         let mut last = Vec::new();
         for kind in [RunKind::Backup, RunKind::Recovery] {
