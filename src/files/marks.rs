@@ -35,7 +35,7 @@ impl Marks {
             Err(e) => Err(e.to_string()),
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
         };
-        read.unwrap_or_else(|e| {
+        let mut marks = read.unwrap_or_else(|e| {
             tracing::warn!(
                 "{} is unreadable ({e}); the generation counts as protected",
                 path.display()
@@ -44,7 +44,18 @@ impl Marks {
                 protected: true,
                 label: None,
             }
-        })
+        });
+        // A label read from disk is printed to terminals: held to the rule it was written by.
+        if let Some(l) = &marks.label
+            && check_label(l).ok().flatten().as_deref() != Some(l.as_str())
+        {
+            tracing::warn!(
+                "{}: the label is not one line of printable text; ignored",
+                path.display()
+            );
+            marks.label = None;
+        }
+        marks
     }
 
     /// Write the marks of the generation in `dir`, replacing the old ones atomically.
@@ -98,6 +109,12 @@ mod tests {
         assert!(
             Marks::read(d.path()).protected,
             "unknown keys are not guessed at"
+        );
+        std::fs::write(d.path().join(MARKS_FILE), r#"{"label":"a\u001b[2Jb"}"#).unwrap();
+        assert_eq!(
+            Marks::read(d.path()).label,
+            None,
+            "a control character from disk is not printed"
         );
     }
 
