@@ -7,8 +7,8 @@
 #
 # 1. compiles the SELinux module (selinux/recoveryd.{te,if,fc}) with the reference policy's
 #    development Makefile into selinux/recoveryd.pp (ignored by git);
-# 2. runs rpmbuild -bb in prebuilt mode with the binaries of $RECOVERYD_BIN_DIR (default
-#    ${CARGO_TARGET_DIR:-target}/release; built with `cargo build --release --bins` when they are missing);
+# 2. runs rpmbuild -bb in prebuilt mode with the binaries of $RECOVERYD_BIN_DIR (default: the
+#    static release build, deploy/build-static.sh, run when the variable is not set);
 # 3. prints the paths of the built RPMs, one a line, on stdout (everything else goes to
 #    stderr).
 #
@@ -41,8 +41,8 @@ if [ -n "${RECOVERYD_BIN_DIR:-}" ]; then
         die "no recoveryd/recoveryctl in RECOVERYD_BIN_DIR=$bindir"
 else
     # Always asked of cargo (a no-op when current), so that a stale build is never packaged.
-    log "building the release binaries (cargo build --release --bins)"
-    (cd "$root" && cargo build --quiet --release --bins >&2)
+    log "building the static release binaries (deploy/build-static.sh)"
+    bindir=$("$root/deploy/build-static.sh")
 fi
 bindir=$(cd "$bindir" && pwd)
 

@@ -8,8 +8,10 @@ if [ "$(id -u)" = 0 ]; then
 fi
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-# The packaging and end-to-end tests use the release binaries, as the RPM ships them.
-cargo build --release --bins --example fake-rpm-ostreed
+# The packaging, image and end-to-end tests use the static release binaries, as the RPM, the
+# images and the RHCOS MachineConfig ship them.
+RECOVERYD_BIN_DIR=$(deploy/build-static.sh --example fake-rpm-ostreed)
+export RECOVERYD_BIN_DIR
 # Tests that need root (nspawn, mounts, ownership, the daemon's root-only API) are marked
 # `#[ignore = "needs root..."]` so that a plain `cargo test` passes as any user; here, as root,
 # every one of them runs.

@@ -102,8 +102,10 @@ rootfs_tarball() {
 }
 
 # Always asked of cargo (a no-op when they are current), so that a stale build is never tested.
+# The static release build (deploy/build-static.sh), as the RPM ships it.
 binaries() {
-  (cd "$PROJECT" && cargo build --quiet --release --bins --example fake-rpm-ostreed)
+  BIN_DIR=$("$PROJECT/deploy/build-static.sh" --example fake-rpm-ostreed)
+  export RECOVERYD_BIN_DIR=$BIN_DIR
 }
 
 # recoveryd exactly as the RPM installs it: the package is built from the release binaries
@@ -177,7 +179,7 @@ prepare_node() {
   systemctl --root="$ROOT" mask console-getty.service getty@.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
   install_recoveryd
   install -D -m 0644 "$HERE/node/50-e2e.toml" "$ROOT/etc/recoveryd/config.d/50-e2e.toml"
-  install -D -m 0755 "$TARGET/release/examples/fake-rpm-ostreed" "$ROOT/usr/libexec/recoveryd-e2e/fake-rpm-ostreed"
+  install -D -m 0755 "$BIN_DIR/examples/fake-rpm-ostreed" "$ROOT/usr/libexec/recoveryd-e2e/fake-rpm-ostreed"
   install -D -m 0755 "$PROJECT/tests/support/ostree-sysroot.py" "$ROOT/usr/libexec/recoveryd-e2e/ostree-sysroot.py"
   install -D -m 0644 "$PROJECT/tests/support/org.projectatomic.rpmostree1.conf" "$ROOT/etc/dbus-1/system.d/org.projectatomic.rpmostree1.conf"
   for u in kubelet.service crio.service rpm-ostreed.service; do
