@@ -19,6 +19,10 @@ pub(crate) const FAILED: u8 = 4;
 pub(crate) const BUSY: u8 = 5;
 /// A generation failed verification, or its manifest is corrupt.
 pub(crate) const CORRUPTED: u8 = 6;
+/// Stopped by SIGINT while waiting for a daemon's run (128 + the signal, as shells say).
+pub(crate) const INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM while waiting for a daemon's run: a pod past its deadline or deleted.
+pub(crate) const TERMINATED: u8 = 143;
 /// `diff` only: restoring would change something (as diff(1)).
 pub(crate) const DIFFERENCES: u8 = ERROR;
 /// `diff` only: the comparison could not be made (as diff(1)).
@@ -47,6 +51,14 @@ pub(crate) const TABLE: &[(u8, &str)] = &[
     (
         CORRUPTED,
         "a generation failed verification or its manifest is corrupt (refused before anything changes)",
+    ),
+    (
+        INTERRUPTED,
+        "stopped by SIGINT while waiting; the run goes on in recoveryd",
+    ),
+    (
+        TERMINATED,
+        "stopped by SIGTERM while waiting (a pod's deadline); the run goes on in recoveryd",
     ),
 ];
 

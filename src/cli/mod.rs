@@ -130,9 +130,57 @@ fn client(cli: &Cli, config: &Config) -> Box<dyn Client> {
 }
 
 /// Send a request through the chosen transport, show its events, print its reply.
+///
+/// SIGTERM or SIGINT while a daemon's run is followed (a pod past its deadline, a deleted Job,
+/// Ctrl-C) ends only the waiting: the result says so and where the run was, and the run goes
+/// on in the daemon under its own deadline. (`--offline` is the run itself: it handles the
+/// signals as a cancel, in its client.)
 fn request(cli: &Cli, config: &Config, out: &Out, req: Request) -> Result<u8> {
     let console = console::Console::new(cli.json || cli.quiet);
-    let reply = runtime()?.block_on(client(cli, config).request(req, &|e| console.event(e)))?;
+    let last = std::cell::RefCell::new(None::<(i64, String)>);
+    let on_event = |e: &protocol::Event| {
+        if let Some(run) = e.run() {
+            let mut last = last.borrow_mut();
+            let step = match e {
+                protocol::Event::StepStarted { step, .. } => step.clone(),
+                _ => last.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
+            };
+            *last = Some((run, step));
+        }
+        console.event(e)
+    };
+    let rt = runtime()?;
+    let client = client(cli, config);
+    let reply = if cli.offline {
+        rt.block_on(client.request(req, &on_event))?
+    } else {
+        let stopped = rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = client.request(req, &on_event) => r.map(Ok),
+                _ = term.recv() => Ok(Err(("SIGTERM", exit::TERMINATED))),
+                _ = tokio::signal::ctrl_c() => Ok(Err(("SIGINT", exit::INTERRUPTED))),
+            }
+        })?;
+        match stopped {
+            Ok(reply) => reply,
+            Err((signal, code)) => {
+                let mut message = format!("recoveryctl stopped by {signal} while waiting");
+                match &*last.borrow() {
+                    Some((run, step)) if !step.is_empty() => message.push_str(&format!(
+                        " (run {run}, step {step}); the run goes on in recoveryd: recoveryctl status"
+                    )),
+                    Some((run, _)) => message.push_str(&format!(
+                        " (run {run}); the run goes on in recoveryd: recoveryctl status"
+                    )),
+                    None => message.push_str("; see recoveryctl status"),
+                }
+                out.error(&ApiError::Failed(message));
+                return Ok(code);
+            }
+        }
+    };
     Ok(out.reply(&reply))
 }
 
