@@ -219,3 +219,38 @@ fn the_sample_config_documents_the_defaults() {
     assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
     assert!(keys > 35, "only {keys} keys documented");
 }
+
+/// The drop-in the RHCOS MachineConfig installs beside the shipped config.toml loads, and keeps
+/// recoveryd's own files in /usr/local out of backups and restores.
+#[test]
+fn the_rhcos_drop_in_is_valid_and_excludes_recoveryds_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    write(
+        &p.join("etc/recoveryd/config.toml"),
+        &fs::read_to_string(project.join("systemd/config.toml")).unwrap(),
+    );
+    write(
+        &p.join("etc/recoveryd/config.d/50-rhcos.toml"),
+        &fs::read_to_string(project.join("deploy/rhcos/50-rhcos.toml")).unwrap(),
+    );
+    let cfg = Config::load(&ConfigSource::Standard { prefix: p.into() }).unwrap();
+    for path in [
+        "/usr/local/bin/recoveryd",
+        "/usr/local/bin/recoveryctl",
+        "/usr/local/lib/recoveryd",
+    ] {
+        assert!(
+            cfg.backup.exclude.iter().any(|e| e == path),
+            "{path} not excluded: {:?}",
+            cfg.backup.exclude
+        );
+    }
+    assert!(
+        cfg.backup
+            .paths
+            .iter()
+            .any(|t| t == Path::new("/usr/local"))
+    );
+}

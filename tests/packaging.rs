@@ -5,8 +5,8 @@
 //!
 //! Needs (Debian 12, as `tests/setup-host.sh` installs them): rpm, rpmlint, cpio,
 //! selinux-policy-dev, checkpolicy, semodule-utils, systemd, python3-yaml. The release
-//! binaries come from `$RECOVERYD_BIN_DIR` (default `target/release`); `rpm/build.sh` builds
-//! them with `cargo build --release --bins` when they are missing.
+//! binaries come from `$RECOVERYD_BIN_DIR` (default: `rpm/build.sh` runs the static release
+//! build, `deploy/build-static.sh`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -422,6 +422,25 @@ fn every_file_context_path_is_packaged() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let regex = fields[0];
         let regular_only = fields.get(1) == Some(&"--");
+        // The static binaries the RHCOS MachineConfig's installer puts in /usr/local/bin
+        // (/var/usrlocal/bin): the packaged binary of the same name, and where the installer
+        // puts it.
+        if let Some(name) = regex
+            .strip_prefix("/usr/local/bin/")
+            .or_else(|| regex.strip_prefix("/var/usrlocal/bin/"))
+        {
+            assert!(regular_only, "{line}");
+            b.file(&format!("/usr/bin/{name}"));
+            let installer =
+                std::fs::read_to_string(root().join("deploy/rhcos/recoveryd-install.sh")).unwrap();
+            assert!(
+                installer.contains("bin=$prefix/usr/local/bin")
+                    && installer.contains("for b in recoveryd recoveryctl"),
+                "deploy/rhcos/recoveryd-install.sh no longer installs {name} into /usr/local/bin"
+            );
+            n += 1;
+            continue;
+        }
         let pattern = FcRegex::parse(regex);
         let matched: Vec<&String> = b
             .files
@@ -465,7 +484,13 @@ fn unit_references_are_packaged() {
                         .split_whitespace()
                         .next()
                         .unwrap();
-                    b.file(program);
+                    // A bare name, which systemd looks up in /usr/local/bin and then /usr/bin:
+                    // the RPM's binary in /usr/bin, or the MachineConfig's in /usr/local/bin.
+                    assert!(
+                        !program.contains('/'),
+                        "{unit}: {program} must be a bare name, to run from /usr/bin or /usr/local/bin"
+                    );
+                    b.file(&format!("/usr/bin/{program}"));
                     execs += 1;
                 }
                 "Service" | "Sockets" | "OnFailure" => {
@@ -1092,4 +1117,308 @@ fn fc_regex_subset() {
     let r = FcRegex::parse(r"/usr/lib/systemd/system/recoveryd.*");
     assert!(r.matches("/usr/lib/systemd/system/recoveryd-resume.service"));
     assert!(!r.ends_with_subtree());
+}
+
+// ------------------------------------------------------------------------------------------
+// RHCOS
+// ------------------------------------------------------------------------------------------
+
+/// `deploy/rhcos/generate-machineconfig.py` with its arguments, as a parsed document and its text.
+fn machine_config(args: &[&str]) -> (serde_json::Value, String) {
+    // The SELinux module it embeds is the one rpm/build.sh compiled.
+    built();
+    let out = Command::new(root().join("deploy/rhcos/generate-machineconfig.py"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    let json = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(yaml.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(json.status.success());
+    (serde_json::from_slice(&json.stdout).unwrap(), yaml)
+}
+
+fn decode_data_url(url: &str) -> Vec<u8> {
+    let b64 = url
+        .strip_prefix("data:;base64,")
+        .unwrap_or_else(|| panic!("not a base64 data URL: {url:.40}"));
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "bad base64");
+    out.stdout
+}
+
+/// Check a MachineConfig with tests/validate-ignition.py; its output on failure.
+fn validate_ignition(yaml: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("mc.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let out = Command::new(root().join("tests/validate-ignition.py"))
+        .arg(&f)
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out.stdout) + &text(&out.stderr))
+    }
+}
+
+/// The MachineConfig for nodes that do not layer the RPM passes the Ignition 3.2.0 check, and
+/// every file and unit it writes is byte for byte the file of systemd/, selinux/ or
+/// deploy/rhcos/ it comes from, at the place the RPM would put it (or its writable equivalent).
+#[test]
+fn the_rhcos_machine_config_installs_the_shipped_files_byte_for_byte() {
+    let image = format!("quay.example/recoveryd/binaries@sha256:{}", "ab".repeat(32));
+    let (mc, yaml) = machine_config(&["--role", "master", "--binaries-image", &image]);
+    validate_ignition(&yaml).unwrap();
+    assert_eq!(
+        mc["metadata"]["labels"]["machineconfiguration.openshift.io/role"],
+        "master"
+    );
+    let config = &mc["spec"]["config"];
+    assert_eq!(config["ignition"]["version"], "3.2.0");
+    let files: BTreeMap<String, (Vec<u8>, u64)> = config["storage"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                (
+                    decode_data_url(f["contents"]["source"].as_str().unwrap()),
+                    f["mode"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let read = |rel: &str| std::fs::read(root().join(rel)).unwrap();
+    let expected: &[(&str, &str, u64)] = &[
+        (
+            "/etc/tmpfiles.d/recoveryd.conf",
+            "systemd/recoveryd.tmpfiles",
+            0o644,
+        ),
+        (
+            "/etc/dbus-1/system.d/org.recoveryd.Recovery1.conf",
+            "systemd/org.recoveryd.Recovery1.conf",
+            0o644,
+        ),
+        (
+            "/usr/local/share/dbus-1/system-services/org.recoveryd.Recovery1.service",
+            "systemd/org.recoveryd.Recovery1.service",
+            0o644,
+        ),
+        ("/etc/recoveryd/config.toml", "systemd/config.toml", 0o644),
+        (
+            "/etc/recoveryd/config.d/50-rhcos.toml",
+            "deploy/rhcos/50-rhcos.toml",
+            0o644,
+        ),
+        (
+            "/usr/local/libexec/recoveryd-install",
+            "deploy/rhcos/recoveryd-install.sh",
+            0o755,
+        ),
+        (
+            "/usr/local/libexec/recoveryd-selinux",
+            "deploy/rhcos/recoveryd-selinux.sh",
+            0o755,
+        ),
+    ];
+    for (path, source, mode) in expected {
+        let (content, m) = files.get(*path).unwrap_or_else(|| panic!("{path} missing"));
+        assert!(*content == read(source), "{path} differs from {source}");
+        assert_eq!(m, mode, "{path}");
+    }
+    // The SELinux module: the package's, bzip2-compressed as the package ships it.
+    let (pp, _) = &files["/usr/local/share/recoveryd/recoveryd.pp.bz2"];
+    let mut bunzip = Command::new("bunzip2")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        bunzip.stdin.take().unwrap().write_all(pp).unwrap();
+    }
+    let pp = bunzip.wait_with_output().unwrap();
+    assert!(pp.status.success());
+    assert!(
+        pp.stdout == read("selinux/recoveryd.pp"),
+        "the module differs"
+    );
+    assert_eq!(
+        files["/etc/recoveryd/binaries-image"].0,
+        format!("{image}\n").into_bytes()
+    );
+    assert_eq!(
+        files.len(),
+        expected.len() + 2,
+        "unexpected files: {:?}",
+        files.keys()
+    );
+    // The units: the RPM's four and the installer's two, enabled as the preset enables them.
+    let units = config["systemd"]["units"].as_array().unwrap();
+    let preset = std::fs::read_to_string(root().join("systemd/80-recoveryd.preset")).unwrap();
+    for (name, source) in [
+        ("recoveryd.service", "systemd/recoveryd.service"),
+        ("recoveryd.socket", "systemd/recoveryd.socket"),
+        (
+            "recoveryd-resume.service",
+            "systemd/recoveryd-resume.service",
+        ),
+        (
+            "recoveryd-resume-offline.service",
+            "systemd/recoveryd-resume-offline.service",
+        ),
+        (
+            "recoveryd-selinux.service",
+            "deploy/rhcos/recoveryd-selinux.service",
+        ),
+        (
+            "recoveryd-install.service",
+            "deploy/rhcos/recoveryd-install.service",
+        ),
+    ] {
+        let u = units
+            .iter()
+            .find(|u| u["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert!(
+            u["contents"].as_str().unwrap().as_bytes() == read(source),
+            "{name} differs from {source}"
+        );
+        let enabled = u["enabled"].as_bool().unwrap_or(false);
+        let by_preset = preset.lines().any(|l| l.trim() == format!("enable {name}"));
+        let installer = source.starts_with("deploy/rhcos/");
+        assert_eq!(enabled, by_preset || installer, "{name} enabled: {enabled}");
+    }
+    assert_eq!(units.len(), 6);
+    // The installer's units and scripts are well-formed.
+    for script in ["recoveryd-install.sh", "recoveryd-selinux.sh"] {
+        run_ok(
+            Command::new("sh")
+                .arg("-n")
+                .arg(root().join("deploy/rhcos").join(script)),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["recoveryd-install.service", "recoveryd-selinux.service"] {
+        std::fs::copy(
+            root().join("deploy/rhcos").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .arg(dir.path().join("recoveryd-install.service"))
+        .arg(dir.path().join("recoveryd-selinux.service"))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    // The ExecStart programs are on the node, not here; anything else is a unit error.
+    let real: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("Command /usr/local/libexec/recoveryd-"))
+        .collect();
+    assert!(real.is_empty(), "{err}");
+}
+
+/// The check of tests/validate-ignition.py fails on what Ignition or the MCO would refuse.
+#[test]
+fn the_ignition_check_refuses_what_ignition_refuses() {
+    let (_, good) = machine_config(&[]);
+    validate_ignition(&good).unwrap();
+    for (what, from, to) in [
+        ("unknown key", "overwrite: true", "overwrites: true"),
+        (
+            "relative path",
+            "path: /etc/tmpfiles.d/recoveryd.conf",
+            "path: etc/tmpfiles.d/recoveryd.conf",
+        ),
+        (
+            "unclean path",
+            "path: /etc/tmpfiles.d/recoveryd.conf",
+            "path: /etc/tmpfiles.d/../recoveryd.conf",
+        ),
+        (
+            "duplicate path",
+            "path: /etc/recoveryd/config.toml",
+            "path: /etc/tmpfiles.d/recoveryd.conf",
+        ),
+        (
+            "remote source",
+            "source: data:;base64,",
+            "source: https://example.com/",
+        ),
+        (
+            "bad base64",
+            "source: data:;base64,",
+            "source: data:;base64,@@@",
+        ),
+        ("version", "version: 3.2.0", "version: 2.2.0"),
+        ("unit name", "name: recoveryd.socket", "name: recoveryd"),
+        ("mode", "mode: 420", "mode: 99999"),
+        (
+            "no role",
+            "machineconfiguration.openshift.io/role: master",
+            "role: master",
+        ),
+    ] {
+        assert!(good.contains(from), "{what}: {from}");
+        let bad = good.replacen(from, to, 1);
+        assert!(validate_ignition(&bad).is_err(), "{what} passed");
+    }
+    // The layered way: the OS image by digest.
+    let layered =
+        std::fs::read_to_string(root().join("deploy/rhcos/machineconfig-layered.yaml")).unwrap();
+    validate_ignition(&layered).unwrap();
+    let tagged = layered.replace(&format!("@sha256:{}", "0".repeat(64)), ":latest");
+    assert!(validate_ignition(&tagged).is_err());
+    // Its Containerfile takes the packages rpm/build.sh makes.
+    let containerfile = std::fs::read_to_string(root().join("deploy/rhcos/Containerfile")).unwrap();
+    let b = built();
+    for (name, pattern) in [
+        ("recoveryd", "x86_64/recoveryd-*.x86_64.rpm"),
+        ("recoveryd-selinux", "noarch/recoveryd-selinux-*.noarch.rpm"),
+    ] {
+        assert!(containerfile.contains(pattern), "{pattern}");
+        let rpm = b.rpm(name);
+        let dir = rpm.parent().unwrap().file_name().unwrap().to_string_lossy();
+        let (d, glob) = pattern.split_once('/').unwrap();
+        assert_eq!(dir, d, "{}", rpm.display());
+        let (pre, post) = glob.split_once('*').unwrap();
+        let file = rpm.file_name().unwrap().to_string_lossy();
+        assert!(
+            file.starts_with(pre) && file.ends_with(post),
+            "{file} vs {glob}"
+        );
+    }
 }
