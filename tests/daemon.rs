@@ -30,6 +30,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(bus: &TestBus, node: &Node, extra_env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_at(
+            bus,
+            node,
+            extra_env,
+            &node.dir.path().join("recoveryd.sock"),
+        )
+    }
+
+    /// With its socket at `socket`.
+    fn start_at(bus: &TestBus, node: &Node, extra_env: &[(&str, &str)], socket: &Path) -> Daemon {
         let dir = node.dir.path();
         let notify_path = dir.join(format!("notify-{}", std::process::id()));
         let _ = std::fs::remove_file(&notify_path);
@@ -44,7 +54,7 @@ impl Daemon {
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-        let socket = dir.join("recoveryd.sock");
+        let socket = socket.to_path_buf();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoveryd"));
         cmd.arg("--config")
             .arg(&node.config)
@@ -798,5 +808,363 @@ fn a_state_directory_emptied_under_the_daemon_is_said_and_no_run_starts() {
     assert!(
         d.child.try_wait().unwrap().is_none(),
         "the daemon is still running"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The backup Job's image, run by podman against the daemon's socket
+// ------------------------------------------------------------------------------------------
+
+/// podman with a storage of its own under `dir` (vfs: any filesystem will do), so that the test
+/// neither sees nor leaves images on the machine. runc, and limits below this machine's hard
+/// ones: here containers cannot raise an rlimit (no CAP_SYS_RESOURCE) and crun refuses
+/// hybrid cgroups; neither changes what the image does.
+struct Podman {
+    conf: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path) -> Podman {
+        let conf = dir.join("storage.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/storage\"\nrunroot = \"{0}/run\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Podman { conf }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_STORAGE_CONF", &self.conf)
+            .args(["--runtime", "runc"]);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = run(self.cmd().args(args));
+        assert_eq!(code, 0, "podman {args:?}: {out}{err}");
+        out.trim().to_string()
+    }
+}
+
+/// deploy/image/build.sh into `podman`'s storage: (the Job's image, the binaries image).
+fn build_images(podman: &Podman) -> (String, String) {
+    let (code, out, err) = run(Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/image/build.sh"),
+    )
+    .arg("localhost/recoveryd-test")
+    .env("CONTAINERS_STORAGE_CONF", &podman.conf));
+    assert_eq!(code, 0, "deploy/image/build.sh: {out}{err}");
+    let refs: Vec<&str> = out.lines().collect();
+    assert_eq!(refs.len(), 2, "{out}");
+    assert!(refs[0].contains("/recoveryctl:"), "{out}");
+    (refs[0].to_string(), refs[1].to_string())
+}
+
+/// The Job's container command, as deploy/backup-job.yaml has it.
+fn job_command() -> Vec<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; j = yaml.safe_load(open(sys.argv[1])); \
+             print(json.dumps(j['spec']['template']['spec']['containers'][0]['command']))",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/backup-job.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Job's pod, as far as podman can be it: the image, the command, the securityContext
+/// (uid 0, no capability, no privilege escalation, read-only root, no network), the socket
+/// directory as the only host path, and the termination message file.
+fn job_container(podman: &Podman, image: &str, name: &str, run_dir: &Path, log: &Path) -> Command {
+    std::fs::write(log, "").unwrap();
+    let command = job_command();
+    let mut c = podman.cmd();
+    c.args(["run", "--name", name, "--network=none", "--read-only"])
+        .args([
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--user=0:0",
+        ])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .arg(format!("--volume={}:/run/recoveryd", run_dir.display()))
+        .arg(format!("--volume={}:/dev/termination-log", log.display()))
+        .arg(format!("--entrypoint={}", command[0]))
+        .arg(image)
+        .args(&command[1..]);
+    c
+}
+
+fn termination_message(log: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.len() < 4096, "longer than Kubernetes keeps: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+#[ignore = "needs root and podman: the daemon serves only root (tests/run.sh runs it)"]
+fn the_job_image_backs_up_over_the_socket_and_reports_each_outcome() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let podman = Podman::new(node.dir.path());
+    let (image, _) = build_images(&podman);
+    // FROM scratch: recoveryctl and nothing else.
+    let size: u64 = podman
+        .ok(&["image", "inspect", "--format", "{{.Size}}", &image])
+        .parse()
+        .unwrap();
+    assert!(size < 20 << 20, "{size} bytes");
+    assert_eq!(job_command()[0], "/usr/bin/recoveryctl");
+
+    let run_dir = node.dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let log = node.dir.path().join("termination-log");
+    let d = Daemon::start_at(&bus, &node, &[], &run_dir.join("recoveryd.sock"));
+
+    // Succeeded: exit 0, the finished run as the termination message.
+    let (code, out, err) = run(&mut job_container(&podman, &image, "ok", &run_dir, &log));
+    assert_eq!(code, 0, "{out}{err}");
+    let m = termination_message(&log);
+    assert_eq!(
+        (
+            m["schema"].as_u64(),
+            m["reply"].as_str(),
+            m["state"].as_str(),
+            m["phase"].as_str()
+        ),
+        (
+            Some(1),
+            Some("finished"),
+            Some("succeeded"),
+            Some("Succeeded")
+        ),
+        "{m}"
+    );
+
+    // Failed: TALM's backup shares the directory; exit 4 and why.
+    std::fs::write(
+        node.path("/var/recovery/upgrade-recovery.sh"),
+        "#!/bin/bash\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&mut job_container(&podman, &image, "talm", &run_dir, &log));
+    assert_eq!(code, 4, "{out}{err}");
+    let m = termination_message(&log);
+    assert_eq!(
+        (m["reply"].as_str(), m["state"].as_str()),
+        (Some("finished"), Some("failed")),
+        "{m}"
+    );
+    assert!(m["message"].as_str().unwrap().contains("TALM"), "{m}");
+    std::fs::remove_file(node.path("/var/recovery/upgrade-recovery.sh")).unwrap();
+
+    // The daemon is not there (socket gone): exit 1, and the message says so.
+    let (code, _, _) = run(&mut job_container(
+        &podman,
+        &image,
+        "nodaemon",
+        &node.dir.path().join("root"),
+        &log,
+    ));
+    assert_eq!(code, 1);
+    let m = termination_message(&log);
+    assert_eq!(m["reply"], "error", "{m}");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .contains("/run/recoveryd/recoveryd.sock"),
+        "{m}"
+    );
+    drop(d);
+
+    // The pod's deadline: the kubelet stops the container (SIGTERM) while the backup runs; the
+    // daemon is held inside its copy step (SIGSTOP at a failpoint) so the backup is still
+    // running then. Exit 143, the message says where the run was, and the run goes on.
+    let d = Daemon::start_at(
+        &bus,
+        &node,
+        &[("RECOVERYD_FAILPOINTS", "copy-files:during@1:stop")],
+        &run_dir.join("recoveryd.sock"),
+    );
+    let mut job = job_container(&podman, &image, "deadline", &run_dir, &log);
+    let mut child = job
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = d.child.id();
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stopped() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never reached its failpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    podman.ok(&["stop", "--time", "20", "deadline"]);
+    child.wait().unwrap();
+    let code = podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", "deadline"]);
+    assert_eq!(code, "143");
+    let m = termination_message(&log);
+    assert_eq!(m["reply"], "error", "{m}");
+    let message = m["message"].as_str().unwrap();
+    assert!(
+        message.contains("SIGTERM")
+            && message.contains("run 3, step copy-files")
+            && message.contains("goes on"),
+        "{m}"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = socket(&d.socket, b"{\"op\":\"status\"}\n");
+        if r[0]["state"] == "idle" {
+            assert_eq!(
+                (
+                    r[0]["last_backup"]["id"].as_i64(),
+                    r[0]["last_backup"]["state"].as_str()
+                ),
+                (Some(3), Some("succeeded")),
+                "{r:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The RHCOS installer (deploy/rhcos/recoveryd-install.sh) copies the static binaries out of
+/// the binaries image named by digest, once per image; refuses a name without a digest; and
+/// keeps installed binaries when the image cannot be fetched (a node recovering offline).
+#[test]
+#[ignore = "needs root and podman (tests/run.sh runs it)"]
+fn the_rhcos_installer_takes_the_binaries_from_their_image_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let podman = Podman::new(dir.path());
+    let (_, binaries) = build_images(&podman);
+    let digest = podman.ok(&["image", "inspect", "--format", "{{.Digest}}", &binaries]);
+    let name = binaries.rsplit_once(':').unwrap().0;
+    let pinned = format!("{name}@{digest}");
+    let prefix = dir.path().join("node");
+    std::fs::create_dir_all(prefix.join("etc/recoveryd")).unwrap();
+    let install = |image: &str| {
+        std::fs::write(
+            prefix.join("etc/recoveryd/binaries-image"),
+            format!("{image}\n"),
+        )
+        .unwrap();
+        run(Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rhcos/recoveryd-install.sh"))
+            .env("RECOVERYD_INSTALL_PREFIX", &prefix)
+            .env("CONTAINERS_STORAGE_CONF", &podman.conf))
+    };
+    let bin = prefix.join("usr/local/bin");
+
+    // Not pinned: refused, nothing installed.
+    let (code, _, err) = install(&binaries);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not pinned by digest"), "{err}");
+    assert!(!bin.exists());
+    // An image that cannot be fetched, nothing installed yet: a failure.
+    let unknown = format!("{name}@sha256:{}", "1".repeat(64));
+    let (code, _, err) = install(&unknown);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no recoveryd is installed"), "{err}");
+
+    // Installed: the release build's binaries, stripped, byte for byte, and the image recorded.
+    let (code, _, err) = install(&pinned);
+    assert_eq!(code, 0, "{err}");
+    let bin_dir = std::env::var("RECOVERYD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(
+                String::from_utf8(
+                    Command::new(
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/build-static.sh"),
+                    )
+                    .output()
+                    .unwrap()
+                    .stdout,
+                )
+                .unwrap()
+                .trim(),
+            )
+        });
+    for b in ["recoveryd", "recoveryctl"] {
+        let stripped = dir.path().join(format!("{b}.stripped"));
+        let (code, _, err) = run(Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(bin_dir.join(b)));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            std::fs::read(bin.join(b)).unwrap() == std::fs::read(&stripped).unwrap(),
+            "{b} differs from the release build"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(bin.join(b)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o755, "{b}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(prefix.join("usr/local/lib/recoveryd/installed-image")).unwrap(),
+        format!("{pinned}\n")
+    );
+    // Once per image: a second boot changes nothing.
+    let before = std::fs::metadata(bin.join("recoveryd"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (code, _, err) = install(&pinned);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::metadata(bin.join("recoveryd"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    // A new image that cannot be fetched (no registry): the installed binaries stay.
+    let (code, _, err) = install(&unknown);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("keeping the installed binaries"), "{err}");
+    assert!(
+        std::fs::read_dir(&bin).unwrap().count() == 2,
+        "leftovers in {}",
+        bin.display()
     );
 }

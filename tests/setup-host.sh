@@ -15,6 +15,7 @@ PACKAGES=(
   selinux-policy-dev checkpolicy semodule-utils  # compiling the SELinux module
   selinux-policy-default bzip2  # linking it against the whole reference policy (neverallows)
   gcc make time   # time: peak memory in bench/bench.py
+  podman runc     # building the FROM-scratch images and running the backup Job's image
 )
 
 missing=()
