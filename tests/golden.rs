@@ -173,3 +173,31 @@ fn on_a_terminal_a_restore_asks_first_and_no_changes_nothing() {
         "changed\n"
     );
 }
+
+/// A reader that stops early (`recoveryctl journal | head -1`) ends recoveryctl quietly and
+/// successfully, whatever it was printing: no panic about a broken pipe.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let (code, _, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        &["--json", "--offline", "journal"][..],
+        &["--offline", "journal"][..],
+    ] {
+        // The read end is closed before recoveryctl writes: every write is EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+            .arg("--config")
+            .arg(&node.config)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

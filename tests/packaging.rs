@@ -846,7 +846,7 @@ fn backup_job_is_unprivileged_and_reports_its_result() {
     assert_eq!(
         argv,
         [
-            "recoveryctl",
+            "/usr/bin/recoveryctl",
             "--socket",
             "/run/recoveryd/recoveryd.sock",
             "--result-file",

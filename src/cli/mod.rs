@@ -71,7 +71,7 @@ pub fn main() -> ExitCode {
             };
             out.record(&Reply::Error(api.clone()));
             if cli.json {
-                println!("{}", protocol::to_pretty(&Reply::Error(api)));
+                out::stdout(&(protocol::to_pretty(&Reply::Error(api)) + "\n"));
             } else {
                 eprintln!("recoveryctl: {e:#}");
             }

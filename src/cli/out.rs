@@ -10,14 +10,28 @@ pub(crate) struct Out {
     pub result_file: Option<std::path::PathBuf>,
 }
 
+/// Write to stdout. A reader that went away (`recoveryctl journal | head`) ends the output and
+/// the program, quietly and successfully, as the reader asked; `print!` would panic instead.
+pub(crate) fn stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("recoveryctl: writing to stdout: {e}");
+        std::process::exit(i32::from(super::exit::ERROR));
+    }
+}
+
 impl Out {
     /// Print a document: its JSON (with the schema), or what `human` says.
     pub(crate) fn print<T: serde::Serialize>(&self, doc: &T, human: impl FnOnce() -> String) {
         self.record(doc);
         if self.json {
-            println!("{}", protocol::to_pretty(doc));
+            stdout(&(protocol::to_pretty(doc) + "\n"));
         } else {
-            print!("{}", human());
+            stdout(&human());
         }
     }
 

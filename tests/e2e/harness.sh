@@ -83,7 +83,7 @@ trap 'exit 130' INT TERM
 # The node's file system
 
 # python3-gi and gir1.2-ostree-1.0: the fake rpm-ostreed writes the sysroot through libostree.
-ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,ostree,python3-gi,gir1.2-ostree-1.0"
+ROOTFS_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,ostree,python3-gi,gir1.2-ostree-1.0,etcd-server,etcd-client"
 
 rootfs_tarball() {
   local key
@@ -173,6 +173,8 @@ prepare_node() {
   mkdir -p "$ROOT"
   tar -C "$ROOT" -xf "$(rootfs_tarball)"
   echo node1 > "$ROOT/etc/hostname"
+  # etcd listens on localhost: a minbase root file system has no /etc/hosts to resolve it.
+  printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 node1\n' > "$ROOT/etc/hosts"
   echo 5e2f1d3c7a9b4e6f8a0b1c2d3e4f5a6b > "$ROOT/etc/machine-id"
   mkdir -p "$ROOT/var/log/journal"
   # Quieter, faster boots: no login prompts.
@@ -190,6 +192,18 @@ prepare_node() {
   systemctl --root="$ROOT" enable kubelet.service crio.service >/dev/null 2>&1
   mkdir -p "$ROOT/opt/fake-cluster/bin" "$ROOT/opt/fake-cluster/state"
   cp "$PROJECT"/tests/support/cluster-bin/* "$ROOT/opt/fake-cluster/bin/"
+  # A real etcd (Debian's etcd-server, its own unit): the stand-ins of cluster-backup.sh and
+  # cluster-restore.sh snapshot and restore it, as the real scripts do on a single node.
+  cat > "$ROOT/opt/fake-cluster/etcd.env" <<'ENV'
+ETCDCTL_ENDPOINTS=http://127.0.0.1:2379
+ETCD_UNIT=etcd.service
+ETCD_DATA_DIR=/var/lib/etcd/default
+ETCD_DATA_DIR_BACKUP=/var/lib/etcd-backup
+ETCD_USER=etcd
+ETCD_NAME=node1
+ETCD_INITIAL_CLUSTER=node1=http://localhost:2380
+ETCD_INITIAL_ADVERTISE_PEER_URLS=http://localhost:2380
+ENV
   mkdir -p "$ROOT/var/lib/fake-selinuxfs"; echo 1 > "$ROOT/var/lib/fake-selinuxfs/enforce"
   build_sysroot
   rpm_state "$OLD" "$NEW" "$OLD"
@@ -299,8 +313,30 @@ unit_property() {
 # ---------------------------------------------------------------------------------------------
 # The steps of the cycle
 
+# etcdctl against the node's etcd.
+etcdctl_in_node() {
+  in_node env ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 "$@"
+}
+
+# Every key under /e2e/ and its value, one "key=value" a line, sorted.
+etcd_keys() {
+  etcdctl_in_node get --prefix /e2e/ -w json | python3 -c '
+import base64, json, sys
+kvs = json.load(sys.stdin).get("kvs", [])
+for k, v in sorted((base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode()) for kv in kvs):
+    print(f"{k}={v}")'
+}
+
+ETCD_AT_BACKUP="/e2e/cluster=edge-042
+/e2e/deleted-by-upgrade=must come back
+/e2e/nodes/node1=Ready"
+
 backup_like_the_job() {
-  say "Taking the backup the way the backup Job does: recoveryctl --socket ... backup --wait"
+  say "Writing keys into the node's etcd, then taking the backup the way the backup Job does: recoveryctl --socket ... backup --wait"
+  etcdctl_in_node put /e2e/cluster edge-042 >/dev/null || fail "etcd is not answering"
+  etcdctl_in_node put /e2e/deleted-by-upgrade "must come back" >/dev/null
+  etcdctl_in_node put /e2e/nodes/node1 Ready >/dev/null
+  [ "$(etcd_keys)" = "$ETCD_AT_BACKUP" ] || fail "etcd holds $(etcd_keys)"
   in_node recoveryctl --socket /run/recoveryd/recoveryd.sock backup --wait 2>&1 | sed 's/^/    /' >&2 \
     || fail "the backup failed"
   detail "$(in_node recoveryctl generations | head -1)"
@@ -329,6 +365,10 @@ break_the_node() {
   echo "kind: Broken" > "$ROOT/var/lib/kubelet/config.yaml"
   rm -r "$ROOT/var/lib/kubelet/pods/p1"
   echo "extra=2" > "$ROOT/usr/lib/mco/extra.conf"
+  etcdctl_in_node put /e2e/cluster broken >/dev/null
+  etcdctl_in_node del /e2e/deleted-by-upgrade >/dev/null
+  etcdctl_in_node put /e2e/added-by-upgrade leftover >/dev/null
+  detail "etcd after the upgrade: $(etcd_keys | tr '\n' ' ')"
   detail "booted now: 4.16.0 (unpinned), 4.17.0 staged, a pinned otheros 9.0 beside them; the pinned 4.15.1 is the rollback deployment"
 }
 
@@ -412,6 +452,21 @@ print(f"    journald: {len(entries)} recoveryd entries with RECOVERY_RUN/STAGE/S
 EOF
 }
 
+# etcd, running, holds exactly the keys and values of backup time, restored from the snapshot.
+check_etcd() {
+  [ "$(in_node systemctl is-active etcd.service)" = active ] || fail "etcd is not running after the recovery"
+  local now
+  now=$(etcd_keys)
+  [ "$now" = "$ETCD_AT_BACKUP" ] || fail "etcd after the recovery holds:
+$now
+expected:
+$ETCD_AT_BACKUP"
+  in_node recoveryctl journal --run 2 --json > "$WORK/journal-etcd.json"
+  grep -q 'restoring old etcd pod to start etcd again' "$WORK/journal-etcd.json" \
+    || fail "the journal does not show cluster-restore.sh restoring the snapshot"
+  detail "etcd (a real etcd $(in_node etcd --version | head -1 | awk '{print $3}')): exactly the backup's keys and values: $(echo "$now" | tr '\n' ' ')"
+}
+
 check_calls() {
   python3 - "$ROOT/opt/fake-cluster/calls.log" <<'EOF' || fail "the cluster tools were not called in order"
 import sys
@@ -489,6 +544,7 @@ cycle)
   check_deployments
   check_journal 2 3
   check_calls
+  check_etcd
   check_selinux
   ;;
 kill-mid-restore)
