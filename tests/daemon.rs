@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus::TestBus;
+use common::podman::Podman;
 use common::{Node, install_cluster_fakes, run};
 
 const HOST_OFF: &str =
@@ -815,42 +816,6 @@ fn a_state_directory_emptied_under_the_daemon_is_said_and_no_run_starts() {
 // The backup Job's image, run by podman against the daemon's socket
 // ------------------------------------------------------------------------------------------
 
-/// podman with a storage of its own under `dir` (vfs: any filesystem will do), so that the test
-/// neither sees nor leaves images on the machine. runc, and limits below this machine's hard
-/// ones: here containers cannot raise an rlimit (no CAP_SYS_RESOURCE) and crun refuses
-/// hybrid cgroups; neither changes what the image does.
-struct Podman {
-    conf: PathBuf,
-}
-
-impl Podman {
-    fn new(dir: &Path) -> Podman {
-        let conf = dir.join("storage.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/storage\"\nrunroot = \"{0}/run\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        Podman { conf }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_STORAGE_CONF", &self.conf)
-            .args(["--runtime", "runc"]);
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = run(self.cmd().args(args));
-        assert_eq!(code, 0, "podman {args:?}: {out}{err}");
-        out.trim().to_string()
-    }
-}
-
 /// deploy/image/build.sh into `podman`'s storage: (the Job's image, the binaries image).
 fn build_images(podman: &Podman) -> (String, String) {
     let (code, out, err) = run(Command::new(
@@ -1038,9 +1003,9 @@ fn the_job_image_backs_up_over_the_socket_and_reports_each_outcome() {
     assert_eq!(m["reply"], "error", "{m}");
     let message = m["message"].as_str().unwrap();
     assert!(
-        message.contains("SIGTERM")
-            && message.contains("run 3, step copy-files")
-            && message.contains("goes on"),
+        // The step is the last one whose start reached recoveryctl before the daemon stopped.
+        message.starts_with("recoveryctl stopped by SIGTERM while waiting (run 3, step ")
+            && message.contains("goes on in recoveryd"),
         "{m}"
     );
     rustix::process::kill_process(

@@ -88,7 +88,7 @@ section!(HostFragment {
     crictl: PathBuf,
     crio: PathBuf,
     oc: PathBuf,
-    podman: PathBuf,
+    container_storage: PathBuf,
     ostree_cli: PathBuf,
     command_timeout: Seconds,
     transaction_timeout: Seconds,

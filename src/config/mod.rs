@@ -119,7 +119,8 @@ pub struct HostConfig {
     pub crictl: PathBuf,
     pub crio: PathBuf,
     pub oc: PathBuf,
-    pub podman: PathBuf,
+    /// The containers-storage whose images `[backup] images` saves (CRI-O's graphroot).
+    pub container_storage: PathBuf,
     pub ostree_cli: PathBuf,
     pub command_timeout: Duration,
     pub transaction_timeout: Duration,
@@ -346,7 +347,11 @@ impl Config {
                 crictl: h.crictl.unwrap_or_else(|| "crictl".into()),
                 crio: h.crio.unwrap_or_else(|| "crio".into()),
                 oc: h.oc.unwrap_or_else(|| "oc".into()),
-                podman: h.podman.unwrap_or_else(|| "podman".into()),
+                container_storage: abs(
+                    "host.container_storage",
+                    h.container_storage
+                        .unwrap_or_else(|| "/var/lib/containers/storage".into()),
+                )?,
                 ostree_cli: h.ostree_cli.unwrap_or_else(|| "ostree".into()),
                 command_timeout: secs(h.command_timeout, 600),
                 transaction_timeout: secs(h.transaction_timeout, 600),

@@ -45,6 +45,10 @@ pub(crate) struct Header {
     /// Mount points found inside the trees; their content belongs to another file system and
     /// was not backed up.
     pub skipped_mounts: Vec<ByteText>,
+    /// The container images in use at backup time, when `[backup] images` is on: which of
+    /// the trees and extras above are theirs, and the store's metadata for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<super::containers::ImagesSection>,
 }
 
 /// A file produced by a program into the generation (`cluster/snapshot_*.db`, `images/*.tar`).

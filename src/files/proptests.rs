@@ -164,6 +164,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     extras_absent: vec![],
                     exclude: vec!["/etc/*.tmp".into()],
                     skipped_mounts: vec![],
+                    images: None,
                 },
                 entries,
                 artifacts: artifacts

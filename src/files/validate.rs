@@ -151,6 +151,9 @@ fn check_header(h: &Header) -> Result<(RelPaths, RelPaths), Violation> {
             ));
         }
     }
+    if let Some(images) = &h.images {
+        check_images(h, images)?;
+    }
     for e in &h.exclude {
         if e.contains('\0') || !e.starts_with('/') {
             return Err(violation(
@@ -160,6 +163,49 @@ fn check_header(h: &Header) -> Result<(RelPaths, RelPaths), Violation> {
         }
     }
     Ok((present, trees))
+}
+
+/// The images section names only trees and extras of this header, beneath its store, and
+/// metadata a store can take.
+fn check_images(h: &Header, images: &super::containers::ImagesSection) -> Result<(), Violation> {
+    let storage = &images.storage;
+    if let Some(why) = absolute_path_problem(storage) {
+        return Err(violation("header.images.storage", why));
+    }
+    let under = |p: &str| {
+        p.strip_prefix(storage.trim_end_matches('/'))
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    for t in &images.trees {
+        if !under(t) || !h.trees.iter().any(|x| &x.path == t) {
+            return Err(violation(
+                format!("image tree {t}"),
+                "not a tree of this manifest beneath the image store",
+            ));
+        }
+    }
+    for f in &images.files {
+        let rel = f.as_bytes().strip_prefix(b"/").unwrap_or(f.as_bytes());
+        let listed = h.extras.iter().chain(&h.extras_absent).any(|x| x.0 == rel);
+        if !under(f) || !listed {
+            return Err(violation(
+                format!("image file {f}"),
+                "not an extra of this manifest beneath the image store",
+            ));
+        }
+    }
+    for (doc, name) in [
+        (&images.images_json, "images"),
+        (&images.layers_json, "layers"),
+    ] {
+        if let Err(e) = super::containers::check_entries(doc) {
+            return Err(violation(
+                format!("header.images.{name}_json"),
+                format!("{e:#}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_entry(

@@ -53,7 +53,6 @@ impl Host {
                 crictl: h.crictl.clone(),
                 crio: h.crio.clone(),
                 oc: h.oc.clone(),
-                podman: h.podman.clone(),
                 kubeconfig: config.host_path(&h.kubeconfig),
                 timeout: h.command_timeout,
             }),

@@ -1,5 +1,5 @@
-//! Steps that use the cluster's tools: etcd backup and restore, pods, CRI-O, images,
-//! containers and operator redeployments.
+//! Steps that use the cluster's tools: etcd backup and restore, pods, CRI-O, containers and
+//! operator redeployments (the images are in `images.rs`).
 
 use crate::files::identity::ClusterIdentity;
 use std::collections::BTreeMap;
@@ -86,59 +86,6 @@ impl Step for ClusterBackup {
     }
 }
 
-/// Save the images in use, so that a restore needs no registry.
-pub(crate) struct SaveImages(pub Arc<PlanContext>);
-
-pub(crate) const IMAGES_ARCHIVE: &str = "images/images.tar";
-
-#[async_trait]
-impl Step for SaveImages {
-    fn needs(&self) -> &'static [Integration] {
-        CLUSTER
-    }
-    fn name(&self) -> &'static str {
-        "save-images"
-    }
-    fn stage(&self) -> &'static str {
-        "images"
-    }
-    fn describe(&self) -> String {
-        "save the container images in use into the generation".into()
-    }
-    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        if !self.0.config.backup.images {
-            return Ok(Outcome::Skipped("[backup] images = false".into()));
-        }
-        let id = super::backup::generation_id(cx)?;
-        let archive = self.0.store.staging_path(&id).join(IMAGES_ARCHIVE);
-        std::fs::create_dir_all(archive.parent().expect("has a parent"))?;
-        if archive.exists() {
-            std::fs::remove_file(&archive)?;
-        }
-        let images = self.0.host.cluster.images().await?;
-        let refs: Vec<String> = images
-            .iter()
-            .filter_map(|i| i.reference())
-            .map(str::to_string)
-            .collect();
-        if refs.is_empty() {
-            return Ok(Outcome::Skipped("no images in use".into()));
-        }
-        let timeout = self.0.config.step_limits(self.name()).timeout;
-        let out = self
-            .0
-            .host
-            .cluster
-            .save_images(&refs, &archive, timeout)
-            .await?;
-        Ok(Outcome::Done(format!(
-            "{} images saved ({})",
-            refs.len(),
-            out.summary()
-        )))
-    }
-}
-
 /// `crictl rmp -fa`.
 pub(crate) struct RemovePods(pub Arc<PlanContext>);
 
@@ -213,35 +160,6 @@ fn not_fatal(what: &str, e: &anyhow::Error) -> Outcome {
     Outcome::Done(format!(
         "{what} failed, not fatal ([recovery] strict_wipe = false, as upgrade-recovery.sh): {e:#}"
     ))
-}
-
-/// Load the images saved with the generation.
-pub(crate) struct LoadImages(pub Arc<PlanContext>);
-
-#[async_trait]
-impl Step for LoadImages {
-    fn needs(&self) -> &'static [Integration] {
-        CLUSTER
-    }
-    fn name(&self) -> &'static str {
-        "load-images"
-    }
-    fn stage(&self) -> &'static str {
-        "restore-cluster"
-    }
-    fn describe(&self) -> String {
-        "load the images saved with the backup, if any".into()
-    }
-    async fn run(&self, cx: &StepContext) -> Result<Outcome> {
-        let g = self.0.generation_for(cx)?;
-        let archive = g.dir.join(IMAGES_ARCHIVE);
-        if !archive.exists() {
-            return Ok(Outcome::Skipped("the backup holds no images".into()));
-        }
-        let timeout = self.0.config.step_limits(self.name()).timeout;
-        let out = self.0.host.cluster.load_images(&archive, timeout).await?;
-        Ok(Outcome::Done(out.summary()))
-    }
 }
 
 /// Note the ids of the control-plane containers, to know when they have been recreated.

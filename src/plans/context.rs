@@ -84,6 +84,26 @@ impl PlanContext {
         Excludes::new(patterns)
     }
 
+    /// What a backup walks: the configured trees and the machine-config files, plus the
+    /// image directories and files of the images `select-images` chose.
+    pub(crate) fn backup_sources(
+        &self,
+        cx: &crate::engine::StepContext,
+    ) -> Result<(
+        Vec<PathBuf>,
+        Vec<PathBuf>,
+        Option<crate::files::containers::ImagesSection>,
+    )> {
+        let mut trees = self.config.backup.paths.clone();
+        let mut extras = self.extras()?;
+        let images = cx.get(&super::vars::IMAGES)?.map(|j| j.0);
+        if let Some(s) = &images {
+            trees.extend(s.trees.iter().map(PathBuf::from));
+            extras.extend(s.files.iter().map(PathBuf::from));
+        }
+        Ok((trees, extras, images))
+    }
+
     /// The machine-config files outside the trees.
     pub(crate) fn extras(&self) -> Result<Vec<PathBuf>> {
         crate::files::extras::outside_trees(

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod cluster;
 pub(crate) mod context;
 pub(crate) mod deployment;
+pub(crate) mod images;
 pub(crate) mod recovery;
 pub(crate) mod restore;
 pub(crate) mod units;
@@ -39,11 +40,11 @@ pub(crate) use recovery::recovery_plan;
 /// The backup plan.
 pub(crate) fn backup_plan(cx: &Arc<PlanContext>) -> Plan {
     let mut p = Plan::new(RunKind::Backup)
+        .step(images::SelectImages(cx.clone()))
         .step(backup::Preflight(cx.clone()))
         .step(deployment::PinDeployment(cx.clone()))
         .step(cluster::ClusterBackup(cx.clone()))
         .step(backup::CopyFiles(cx.clone()))
-        .step(cluster::SaveImages(cx.clone()))
         .step(backup::Commit(cx.clone()))
         .step(backup::VerifyGeneration(cx.clone()))
         .step(backup::Prune(cx.clone()));

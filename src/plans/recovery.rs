@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::check::{CheckIdentity, VerifyBackup};
 use super::cluster::{
-    ClusterRestore, LoadImages, RecordContainers, RedeployOperators, RemovePods, WaitContainers,
-    WipeCrio, node_state,
+    ClusterRestore, RecordContainers, RedeployOperators, RemovePods, WaitContainers, WipeCrio,
+    node_state,
 };
 use super::context::PlanContext;
 use super::deployment::{CheckDeployment, CheckNextBoot, expect_booted};
@@ -92,6 +92,9 @@ pub(crate) fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
             Trees::Only(Vec::new()),
             true,
         ))
+        // The images' directories and files are back (restore-other-trees, restore-extras),
+        // with CRI-O stopped and wiped: now the store's metadata may name them.
+        .step(super::images::RestoreImageMetadata(cx.clone()))
         .step(DaemonReload(cx.clone()))
         .step(unit(
             "disable-kubelet",
@@ -120,7 +123,6 @@ pub(crate) fn recovery_plan(cx: &Arc<PlanContext>) -> Plan {
             UnitVerb::Start,
             NodeUnit::Crio,
         ))
-        .step(LoadImages(cx.clone()))
         .step(RecordContainers(cx.clone()))
         .step(ClusterRestore(cx.clone()))
         .step(unit(

@@ -1,5 +1,6 @@
 //! The run variables the plans keep, each with its type: every key in one place.
 
+use crate::files::containers::ImagesSection;
 use crate::files::identity::Identity;
 use std::collections::BTreeMap;
 
@@ -37,3 +38,6 @@ pub(crate) fn redeploy_target(operator: &str) -> Var<i64> {
 pub(crate) fn redeployed(operator: &str) -> Var<i64> {
     Var::keyed("redeployed-", operator)
 }
+
+/// The container images in use that this backup takes (`select-images`).
+pub(crate) const IMAGES: Var<Json<ImagesSection>> = Var::new("images");

@@ -7,6 +7,7 @@ use std::process::Command;
 pub mod bus;
 mod examples;
 pub mod golden;
+pub mod podman;
 pub mod sysroot;
 pub mod world;
 
@@ -115,7 +116,7 @@ pub fn install_cluster_fakes(root: &Path) -> String {
     }
     let b = bin.display();
     format!(
-        "[host]\ncrictl = \"{b}/crictl\"\ncrio = \"{b}/crio\"\noc = \"{b}/oc\"\npodman = \"{b}/podman\"\n\
+        "[host]\ncrictl = \"{b}/crictl\"\ncrio = \"{b}/crio\"\noc = \"{b}/oc\"\n\
          [backup]\ncluster_backup = \"/opt/fake-cluster/bin/cluster-backup.sh\"\n\
          [recovery]\ncluster_restore = \"/opt/fake-cluster/bin/cluster-restore.sh\"\npoll_interval = 0.2\n"
     )

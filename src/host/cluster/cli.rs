@@ -1,4 +1,4 @@
-//! The cluster's tools on this node (`crictl`, `crio`, `oc`, `podman`, `cluster-backup.sh`,
+//! The cluster's tools on this node (`crictl`, `crio`, `oc`, `cluster-backup.sh`,
 //! `cluster-restore.sh`), every call through the command helper with its timeout and retries.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,6 @@ pub(crate) struct ClusterCli {
     pub crictl: PathBuf,
     pub crio: PathBuf,
     pub oc: PathBuf,
-    pub podman: PathBuf,
     pub kubeconfig: PathBuf,
     pub timeout: Duration,
 }
@@ -105,46 +104,17 @@ impl Cluster for ClusterCli {
             .await?)
     }
 
-    async fn images(&self) -> Result<Vec<Image>> {
+    async fn all_containers(&self) -> Result<Vec<Container>> {
         let out = self
             .programs
             .run(
                 &self
                     .crictl()
-                    .args(["images", "-o", "json"])
+                    .args(["ps", "-a", "-o", "json"])
                     .retries(2, Duration::from_secs(2)),
             )
             .await?;
-        parse_images(&out.stdout)
-    }
-
-    /// Save images into one archive (`podman save --multi-image-archive`), within the
-    /// caller's step limit (images take far longer than the other commands).
-    async fn save_images(
-        &self,
-        references: &[String],
-        archive: &Path,
-        timeout: Duration,
-    ) -> Result<CommandOutput> {
-        let spec = CommandSpec::new(&self.podman, timeout)
-            .args([
-                "save",
-                "--multi-image-archive",
-                "--format",
-                "docker-archive",
-                "-o",
-            ])
-            .arg(archive)
-            .args(references.iter().map(String::as_str));
-        Ok(self.programs.run(&spec).await?)
-    }
-
-    /// Load saved images back (`podman load`), so a restore needs no registry.
-    async fn load_images(&self, archive: &Path, timeout: Duration) -> Result<CommandOutput> {
-        let spec = CommandSpec::new(&self.podman, timeout)
-            .args(["load", "-i"])
-            .arg(archive);
-        Ok(self.programs.run(&spec).await?)
+        parse_containers(&out.stdout)
     }
 
     async fn operator(&self, resource: &str) -> Result<OperatorStatus> {

@@ -25,18 +25,8 @@ pub(crate) trait Cluster: Send + Sync {
     async fn remove_pods(&self) -> Result<CommandOutput>;
     /// `crio wipe -f`: remove CRI-O's containers and images (crio must be stopped).
     async fn wipe(&self) -> Result<CommandOutput>;
-    /// `crictl images`.
-    async fn images(&self) -> Result<Vec<Image>>;
-    /// Save images into one archive, within the caller's limit (images take far longer than
-    /// the other commands).
-    async fn save_images(
-        &self,
-        references: &[String],
-        archive: &Path,
-        timeout: Duration,
-    ) -> Result<CommandOutput>;
-    /// Load saved images back, so that a restore needs no registry.
-    async fn load_images(&self, archive: &Path, timeout: Duration) -> Result<CommandOutput>;
+    /// `crictl ps -a`: every container CRI-O knows, running or not (whose images are in use).
+    async fn all_containers(&self) -> Result<Vec<Container>>;
     /// An operator resource's status (`etcd`, `kubeapiserver`, ...), retried.
     async fn operator(&self, resource: &str) -> Result<OperatorStatus>;
     /// The same, one try, for a caller that polls.

@@ -1,4 +1,4 @@
-//! What the cluster's tools answer, parsed into types (`crictl ps/images`, `oc get` of an
+//! What the cluster's tools answer, parsed into types (`crictl ps`, `oc get` of an
 //! operator and of the cluster version). Parsing is separate from running, and tested on
 //! captured-shape fixtures.
 
@@ -25,8 +25,17 @@ pub(crate) struct Container {
     pub created_at: String,
     #[serde(default)]
     pub image_ref: String,
+    /// The image as the pod spec names it (`{"image": "quay.io/...@sha256:..."}`).
+    #[serde(default)]
+    pub image: Option<ImageSpec>,
     #[serde(default)]
     pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub(crate) struct ImageSpec {
+    #[serde(default)]
+    pub image: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,36 +46,6 @@ pub(crate) struct ContainerMetadata {
 }
 
 pub(crate) const RUNNING: &str = "CONTAINER_RUNNING";
-
-/// `crictl images -o json`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ImageList {
-    #[serde(default)]
-    pub images: Vec<Image>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Image {
-    pub id: String,
-    #[serde(default)]
-    pub repo_tags: Vec<String>,
-    #[serde(default)]
-    pub repo_digests: Vec<String>,
-    /// protojson writes uint64 as a string.
-    #[serde(default)]
-    pub size: String,
-}
-
-impl Image {
-    /// The name to save and load the image by: a tag if it has one, else its digest reference.
-    pub(crate) fn reference(&self) -> Option<&str> {
-        self.repo_tags
-            .first()
-            .or_else(|| self.repo_digests.first())
-            .map(String::as_str)
-    }
-}
 
 /// An operator resource (`oc get etcd cluster -o json`): its revisions.
 #[derive(Debug, Clone, Deserialize)]
@@ -137,12 +116,6 @@ pub(crate) fn parse_containers(json: &[u8]) -> Result<Vec<Container>> {
         .containers)
 }
 
-pub(crate) fn parse_images(json: &[u8]) -> Result<Vec<Image>> {
-    Ok(serde_json::from_slice::<ImageList>(json)
-        .context("parsing `crictl images -o json`")?
-        .images)
-}
-
 pub(crate) fn parse_operator(json: &[u8]) -> Result<OperatorStatus> {
     Ok(serde_json::from_slice::<OperatorResource>(json)
         .context("parsing an operator resource")?
@@ -191,18 +164,6 @@ mod tests {
         assert_eq!(c[0].metadata.attempt, 2);
         assert!(parse_containers(b"{\"containers\": [{\"id\": 5}]}").is_err());
         assert!(parse_containers(b"{}").unwrap().is_empty());
-    }
-
-    #[test]
-    fn images() {
-        let i = parse_images(&fixture("crictl-images.json")).unwrap();
-        assert_eq!(i.len(), 2);
-        assert_eq!(
-            i[0].reference(),
-            Some("quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:9f1c7e2a")
-        );
-        assert_eq!(i[1].reference(), Some("registry.k8s.io/pause:3.9"));
-        assert_eq!(i[0].size, "412345678");
     }
 
     #[test]

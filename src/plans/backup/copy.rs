@@ -67,7 +67,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     }
 
     let excludes = p.excludes()?;
-    let extras = p.extras()?;
+    let (trees, extras, images) = p.backup_sources(cx)?;
     let checkpoint = || cx.checkpoint();
     let mut scan = Walker {
         root: &p.config.root,
@@ -75,7 +75,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         checkpoint: &checkpoint,
         sizes_only: false,
     }
-    .scan(&p.config.backup.paths, &extras)?;
+    .scan(&trees, &extras)?;
     let prev_gen = p.store.latest()?;
     let prev_manifest = match &prev_gen {
         Some(g) => match g.manifest() {
@@ -113,6 +113,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         extras_absent: scan.extras_absent.into_iter().map(ByteText).collect(),
         exclude: excludes.patterns().to_vec(),
         skipped_mounts: scan.skipped_mounts.into_iter().map(ByteText).collect(),
+        images: images.clone(),
     });
     m.entries = scan.entries;
     let partial = staging.join(PARTIAL);
@@ -127,6 +128,14 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         human_bytes(stats.shared_bytes),
         stats.hardlinks
     );
+    if let Some(images) = &images {
+        let (files, bytes) = image_share(&m, images);
+        detail.push_str(&format!(
+            "; of which {} images: {files} files, {}",
+            images.images.len(),
+            human_bytes(bytes)
+        ));
+    }
     if !m.header.skipped_mounts.is_empty() {
         detail.push_str(&format!(
             "; {} mount points skipped",
@@ -134,4 +143,30 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         ));
     }
     Ok(Outcome::Done(detail))
+}
+
+/// How many of the manifest's files, and bytes, belong to the images.
+pub(crate) fn image_share(
+    m: &Manifest,
+    images: &crate::files::containers::ImagesSection,
+) -> (u64, u64) {
+    let roots: Vec<Vec<u8>> = images
+        .trees
+        .iter()
+        .chain(&images.files)
+        .map(|t| t.trim_start_matches('/').as_bytes().to_vec())
+        .collect();
+    let mut files = 0;
+    let mut bytes = 0;
+    for e in &m.entries {
+        let p = e.path_bytes();
+        if roots
+            .iter()
+            .any(|r| p == &r[..] || (p.starts_with(r) && p.get(r.len()) == Some(&b'/')))
+        {
+            files += 1;
+            bytes += e.size;
+        }
+    }
+    (files, bytes)
 }

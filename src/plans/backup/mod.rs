@@ -7,7 +7,7 @@ mod preflight;
 mod retention;
 
 pub(crate) use commit::{Commit, VerifyGeneration};
-pub(crate) use copy::CopyFiles;
+pub(crate) use copy::{CopyFiles, image_share};
 pub(crate) use preflight::Preflight;
 pub(crate) use retention::{Prune, RemoveStaging, open_recovery_generation};
 

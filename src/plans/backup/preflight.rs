@@ -101,7 +101,9 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     crate::plans::reconcile(&cx.journal, &p.store)?;
 
     let excludes = p.excludes()?;
-    let extras = p.extras()?;
+    // The images select-images chose count like any other file (unchanged layers are shared
+    // with the previous generation, as unchanged files are).
+    let (trees, extras, _) = p.backup_sources(cx)?;
     let checkpoint = || cx.checkpoint();
     let scan = Walker {
         root: &p.config.root,
@@ -109,7 +111,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         checkpoint: &checkpoint,
         sizes_only: true,
     }
-    .scan(&p.config.backup.paths, &extras)?;
+    .scan(&trees, &extras)?;
     let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
     let files = bytes_to_copy(&scan.entries, previous.as_ref());
     let extra = if p.config.host.cluster {
