@@ -247,6 +247,10 @@ fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_k
         restored.starts_with("2 images (2 new) and 2 layers (2 new)"),
         "{restored}"
     );
+    eprintln!(
+        "restore-other-trees: {}\nrestore-image-metadata: {restored}",
+        step_detail(&t.w, 3, "restore-other-trees")
+    );
 
     // Exactly the images in use, with the same names and digests, and their content.
     assert_eq!(t.listed(), in_use, "after the recovery");

@@ -91,6 +91,17 @@ pub(crate) struct ImagesSection {
     pub layers_json: Vec<Value>,
 }
 
+/// How much of a generation is images: for `generations`, `status` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ImagesSummary {
+    /// `name@digest` of each image.
+    pub images: Vec<String>,
+    pub layers: u64,
+    /// The manifest's entries and bytes that are the images'.
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// What a store holds.
 pub(crate) struct Store {
     /// The store as a node path.

@@ -56,6 +56,9 @@ pub(crate) struct GenerationInfo {
     /// backup procedure.
     #[serde(default)]
     pub identity: crate::files::identity::Identity,
+    /// The container images in the generation (`[backup] images`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<crate::files::containers::ImagesSummary>,
 }
 
 /// A committed generation.

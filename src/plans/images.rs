@@ -107,8 +107,13 @@ impl Step for SelectImages {
     }
 }
 
-/// Each image as `name@digest` (its first name, else its id).
+/// The images as `name@digest, …`.
 pub(crate) fn names(section: &ImagesSection) -> String {
+    image_names(section).join(", ")
+}
+
+/// Each image as `name@digest` (its first name, else its id).
+pub(crate) fn image_names(section: &ImagesSection) -> Vec<String> {
     section
         .images
         .iter()
@@ -125,8 +130,7 @@ pub(crate) fn names(section: &ImagesSection) -> String {
                 _ => name.to_string(),
             }
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 /// Put the backed-up images back into the store's metadata documents.

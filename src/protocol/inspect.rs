@@ -113,6 +113,13 @@ pub(crate) fn generation_table(generations: &[GenerationEntry]) -> String {
         if let Some(l) = &e.marks.label {
             marks.push(format!("\"{l}\""));
         }
+        if let Some(i) = &e.info.images {
+            marks.push(format!(
+                "{} images ({})",
+                i.images.len(),
+                human_bytes(i.bytes)
+            ));
+        }
         out.push_str(
             format!(
                 "{:<10} {:<20} {:<26} {:<12} {:>10}  {}",

@@ -77,6 +77,7 @@ fn generation_entry(full: bool) -> GenerationEntry {
                 resolved: full.then(|| "/var/usrlocal".into()),
             }],
             identity: identity(full),
+            images: None,
         },
         dir: "/var/recovery/generations/g1".into(),
         in_journal: full,

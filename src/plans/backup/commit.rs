@@ -111,8 +111,29 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         manifest_hash: hash.clone(),
         entries: m.entries.len() as u64,
         bytes: m.content_bytes(),
-        trees: m.header.trees.clone(),
+        // The configured trees; the images' directories are summed up apart.
+        trees: m
+            .header
+            .trees
+            .iter()
+            .filter(|t| {
+                m.header
+                    .images
+                    .as_ref()
+                    .is_none_or(|i| !i.trees.contains(&t.path))
+            })
+            .cloned()
+            .collect(),
         identity,
+        images: m.header.images.as_ref().map(|s| {
+            let (entries, bytes) = super::image_share(&m, s);
+            crate::files::containers::ImagesSummary {
+                images: crate::plans::images::image_names(s),
+                layers: s.layers_json.len() as u64,
+                entries,
+                bytes,
+            }
+        }),
     };
     cx.checkpoint()?;
     let g = p.store.commit(&id, &info)?;

@@ -211,6 +211,7 @@ mod tests {
                     }),
                     ..Default::default()
                 },
+                images: None,
             },
             dir: id.into(),
             objects: "objects".into(),
