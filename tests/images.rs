@@ -23,16 +23,17 @@ fn storage(w: &World) -> PathBuf {
     w.root().join("var/lib/containers/storage")
 }
 
+/// An image of one layer from a tarball: busybox (static, from the machine: the image has a
+/// shell, so that a derived image can RUN), `hello.txt` and `gone.txt`.
 fn import(podman: &Podman, dir: &Path, name: &str, content: &str) {
     let src = dir.join(format!("src-{}", name.replace(['/', ':'], "-")));
-    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    let _ = std::os::unix::fs::symlink("busybox", src.join("bin/sh"));
     std::fs::write(src.join("hello.txt"), content).unwrap();
+    std::fs::write(src.join("gone.txt"), "removed by a later layer\n").unwrap();
     let tar = src.with_extension("tar");
-    common::sh(&format!(
-        "tar -C {} -cf {} hello.txt",
-        src.display(),
-        tar.display()
-    ));
+    common::sh(&format!("tar -C {} -cf {} .", src.display(), tar.display()));
     podman.ok(&["import", "--quiet", tar.to_str().unwrap(), name]);
 }
 
@@ -43,17 +44,18 @@ fn inspect(podman: &Podman, name: &str) -> (String, String, String) {
 }
 
 impl Images {
-    fn new() -> Images {
+    fn new(driver: &str) -> Images {
         let w = World::new("[backup]\nimages = true\n");
-        let podman = Podman::with_graphroot(w.node.dir.path(), &storage(&w));
+        let podman = Podman::with_store(w.node.dir.path(), &storage(&w), driver);
         let dir = w.node.dir.path().to_path_buf();
         import(&podman, &dir, "localhost/app:1", "app 1\n");
         let ctx = dir.join("sidecar");
         std::fs::create_dir_all(&ctx).unwrap();
         std::fs::write(ctx.join("side.txt"), "side 1\n").unwrap();
+        // A layer that adds a file and removes one (a whiteout: a character device 0/0).
         std::fs::write(
             ctx.join("Containerfile"),
-            "FROM localhost/app:1\nCOPY side.txt /side.txt\n",
+            "FROM localhost/app:1\nCOPY side.txt /side.txt\nRUN rm /gone.txt\n",
         )
         .unwrap();
         podman.ok(&[
@@ -61,6 +63,12 @@ impl Images {
             "--quiet",
             "--pull=never",
             "--network=none",
+            // One layer for the whole build, and no intermediate image left behind.
+            "--layers=false",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
             "-t",
             "localhost/sidecar:1",
             ctx.to_str().unwrap(),
@@ -164,8 +172,18 @@ fn step_detail(w: &World, run: u32, step: &str) -> String {
 
 #[test]
 #[ignore = "needs root: rootful podman on the node's containers-storage (tests/run.sh runs it)"]
-fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_kept() {
-    let mut t = Images::new();
+fn images_in_use_come_back_with_their_digests_after_a_wipe_overlay() {
+    images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_kept("overlay");
+}
+
+#[test]
+#[ignore = "needs root: rootful podman on the node's containers-storage (tests/run.sh runs it)"]
+fn images_in_use_come_back_with_their_digests_after_a_wipe_vfs() {
+    images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_kept("vfs");
+}
+
+fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_kept(driver: &str) {
+    let mut t = Images::new(driver);
     let at_backup = t.listed();
     assert_eq!(at_backup.len(), 3, "{at_backup:?}");
 
@@ -205,6 +223,15 @@ fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_k
     );
     let copied = step_detail(&t.w, 1, "copy-files");
     assert!(copied.contains("of which 2 images:"), "{copied}");
+    eprintln!("select-images: {selected}\ncopy-files: {copied}");
+    // generations (and status, which lists them) say how much of the backup is images.
+    let (_, out, _) = t.w.ctl(&["generations", "--json"]);
+    let summary = &common::json_list(&out, "generations")[0]["info"]["images"];
+    assert_eq!(summary["images"].as_array().unwrap().len(), 2, "{summary}");
+    assert!(summary["bytes"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["layers"], 2);
+    let (_, human, _) = t.w.ctl(&["generations"]);
+    assert!(human.contains("2 images ("), "{human}");
 
     // A second backup of the same images writes no object at all.
     let objects = t.objects();
@@ -262,7 +289,27 @@ fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_k
         t.podman
             .ok(&["cp", &format!("{c}:/hello.txt"), out.to_str().unwrap()]);
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "app 1\n", "{name}");
+        // The sidecar's layer removed gone.txt: its whiteout came back too.
+        let gone = t.w.node.dir.path().join("gone.txt");
+        let _ = std::fs::remove_file(&gone);
+        let (code, _, _) = common::run(t.podman.cmd().args([
+            "cp",
+            &format!("{c}:/gone.txt"),
+            gone.to_str().unwrap(),
+        ]));
+        assert_eq!(code == 0, name.contains("app"), "{name}: /gone.txt");
         t.podman.ok(&["rm", &c]);
+    }
+    if driver == "overlay" {
+        let whiteouts = common::sh_out(&format!(
+            "find {}/overlay -path '*/diff/gone.txt' -type c | wc -l",
+            storage(&t.w).display()
+        ));
+        assert_eq!(
+            whiteouts.trim(),
+            "1",
+            "the whiteout is a character device again"
+        );
     }
     assert!(at_backup.is_superset(&t.listed()));
 }
@@ -270,7 +317,7 @@ fn images_in_use_come_back_with_their_digests_after_a_wipe_and_nothing_else_is_k
 #[test]
 #[ignore = "needs root: rootful podman on the node's containers-storage (tests/run.sh runs it)"]
 fn a_damaged_image_layer_is_caught_by_verify_and_the_recovery_refuses_naming_it() {
-    let t = Images::new();
+    let t = Images::new("vfs");
     let (code, out, err) = t.w.ctl(&["backup"]);
     assert_eq!(code, 0, "{out}{err}");
     // The object of the app layer's file.

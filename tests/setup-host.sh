@@ -16,6 +16,7 @@ PACKAGES=(
   selinux-policy-default bzip2  # linking it against the whole reference policy (neverallows)
   gcc make time   # time: peak memory in bench/bench.py
   podman runc     # building the FROM-scratch images and running the backup Job's image
+  busybox-static  # a shell inside the test images (tests/images.rs)
 )
 
 missing=()

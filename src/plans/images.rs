@@ -45,6 +45,23 @@ impl Step for SelectImages {
         if !self.0.config.backup.images {
             return Ok(Outcome::Skipped("[backup] images = false".into()));
         }
+        let storage = &self.0.config.host.container_storage;
+        if let Some(t) = self
+            .0
+            .config
+            .backup
+            .paths
+            .iter()
+            .find(|t| storage.starts_with(t) || t.starts_with(storage))
+        {
+            anyhow::bail!(
+                "[backup] images: the image store {} overlaps the backed-up tree {}; take \
+                 {} out of [backup] paths (the images in use are backed up by themselves)",
+                storage.display(),
+                t.display(),
+                t.display()
+            );
+        }
         let started = Instant::now();
         let p = self.0.clone();
         let Some(store) =

@@ -171,6 +171,17 @@ pub fn sh(script: &str) {
     assert_eq!(code, 0, "{script}\n{out}{err}");
 }
 
+/// `sh`, and its standard output.
+pub fn sh_out(script: &str) -> String {
+    let (code, out, err) = run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script));
+    assert_eq!(code, 0, "{script}\n{out}{err}");
+    out
+}
+
 /// A `recoveryctl --json` document, checked for its schema.
 pub fn json_doc(out: &str) -> serde_json::Value {
     let v: serde_json::Value =

@@ -20,11 +20,17 @@ impl Podman {
 
     /// With its images in `graphroot` (a node's `/var/lib/containers/storage`).
     pub fn with_graphroot(dir: &Path, graphroot: &Path) -> Podman {
+        Podman::with_store(dir, graphroot, "vfs")
+    }
+
+    /// With its images in `graphroot`, kept by `driver` (`vfs`, or `overlay` as CRI-O on a
+    /// node, which needs a file system that can be an overlay's upper layer).
+    pub fn with_store(dir: &Path, graphroot: &Path, driver: &str) -> Podman {
         let conf = dir.join("storage.conf");
         std::fs::write(
             &conf,
             format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}/run\"\n",
+                "[storage]\ndriver = \"{driver}\"\ngraphroot = \"{}\"\nrunroot = \"{}/run\"\n",
                 graphroot.display(),
                 dir.display()
             ),
