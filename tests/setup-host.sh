@@ -17,6 +17,7 @@ PACKAGES=(
   gcc make time   # time: peak memory in bench/bench.py
   podman runc     # building the FROM-scratch images and running the backup Job's image
   busybox-static  # a shell inside the test images (tests/images.rs)
+  strace          # counting a restore's system calls (tests/syscalls.rs)
 )
 
 missing=()

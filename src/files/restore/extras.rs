@@ -45,9 +45,10 @@ impl Restorer<'_> {
             };
             let dev = fsx::fstat(pfd.as_fd())?.st_dev;
             self.tick()?;
+            let changes_before = self.report.changes.len();
             self.sync_child(pfd.as_fd(), i, dev)
                 .with_context(|| format!("restoring {}", node(x)))?;
-            if self.apply {
+            if self.apply && self.report.changes.len() > changes_before {
                 to_flush.entry(dev).or_insert(pfd);
             }
         }

@@ -172,6 +172,12 @@ pub(crate) fn restore(
         }
         .into());
     }
+    // Nothing differs: an apply pass would only walk the live trees a second time (and flush
+    // file systems nothing was written to). One walk it is.
+    if dry.report.changes.is_empty() {
+        (hooks.progress)(dry.done, dry.total, 0, 0);
+        return Ok(dry.report);
+    }
     // 2. Apply, reusing the dry run's content comparisons where the live file did not move.
     let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
     apply.content_cache = std::mem::take(&mut dry.content_cache);

@@ -31,10 +31,12 @@ impl Restorer<'_> {
             return Ok(());
         };
         let dev = fsx::fstat(fd.as_fd())?.st_dev;
+        let changes_before = self.report.changes.len();
         self.sync_dir(fd.as_fd(), rel, dev)?;
         let root_entry = &self.entries[root_idx];
         self.metadata(Target::Fd(fd.as_fd()), root_entry, &fsx::fstat(fd.as_fd())?)?;
-        if self.apply {
+        // Flushed only when something in this tree was written.
+        if self.apply && self.report.changes.len() > changes_before {
             fsx::syncfs(fd.as_fd()).context("flushing the restored tree to disk")?;
         }
         Ok(())
