@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark recoveryd's data path against cp -a and rsync on a generated node-like tree.
+"""Benchmark recoveryd's data path against the tools an operator would pick instead, on a
+generated node-like tree, at two scales, in one run.
 
-Usage (as root, from the project root):  bench/run.sh [--files N] [--big-mib M] [--dir DIR]
+Usage (as root, from the project root):  bench/run.sh [--files N] [--big-mib M] [--scales 1,4]
+                                                      [--dir DIR] [--quick]
 
-Everything runs in one process, on one generated tree, with the page cache dropped before each
-timed command, and prints each measurement as a ratio:
+Peers: cp -a, rsync -aAXH (and -c --delete for restores, --link-dest for a second backup),
+restic and borg (Debian packages; bench/run.sh installs them), each with its defaults. For
+every scale it prints each figure, its ratio to the peer and the target, cold (page cache
+dropped before the command) and, for restores, warm (the same command just ran); the peak RSS
+of every command; and at the end how every time grew from the first scale to the last.
 
-  backup            recoveryctl --offline backup  vs  cp -a  (both followed by sync)
-  restore 5%        restore-files after changing 5% of files  vs  rsync -aAXHc --delete
-  restore 0%        restore-files with nothing changed  vs  the same rsync
-  second backup     backup after changing 1% of files  vs  the first backup
-  verify            recoveryctl verify throughput in MiB/s
-  peak memory       maximum resident set size of each recoveryctl command
+  first backup        recoveryctl --offline backup  vs  cp -a, rsync -aAXH, restic, borg (+ sync)
+  second backup       after rewriting 1% of files   vs  the first; rsync --link-dest, restic, borg
+  restore 5%          restore-files after 5% changed vs  rsync -aAXHc --delete; restic, borg (full)
+  restore 0%          restore-files, nothing changed vs  the same rsync
+  verify              recoveryctl verify throughput in MiB/s
 """
 
 import argparse
@@ -25,7 +29,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CTL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "recoveryctl")
+CTL = os.environ.get("RECOVERYCTL") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "recoveryctl")
 TREES = ["etc", "usr/local", "var/lib/kubelet"]
 LABEL = b"system_u:object_r:etc_t:s0\0"
 
@@ -39,15 +44,19 @@ def drop_caches():
         pass
 
 
-def timed(cmd, **kw):
-    """Run cmd after dropping caches; return (seconds, peak RSS in KiB, stdout).
+def timed(cmd, cold=True, env=None, **kw):
+    """Run cmd (after dropping caches when cold); return (seconds, peak RSS in KiB, stdout).
 
     The peak RSS comes from GNU time, which execs the command from a small process (a child
     forked from this Python process would report Python's own size)."""
-    drop_caches()
+    if cold:
+        drop_caches()
+    else:
+        subprocess.run(["sync"], check=True)
     rss_file = "/tmp/recoveryd-bench.rss"
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-o", rss_file, "-f", "%M"] + cmd, capture_output=True, **kw)
+    p = subprocess.run(["/usr/bin/time", "-o", rss_file, "-f", "%M"] + cmd, capture_output=True,
+                       env=env, **kw)
     dt = time.perf_counter() - t0
     out, err = p.stdout.decode(), p.stderr.decode()
     if p.returncode != 0:
@@ -57,8 +66,8 @@ def timed(cmd, **kw):
     return dt, rss, out
 
 
-def timed_shell(script):
-    return timed(["bash", "-c", script])
+def timed_shell(script, cold=True, env=None):
+    return timed(["bash", "-c", script], cold=cold, env=env)
 
 
 def write(path, data):
@@ -134,84 +143,186 @@ def change(node, fraction, seed):
     return len(picked)
 
 
-def rsync(src_root, dst_root):
+def rsync(src_root, dst_root, flags="-aAXHc --delete", extra=""):
     cmds = []
     for t in TREES:
-        cmds.append(f"rsync -aAXHc --delete {src_root}/{t}/ {dst_root}/{t}/")
+        os.makedirs(os.path.join(dst_root, t), exist_ok=True)
+        link = f"--link-dest={extra}/{t}/" if extra else ""
+        cmds.append(f"rsync {flags} {link} {src_root}/{t}/ {dst_root}/{t}/")
     return " && ".join(cmds) + " && sync"
+
+
+def tool_env(d):
+    env = dict(os.environ)
+    env["RESTIC_PASSWORD"] = "bench"
+    env["RESTIC_CACHE_DIR"] = os.path.join(d, "restic-cache")
+    env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
+    env["BORG_BASE_DIR"] = os.path.join(d, "borg-home")
+    return env
+
+
+class Results:
+    def __init__(self):
+        self.rows = []
+        self.times = {}
+
+    def figure(self, scale, name, seconds, rss):
+        self.times[(scale, name)] = seconds
+        print(f"  {name:<44} {seconds:8.2f}s  peak RSS {rss / 1024:7.1f} MiB", flush=True)
+
+    def ratio(self, scale, name, ours, theirs, target):
+        r = self.times[(scale, ours)] / self.times[(scale, theirs)]
+        ok = "ok" if target is None or r <= target else "MISSED"
+        t = f"target <= {target}" if target is not None else "no target"
+        self.rows.append((scale, name, r, target, ok))
+        print(f"  ratio {name:<56} {r:6.2f}  ({t}) {ok}", flush=True)
+
+
+def one_scale(args, scale, res):
+    d = os.path.join(args.dir, f"x{scale}")
+    shutil.rmtree(d, ignore_errors=True)
+    node = os.path.join(d, "node")
+    os.makedirs(os.path.join(node, "var/recovery"))
+    os.makedirs(os.path.join(node, "proc/sys/kernel/random"))
+    with open(os.path.join(node, "proc/sys/kernel/random/boot_id"), "w") as f:
+        f.write("bench\n")
+    config = os.path.join(d, "config.toml")
+    with open(config, "w") as f:
+        f.write(f'root = "{node}"\n[host]\nsystemd = false\nostree = false\ncluster = false\n'
+                f'[backup]\nspace_margin = 0\nkeep = 3\n')
+    ctl = [CTL, "--config", config]
+    env = tool_env(d)
+    rng = random.Random(42)
+    t0 = time.perf_counter()
+    n, total = generate(node, args.files * scale, args.big_mib * scale, rng)
+    entries = sum(len(fs) + len(ds) for t in TREES for _, ds, fs in os.walk(os.path.join(node, t)))
+    print(f"scale x{scale}: {n} files ({entries} entries), {total / (1 << 20):.0f} MiB of data "
+          f"(+ a 1 GiB sparse file), generated in {time.perf_counter() - t0:.1f}s", flush=True)
+    srcs = " ".join(os.path.join(node, t) for t in TREES)
+    restic_repo = os.path.join(d, "restic")
+    borg_repo = os.path.join(d, "borg")
+    have = {t: shutil.which(t) is not None for t in ("restic", "borg")}
+    if have["restic"]:
+        subprocess.run(["restic", "init", "-q", "-r", restic_repo], env=env, check=True,
+                       capture_output=True)
+    if have["borg"]:
+        subprocess.run(["borg", "init", "-e", "none", borg_repo], env=env, check=True,
+                       capture_output=True)
+
+    def fig(name, cmd, cold=True, shell=False):
+        t, rss, out = (timed_shell(cmd, cold=cold, env=env) if shell
+                       else timed(cmd, cold=cold, env=env))
+        res.figure(scale, name, t, rss)
+        return out
+
+    # First backup.
+    cp_dst = os.path.join(d, "cp")
+    fig("cp -a", " && ".join(f"mkdir -p {cp_dst}/{os.path.dirname(t)} && cp -a {node}/{t} {cp_dst}/{t}"
+                              for t in TREES) + " && sync", shell=True)
+    rs_dst = os.path.join(d, "rsync1")
+    fig("rsync -aAXH", rsync(node, rs_dst, "-aAXH"), shell=True)
+    fig("recoveryd backup", ctl + ["--offline", "backup"])
+    if have["restic"]:
+        fig("restic backup", f"restic -q -r {restic_repo} backup {srcs} && sync", shell=True)
+    if have["borg"]:
+        fig("borg create", f"borg create {borg_repo}::one {srcs} && sync", shell=True)
+    res.ratio(scale, "first backup / cp -a", "recoveryd backup", "cp -a", 0.9)
+    res.ratio(scale, "first backup / rsync -aAXH", "recoveryd backup", "rsync -aAXH", 1.0)
+    for peer, name in (("restic", "restic backup"), ("borg", "borg create")):
+        if have[peer]:
+            res.ratio(scale, f"first backup / {name}", "recoveryd backup", name, None)
+
+    out = fig("recoveryd verify", ctl + ["verify", "--json"])
+    report = json.loads(out)
+    mib = report["bytes_checked"] / (1 << 20)
+    print(f"  verify: {mib / res.times[(scale, 'recoveryd verify')]:.0f} MiB/s "
+          f"({mib:.0f} MiB, {report['files_checked']} files)")
+
+    # Second backup, 1 % rewritten.
+    changed = change(node, 0.01, seed=1)
+    print(f"  ({changed} files rewritten)")
+    fig("recoveryd second backup", ctl + ["--offline", "backup"])
+    fig("rsync -aAXH --link-dest", rsync(node, os.path.join(d, "rsync2"), "-aAXH", rs_dst), shell=True)
+    if have["restic"]:
+        fig("restic second backup", f"restic -q -r {restic_repo} backup {srcs} && sync", shell=True)
+    if have["borg"]:
+        fig("borg second create", f"borg create {borg_repo}::two {srcs} && sync", shell=True)
+    res.ratio(scale, "second backup / first backup", "recoveryd second backup", "recoveryd backup", 0.1)
+    if have["restic"]:
+        res.ratio(scale, "second backup / restic second backup", "recoveryd second backup",
+                  "restic second backup", 0.25)
+    if have["borg"]:
+        res.ratio(scale, "second backup / borg second create", "recoveryd second backup",
+                  "borg second create", None)
+    # The cp -a copy follows the node, so that rsync restores from the same state.
+    subprocess.run(["bash", "-c", rsync(node, cp_dst)], check=True)
+
+    # Restore after 5 % changed, cold then warm; the peers restore the same change.
+    for temp, cold in (("cold", True), ("warm", False)):
+        changed = change(node, 0.05, seed=5)
+        fig(f"recoveryd restore 5% {temp}", ctl + ["--offline", "restore-files", "--yes"], cold=cold)
+        change(node, 0.05, seed=5)
+        fig(f"rsync -aAXHc --delete 5% {temp}", rsync(cp_dst, node), cold=cold, shell=True)
+    print(f"  ({changed} files changed)")
+    res.ratio(scale, "restore 5% / rsync -aAXHc --delete, warm", "recoveryd restore 5% warm",
+              "rsync -aAXHc --delete 5% warm", 0.25)
+    res.ratio(scale, "restore 5% / rsync -aAXHc --delete, cold", "recoveryd restore 5% cold",
+              "rsync -aAXHc --delete 5% cold", 0.15)
+    if have["restic"]:
+        out_dir = os.path.join(d, "restic-restore")
+        fig("restic restore (full, to a new dir)",
+            f"restic -q -r {restic_repo} restore latest --target {out_dir} && sync", shell=True)
+    if have["borg"]:
+        out_dir = os.path.join(d, "borg-extract")
+        os.makedirs(out_dir)
+        fig("borg extract (full, to a new dir)",
+            f"cd {out_dir} && borg extract {borg_repo}::two && sync", shell=True)
+
+    # Restore with nothing to change.
+    for temp, cold in (("cold", True), ("warm", False)):
+        fig(f"recoveryd restore 0% {temp}", ctl + ["--offline", "restore-files", "--yes"], cold=cold)
+        fig(f"rsync -aAXHc --delete 0% {temp}", rsync(cp_dst, node), cold=cold, shell=True)
+    res.ratio(scale, "restore 0% / rsync -aAXHc --delete, warm", "recoveryd restore 0% warm",
+              "rsync -aAXHc --delete 0% warm", None)
+    t0 = res.times[(scale, "recoveryd restore 0% warm")]
+    print(f"  restore with nothing to change, warm: {t0:.3f}s (target <= 0.1 s at x1)")
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=12000)
     ap.add_argument("--big-mib", type=int, default=240, help="total size of the big binaries")
+    ap.add_argument("--scales", default="1,4")
     ap.add_argument("--dir", default="/var/tmp/recoveryd-bench")
+    ap.add_argument("--keep", action="store_true", help="keep the trees and repositories")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (owners, xattrs, dropping caches)")
-
-    shutil.rmtree(args.dir, ignore_errors=True)
-    node = os.path.join(args.dir, "node")
-    os.makedirs(os.path.join(node, "var/recovery"))
-    os.makedirs(os.path.join(node, "proc/sys/kernel/random"))
-    with open(os.path.join(node, "proc/sys/kernel/random/boot_id"), "w") as f:
-        f.write("bench\n")
-    config = os.path.join(args.dir, "config.toml")
-    with open(config, "w") as f:
-        f.write(f'root = "{node}"\n[host]\nsystemd = false\nostree = false\ncluster = false\n'
-                f'[backup]\nspace_margin = 0\nkeep = 3\n')
-    ctl = [CTL, "--config", config]
-
-    rng = random.Random(42)
-    t0 = time.perf_counter()
-    n, total = generate(node, args.files, args.big_mib, rng)
-    print(f"tree: {n} files, {total / (1 << 20):.0f} MiB of data (+ a 1 GiB sparse file), "
-          f"generated in {time.perf_counter() - t0:.1f}s under {node}")
-
-    results = []
-
-    def row(name, ours, theirs, target, unit="s"):
-        ratio = ours / theirs if theirs else float("inf")
-        ok = "ok" if ratio <= target else "MISSED"
-        results.append((name, ours, theirs, ratio, target, ok))
-        print(f"{name:<34} ours {ours:8.2f}{unit}  reference {theirs:8.2f}{unit}  ratio {ratio:5.2f} "
-              f"(target <= {target}) {ok}", flush=True)
-
-    # Backup vs cp -a.
-    cp_dst = os.path.join(args.dir, "cp")
-    cp_script = " && ".join(f"mkdir -p {cp_dst}/{os.path.dirname(t)} && cp -a {node}/{t} {cp_dst}/{t}" for t in TREES) + " && sync"
-    t_cp, _, _ = timed_shell(cp_script)
-    t_b1, rss_b1, _ = timed(ctl + ["--offline", "backup"])
-    subprocess.run(["sync"], check=True)
-    row("backup (incl. hash, verify) vs cp -a", t_b1, t_cp, 1.0)
-
-    # Verify throughput.
-    t_v, rss_v, out = timed(ctl + ["verify", "--json"])
-    report = json.loads(out)
-    mib = report["bytes_checked"] / (1 << 20)
-    print(f"{'verify':<34} {mib / t_v:8.0f} MiB/s ({mib:.0f} MiB, {report['files_checked']} files in {t_v:.2f}s)")
-
-    # Restore after changing 5% vs rsync -aAXHc --delete from the cp -a copy.
-    changed = change(node, 0.05, seed=5)
-    t_r5, rss_r5, _ = timed(ctl + ["--offline", "restore-files"])
-    change(node, 0.05, seed=5)
-    t_rs5, _, _ = timed_shell(rsync(cp_dst, node))
-    row(f"restore, {changed} files changed (5%)", t_r5, t_rs5, 0.33)
-
-    # Restore with nothing changed vs the same rsync.
-    t_r0, rss_r0, _ = timed(ctl + ["--offline", "restore-files"])
-    t_rs0, _, _ = timed_shell(rsync(cp_dst, node))
-    row("restore, nothing changed", t_r0, t_rs0, 0.2)
-
-    # Second backup with 1% changed vs the first backup.
-    changed = change(node, 0.01, seed=1)
-    t_b2, rss_b2, _ = timed(ctl + ["--offline", "backup"])
-    row(f"second backup, {changed} files changed (1%)", t_b2, t_b1, 0.1)
-
-    print(f"{'peak memory (max RSS)':<34} backup {rss_b1 / 1024:.0f} MiB, second backup {rss_b2 / 1024:.0f} MiB, "
-          f"verify {rss_v / 1024:.0f} MiB, restore {max(rss_r5, rss_r0) / 1024:.0f} MiB")
-    missed = [r for r in results if r[5] != "ok"]
-    print("all targets met" if not missed else f"targets missed: {', '.join(r[0] for r in missed)}")
+    def version(cmd):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        return ((p.stdout or p.stderr).splitlines() or ["?"])[0]
+    print(f"recoveryctl: {CTL}; " + "; ".join(
+        version(c) for c in (["rsync", "--version"], ["restic", "version"], ["borg", "--version"])
+        if shutil.which(c[0])), flush=True)
+    scales = [int(x) for x in args.scales.split(",")]
+    res = Results()
+    for scale in scales:
+        one_scale(args, scale, res)
+    if len(scales) > 1:
+        lo, hi = scales[0], scales[-1]
+        limit = 1.1 * hi / lo
+        print(f"growth x{lo} -> x{hi} (target <= {limit:.1f}x):")
+        for (scale, name), t in sorted(res.times.items()):
+            if scale != lo or (hi, name) not in res.times:
+                continue
+            g = res.times[(hi, name)] / t if t else float("inf")
+            mark = "" if not name.startswith("recoveryd") else ("ok" if g <= limit else "MISSED")
+            print(f"  {name:<44} {g:6.2f}x {mark}")
+    missed = [r for r in res.rows if r[4] == "MISSED"]
+    print("all targets met" if not missed else
+          "targets missed: " + ", ".join(f"x{r[0]} {r[1]}" for r in missed))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# Build the release binaries and run the data-path benchmark (as root). See bench/bench.py.
+# Build the static release binaries (as shipped) and run the data-path benchmark (as root),
+# with its peers installed: rsync, restic, borg. See bench/bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin recoveryctl
+missing=()
+for p in rsync restic borgbackup time; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+RECOVERYCTL=$(deploy/build-static.sh)/recoveryctl
+export RECOVERYCTL
 exec python3 bench/bench.py "$@"
