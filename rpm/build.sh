@@ -19,7 +19,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 outdir=${1:-$root/target/rpm}
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
-bindir=${RECOVERYD_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
+bindir=${RECOVERYD_BIN_DIR:-}
 spec=$root/rpm/recoveryd.spec
 devel_makefile=/usr/share/selinux/devel/Makefile
 

@@ -11,15 +11,15 @@ bin=$prefix/usr/local/bin
 stamp=$prefix/usr/local/lib/recoveryd/installed-image
 image=$(cat "$prefix/etc/recoveryd/binaries-image")
 say() { echo "recoveryd-install: $*" >&2; }
+have_binaries() { [ -x "$bin/recoveryd" ] && [ -x "$bin/recoveryctl" ]; }
 
 case "$image" in
   *@sha256:????????????????????????????????????????????????????????????????) ;;
   *) say "$image is not pinned by digest (name@sha256:<64 hex>); nothing installed"; exit 1 ;;
 esac
-if [ "$(cat "$stamp" 2>/dev/null)" = "$image" ] && [ -x "$bin/recoveryd" ] && [ -x "$bin/recoveryctl" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" = "$image" ] && have_binaries; then
   exit 0
 fi
-have_binaries() { [ -x "$bin/recoveryd" ] && [ -x "$bin/recoveryctl" ]; }
 if ! podman image exists "$image"; then
   # The node's pull secret, as the kubelet uses it.
   auth=

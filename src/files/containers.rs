@@ -212,12 +212,7 @@ impl Store {
     }
 
     /// A layer and its parents, top first; an error for a chain that is broken or loops.
-    fn chain(&self, top: &str) -> Result<Vec<String>> {
-        let by_id: HashMap<&str, &Value> = self
-            .layers
-            .iter()
-            .filter_map(|l| Some((str_field(l, "id")?, l)))
-            .collect();
+    fn chain(&self, by_id: &HashMap<&str, &Value>, top: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut next = Some(top.to_string());
         while let Some(id) = next {
@@ -242,6 +237,11 @@ impl Store {
         let mut images = Vec::new();
         let mut images_json = Vec::new();
         let mut layer_ids = BTreeSet::new();
+        let layers_by_id: HashMap<&str, &Value> = self
+            .layers
+            .iter()
+            .filter_map(|l| Some((str_field(l, "id")?, l)))
+            .collect();
         for v in &self.images {
             let Some(id) = str_field(v, "id") else {
                 continue;
@@ -250,7 +250,9 @@ impl Store {
                 continue;
             }
             let layers = match str_field(v, "layer") {
-                Some(top) => self.chain(top).with_context(|| format!("image {id}"))?,
+                Some(top) => self
+                    .chain(&layers_by_id, top)
+                    .with_context(|| format!("image {id}"))?,
                 None => Vec::new(),
             };
             layer_ids.extend(layers.iter().cloned());

@@ -113,6 +113,15 @@ impl PlanContext {
         )
     }
 
+    /// The generation a dry run previews: the one its options name, else the newest committed
+    /// one; `None` when there is none yet.
+    pub(crate) fn preview_generation(&self, wanted: Option<&str>) -> Result<Option<Generation>> {
+        match wanted {
+            Some(id) => Ok(Some(self.store.open(id)?)),
+            None => self.store.latest(),
+        }
+    }
+
     /// The generation a run works with: the one named in its options or variables, else the
     /// newest committed one.
     pub(crate) fn generation_for(&self, cx: &StepContext) -> Result<Generation> {

@@ -231,12 +231,8 @@ impl Step for RestoreStep {
         let journal = pc.journal.clone();
         let desc = self.describe();
         blocking(move || {
-            let g = match wanted {
-                Some(id) => p.store.open(&id)?,
-                None => match p.store.latest()? {
-                    Some(g) => g,
-                    None => return Ok(format!("{desc} (no generation yet)")),
-                },
+            let Some(g) = p.preview_generation(wanted.as_deref())? else {
+                return Ok(format!("{desc} (no generation yet)"));
             };
             let m = trusted_manifest(&g, journal.as_deref())?;
             let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();

@@ -163,12 +163,7 @@ fn merge_into(a: &mut toml::Table, b: toml::Table) {
 
 /// Run a bash script (strict mode); panic with its output if it fails.
 pub fn sh(script: &str) {
-    let (code, out, err) = run(Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script));
-    assert_eq!(code, 0, "{script}\n{out}{err}");
+    sh_out(script);
 }
 
 /// `sh`, and its standard output.

@@ -150,23 +150,24 @@ pub(crate) fn image_share(
     m: &Manifest,
     images: &crate::files::containers::ImagesSection,
 ) -> (u64, u64) {
-    let roots: Vec<Vec<u8>> = images
+    let roots: std::collections::HashSet<&[u8]> = images
         .trees
         .iter()
         .chain(&images.files)
-        .map(|t| t.trim_start_matches('/').as_bytes().to_vec())
+        .map(|t| t.trim_start_matches('/').as_bytes())
         .collect();
+    // An entry is the images' when it or one of its ancestors is one of their roots.
+    let theirs = |p: &[u8]| {
+        roots.contains(p)
+            || p.iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'/' && roots.contains(&p[..i]))
+    };
     let mut files = 0;
     let mut bytes = 0;
-    for e in &m.entries {
-        let p = e.path_bytes();
-        if roots
-            .iter()
-            .any(|r| p == &r[..] || (p.starts_with(r) && p.get(r.len()) == Some(&b'/')))
-        {
-            files += 1;
-            bytes += e.size;
-        }
+    for e in m.entries.iter().filter(|e| theirs(e.path_bytes())) {
+        files += 1;
+        bytes += e.size;
     }
     (files, bytes)
 }
