@@ -1237,3 +1237,218 @@ async fn an_ostree_pin_shows_as_pinned_in_rpm_ostree_status() {
     assert_eq!(after.pending, Some(1 - older.index));
     assert!(!after.deployments[1 - older.index].pinned);
 }
+
+// ---------------------------------------------------------------------------------------------
+// External programs in transient units: TransientUnits
+// ---------------------------------------------------------------------------------------------
+
+use recoveryd::host::command::{CommandError, CommandSpec, Programs, Tool};
+use recoveryd::host::transient::{Invocation, TransientUnits};
+
+struct Transient {
+    runner: TransientUnits,
+    fake: Fake,
+    _bus: TestBus,
+}
+
+/// fake-systemd on a fresh bus and a runner that says step `restore-etcd` of run 7 is calling.
+fn transient() -> Transient {
+    let bus = TestBus::start(&[]);
+    let fake = start_fake(&bus, "fake-systemd", &[]);
+    let runner = TransientUnits::new(
+        system_bus(&bus),
+        Arc::new(|| {
+            Some(Invocation {
+                run: 7,
+                step: "restore-etcd".into(),
+            })
+        }),
+    );
+    Transient {
+        runner,
+        fake,
+        _bus: bus,
+    }
+}
+
+/// The properties of the one `StartTransientUnit` call, by name.
+fn transient_properties(fake: &Fake) -> (String, serde_json::Map<String, Value>) {
+    let calls = fake.calls_named("StartTransientUnit");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let args = &calls[0]["args"];
+    let props = args[2]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].clone()))
+        .collect();
+    (args[0].as_str().unwrap().to_string(), props)
+}
+
+#[tokio::test]
+async fn a_tool_runs_in_its_own_unit_named_after_run_and_step_with_its_sandbox() {
+    let t = transient();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CommandSpec::new("sh", Duration::from_secs(30))
+        .arg("-c")
+        .arg("echo out; echo err >&2; echo \"$GREETING from $(pwd)\"")
+        .env("GREETING", "hello")
+        .cwd(dir.path())
+        .tool(Tool::Crictl);
+    let out = bounded("a transient run", t.runner.run(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("out\nhello from {}\n", dir.path().display())
+    );
+    assert_eq!(out.stderr_tail, "err");
+    let (name, props) = transient_properties(&t.fake);
+    let pid = std::process::id();
+    assert_eq!(
+        name,
+        format!("recoveryd-tool-crictl-run7-restore-etcd-p{pid}n1.service")
+    );
+    assert_eq!(out.unit.as_deref(), Some(name.as_str()));
+    assert!(out.summary().contains(&name), "{}", out.summary());
+    assert_eq!(props["Type"], "exec");
+    assert_eq!(props["ExecStart"][0][0], props["ExecStart"][0][1][0]);
+    assert!(props["ExecStart"][0][0].as_str().unwrap().ends_with("/sh"));
+    assert_eq!(props["RuntimeMaxUSec"], 30_000_000u64);
+    assert_eq!(props["KillMode"], "control-group");
+    assert_eq!(props["AddRef"], true);
+    assert_eq!(props["CollectMode"], "inactive-or-failed");
+    assert_eq!(props["StandardOutputFileDescriptor"], "fd");
+    assert_eq!(
+        props["LogExtraFields"],
+        json!([
+            "RECOVERY_RUN=7".bytes().collect::<Vec<u8>>(),
+            "RECOVERY_STEP=restore-etcd".bytes().collect::<Vec<u8>>()
+        ])
+    );
+    // crictl's sandbox, from the one table.
+    assert_eq!(props["PrivateNetwork"], true);
+    assert_eq!(props["ProtectSystem"], "strict");
+    assert_eq!(props["CapabilityBoundingSet"], 0);
+    assert_eq!(props["NoNewPrivileges"], true);
+    assert_eq!(props["RestrictAddressFamilies"], json!([true, ["AF_UNIX"]]));
+    assert!(
+        props["Environment"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("GREETING=hello"))
+    );
+    // Not bound: this test process is in no unit of the fake.
+    assert!(!props.contains_key("BindsTo"));
+    // Released and collected.
+    assert!(call_names(&t.fake).contains(&"UnrefUnit".to_string()));
+    eventually("the unit is collected", || {
+        t.fake.read_state()["units"].get(&name).is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_tool_reports_its_exit_status_and_stderr_and_its_unit() {
+    let t = transient();
+    let spec = CommandSpec::new("sh", Duration::from_secs(30))
+        .arg("-c")
+        .arg("for i in $(seq 1 2000); do echo noise $i >&2; done; echo 'the real reason' >&2; exit 3")
+        .tool(Tool::Oc);
+    let err = bounded("a failing run", t.runner.run(&spec))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, CommandError::Failed { .. }), "{msg}");
+    assert!(
+        msg.contains("exit status: 3")
+            && msg.contains("the real reason")
+            && msg.contains("[recoveryd-tool-oc-run7-restore-etcd-"),
+        "{msg}"
+    );
+    assert!(msg.len() < 6000, "only the tail is kept: {}", msg.len());
+    let (_, props) = transient_properties(&t.fake);
+    assert!(!props.contains_key("PrivateNetwork"), "oc has the network");
+    assert!(
+        props["Environment"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("HOME=/tmp"))
+    );
+}
+
+#[tokio::test]
+async fn a_tool_past_its_time_is_ended_by_the_unit_limit_with_everything_it_started() {
+    let t = transient();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child");
+    let script = format!(
+        "sleep 300 & echo $! > {p}.tmp && mv {p}.tmp {p}; sleep 300",
+        p = pidfile.display()
+    );
+    let spec = CommandSpec::new("sh", Duration::from_secs(2))
+        .arg("-c")
+        .arg(script)
+        .tool(Tool::ClusterScript);
+    let err = bounded("a run past its time", t.runner.run(&spec))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("no result after 2s"), "{err}");
+    let (_, props) = transient_properties(&t.fake);
+    assert_eq!(props["RuntimeMaxUSec"], 2_000_000u64);
+    let pid = std::fs::read_to_string(&pidfile).expect("the program started its child");
+    let stat = format!("/proc/{}/stat", pid.trim());
+    eventually("the tool's child is gone", || {
+        std::fs::read_to_string(&stat)
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_tool_is_not_started_and_a_refused_unit_is_an_error() {
+    let t = transient();
+    let spec = CommandSpec::new("no-such-tool-anywhere", Duration::from_secs(5));
+    let err = t.runner.run(&spec).await.unwrap_err();
+    assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+    assert!(err.to_string().contains("is not in PATH"), "{err}");
+    assert!(t.fake.calls_named("StartTransientUnit").is_empty());
+    // A unit that exists already is refused by systemd: named in the error, not retried. (The
+    // call above took the name with n1.)
+    let mut state = t.fake.read_state();
+    let pid = std::process::id();
+    state["units"][format!("recoveryd-tool-other-run7-restore-etcd-p{pid}n2.service")] =
+        json!({"active": "active"});
+    t.fake.write_state(&state);
+    let spec = CommandSpec::new("true", Duration::from_secs(5)).retries(3, Duration::ZERO);
+    let err = t.runner.run(&spec).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::Spawn { .. }) && err.to_string().contains("UnitExists"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_whose_caller_goes_away_is_stopped() {
+    let t = transient();
+    let spec = CommandSpec::new("sleep", Duration::from_secs(300)).arg("300");
+    let run = t.runner.run(&spec);
+    // The step is abandoned (a timeout or cancel of the step drops its future).
+    let _ = tokio::time::timeout(Duration::from_millis(700), run).await;
+    eventually("the abandoned tool's unit is stopped", || {
+        t.fake.calls_named("StopUnit").iter().any(|c| {
+            c["args"][0]
+                .as_str()
+                .is_some_and(|n| n.starts_with("recoveryd-tool-other-run7-"))
+        })
+    })
+    .await;
+}

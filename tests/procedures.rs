@@ -743,6 +743,28 @@ fn cluster_steps_match_the_script_forced_backup_and_wipes_that_may_fail() {
             "{step}: {detail}"
         );
     }
+    // Every call of a cluster tool ran in a transient unit of its own, named after its tool,
+    // run and step (this recovery stops at its first reboot).
+    let units: Vec<String> = w
+        .systemd
+        .calls_named("StartTransientUnit")
+        .iter()
+        .map(|c| c["args"][0].as_str().unwrap().to_string())
+        .filter(|n| !n.starts_with("recoveryd-tool-ostree-"))
+        .collect();
+    assert_eq!(units.len(), cluster_calls(&w.root()).len(), "{units:?}");
+    for (prefix, step) in [
+        ("recoveryd-tool-cluster-run1-", "cluster-backup"),
+        ("recoveryd-tool-crictl-run2-", "remove-pods"),
+        ("recoveryd-tool-crio-run2-", "wipe-crio"),
+    ] {
+        assert!(
+            units
+                .iter()
+                .any(|u| u.starts_with(&format!("{prefix}{step}-p"))),
+            "no {prefix}{step}-*: {units:?}"
+        );
+    }
     let _ = reference;
 }
 

@@ -108,7 +108,7 @@ impl Engine {
                 &options,
                 CancellationToken::new(),
             );
-            if let Err(e) = prologue.prologue(&cx).await {
+            if let Err(e) = super::limits::as_step(run, "prologue", prologue.prologue(&cx)).await {
                 let message = format!("could not prepare the run: {e:#}");
                 return self
                     .end(run, kind, plan, RunState::Failed, message, &options)
@@ -143,16 +143,17 @@ impl Engine {
                     && l.boot_id != self.boot_id
                 {
                     let cx = self.context(run, kind, name, stage, &options, cancel.child_token());
-                    let checked = match step.after_reboot(&cx).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // Not done, and no progress: the node came back wrong.
-                            let message = format!("after the reboot of step {name}: {e:#}");
-                            return self
-                                .end(run, kind, plan, RunState::Failed, message, &options)
-                                .await;
-                        }
-                    };
+                    let checked =
+                        match super::limits::as_step(run, name, step.after_reboot(&cx)).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                // Not done, and no progress: the node came back wrong.
+                                let message = format!("after the reboot of step {name}: {e:#}");
+                                return self
+                                    .end(run, kind, plan, RunState::Failed, message, &options)
+                                    .await;
+                            }
+                        };
                     let mut detail = format!("rebooted: boot {} -> {}", l.boot_id, self.boot_id);
                     if !checked.is_empty() {
                         detail.push_str("; ");

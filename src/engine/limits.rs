@@ -8,6 +8,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CANCEL_GRACE, Outcome, SHUTDOWN_GRACE, Step, StepContext};
 
+/// The run and step a task is executing, for what the step calls to say who called it (the
+/// names of the transient units external programs run in).
+#[derive(Debug, Clone, Copy)]
+pub struct RunningStep {
+    pub run: i64,
+    pub step: &'static str,
+}
+
+tokio::task_local! {
+    static RUNNING: RunningStep;
+}
+
+/// The step the current task is executing, if it is one.
+pub fn running_step() -> Option<RunningStep> {
+    RUNNING.try_with(|r| *r).ok()
+}
+
+/// `f`, as the work of `step` of `run` (for [`running_step`]).
+pub(super) async fn as_step<F: std::future::Future>(
+    run: i64,
+    step: &'static str,
+    f: F,
+) -> F::Output {
+    RUNNING.scope(RunningStep { run, step }, f).await
+}
+
 /// Why a step attempt did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum StepFailure {
@@ -47,7 +73,11 @@ pub(super) async fn run_with_limits(
     shutdown: &CancellationToken,
 ) -> Result<Outcome, StepFailure> {
     let step_cancel = cx.cancel.clone();
-    let mut handle = tokio::spawn(async move { step.run(&cx).await });
+    let running = RunningStep {
+        run: cx.run,
+        step: cx.step,
+    };
+    let mut handle = tokio::spawn(RUNNING.scope(running, async move { step.run(&cx).await }));
     let joined = |r: Result<Result<Outcome>, tokio::task::JoinError>| match r {
         Ok(Ok(o)) => Ok(o),
         Ok(Err(e)) => Err(StepFailure::Error(e)),

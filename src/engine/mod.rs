@@ -28,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
+pub use limits::{RunningStep, running_step};
 pub(crate) use messages::RunMessage;
 pub use observer::{Event, Observer};
 pub use options::{PlanKind, RunOptions};

@@ -1,9 +1,14 @@
 //! Running external programs (`cluster-backup.sh`, `crictl`, `crio`, `oc`, `podman`, `ostree`):
 //! one careful helper instead of scattered `Command`s.
 //!
-//! Every run has a timeout (the program and everything it started are killed as a process
-//! group when it expires), a retry budget, its exit code checked, and the tail of its stdout and
-//! stderr kept: logged, returned for the journal, and put into the error.
+//! Every run has a timeout (the program and everything it started are killed when it expires),
+//! a retry budget, its exit code checked, and the tail of its stdout and stderr kept: logged,
+//! returned for the journal, and put into the error.
+//!
+//! Two runners behind [`Programs`]: [`Runner`] runs a program as a child of this process (in
+//! its own process group), for hosts without systemd and for tests;
+//! [`super::transient::TransientUnits`] runs it in a transient systemd unit of its own, with
+//! the sandbox [`Tool`] names, so that the daemon's unit need not allow what the tools need.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
+
+pub use super::sandbox::Tool;
 
 /// How much of each output stream is kept for messages.
 const TAIL: usize = 4096;
@@ -28,6 +35,10 @@ pub struct CommandSpec {
     /// callers decide by setting this).
     pub retries: u32,
     pub retry_delay: Duration,
+    /// Which tool this is: its sandbox when it runs in a unit of its own.
+    pub tool: Tool,
+    /// The working directory (`/` when unset).
+    pub cwd: Option<PathBuf>,
 }
 
 impl CommandSpec {
@@ -39,7 +50,20 @@ impl CommandSpec {
             timeout,
             retries: 0,
             retry_delay: Duration::from_secs(1),
+            tool: Tool::Other,
+            cwd: None,
         }
+    }
+
+    /// The tool this is (its sandbox in a transient unit).
+    pub fn tool(mut self, tool: Tool) -> CommandSpec {
+        self.tool = tool;
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> CommandSpec {
+        self.cwd = Some(dir.into());
+        self
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> CommandSpec {
@@ -56,7 +80,7 @@ impl CommandSpec {
         self
     }
 
-    pub(crate) fn env(mut self, k: &str, v: &str) -> CommandSpec {
+    pub fn env(mut self, k: &str, v: &str) -> CommandSpec {
         self.env.push((k.into(), v.into()));
         self
     }
@@ -85,16 +109,21 @@ pub struct CommandOutput {
     pub stderr_tail: String,
     pub attempts: u32,
     pub duration: Duration,
+    /// The transient unit it ran in, if it ran in one.
+    pub unit: Option<String>,
 }
 
 impl CommandOutput {
     /// One line for the journal: the last lines of output.
-    pub(crate) fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         let out = last_lines(&self.stdout_tail, 3);
         let err = last_lines(&self.stderr_tail, 3);
         let mut s = format!("in {:.1}s", self.duration.as_secs_f64());
         if self.attempts > 1 {
             s.push_str(&format!(" after {} attempts", self.attempts));
+        }
+        if let Some(unit) = &self.unit {
+            s.push_str(&format!(" in {unit}"));
         }
         if !out.is_empty() {
             s.push_str(&format!("; stdout: {out}"));
@@ -147,14 +176,17 @@ pub trait Programs: Send + Sync {
 #[derive(Debug, Default)]
 pub struct Runner;
 
-fn tail_of(buf: &[u8]) -> String {
+pub(super) fn tail_of(buf: &[u8]) -> String {
     let start = buf.len().saturating_sub(TAIL);
     String::from_utf8_lossy(&buf[start..]).trim().to_string()
 }
 
 /// Read a stream to its end. `tail_only` keeps only the last bytes (stderr); otherwise the
 /// first `STDOUT_CAP` bytes are kept (stdout, parsed by callers).
-async fn read_stream(mut r: impl tokio::io::AsyncRead + Unpin, tail_only: bool) -> Vec<u8> {
+pub(super) async fn read_stream(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    tail_only: bool,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -189,7 +221,8 @@ impl Runner {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             // Its own process group, so that a timeout kills what it started too.
-            .process_group(0);
+            .process_group(0)
+            .current_dir(spec.cwd.as_deref().unwrap_or("/".as_ref()));
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
@@ -245,27 +278,47 @@ impl Runner {
 #[async_trait]
 impl Programs for Runner {
     async fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, CommandError> {
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            tracing::debug!("running {}", spec.display());
-            match self.once(spec, attempt).await {
-                Ok((out, err)) => {
-                    return Ok(CommandOutput {
-                        stdout_tail: tail_of(&out),
-                        stderr_tail: tail_of(&err),
-                        stdout: out,
-                        attempts: attempt,
-                        duration: started.elapsed(),
-                    });
-                }
-                Err(e @ CommandError::Spawn { .. }) => return Err(e),
-                Err(e) if attempt > spec.retries => return Err(e),
-                Err(e) => {
-                    tracing::warn!("{e}; retrying in {:?}", spec.retry_delay);
-                    tokio::time::sleep(spec.retry_delay).await;
-                }
+        with_retries(spec, |attempt| async move {
+            let (out, err) = self.once(spec, attempt).await?;
+            Ok((out, err, None))
+        })
+        .await
+    }
+}
+
+/// One attempt's stdout, stderr and the unit it ran in.
+pub(super) type Attempt = (Vec<u8>, Vec<u8>, Option<String>);
+
+/// Run `once` until it succeeds, the retries are spent, or the program cannot be started.
+pub(super) async fn with_retries<F, Fut>(
+    spec: &CommandSpec,
+    once: F,
+) -> Result<CommandOutput, CommandError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt, CommandError>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tracing::debug!("running {}", spec.display());
+        match once(attempt).await {
+            Ok((out, err, unit)) => {
+                return Ok(CommandOutput {
+                    stdout_tail: tail_of(&out),
+                    stderr_tail: tail_of(&err),
+                    stdout: out,
+                    attempts: attempt,
+                    duration: started.elapsed(),
+                    unit,
+                });
+            }
+            Err(e @ CommandError::Spawn { .. }) => return Err(e),
+            Err(e) if attempt > spec.retries => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; retrying in {:?}", spec.retry_delay);
+                tokio::time::sleep(spec.retry_delay).await;
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Every side effect on the host, each behind a narrow trait with one home:
 //! systemd units ([`systemd`]), reboots and inhibitors ([`power`]), rpm-ostree
 //! ([`rpmostree`]), ostree deployments ([`ostree`]), SELinux ([`selinux`]), external programs
-//! ([`command`]) and the cluster's tools built on them ([`cluster`]).
+//! ([`command`], run in transient units by [`transient`] with the sandboxes of [`sandbox`]) and
+//! the cluster's tools built on them ([`cluster`]).
 //!
 //! `[host] systemd`, `ostree` and `cluster` switch integrations off for hosts that lack them;
 //! the steps that need one then end `skipped` with that reason in the journal.
@@ -12,8 +13,10 @@ pub mod command;
 pub mod ostree;
 pub mod power;
 pub mod rpmostree;
+pub mod sandbox;
 pub mod selinux;
 pub mod systemd;
+pub mod transient;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +35,16 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    /// The real host described by `config` (nothing is connected until first used).
-    pub fn new(config: &Config) -> Host {
+    /// The real host described by `config` (nothing is connected until first used). External
+    /// programs run in transient units of their own when `[host] systemd` is on, as children
+    /// otherwise; `caller` names the run and step calling them.
+    pub fn new(config: &Config, caller: transient::Caller) -> Host {
         let bus = Arc::new(bus::SystemBus::new(Duration::from_secs(300)));
-        let programs: Arc<dyn command::Programs> = Arc::new(command::Runner);
+        let programs: Arc<dyn command::Programs> = if config.host.systemd {
+            Arc::new(transient::TransientUnits::new(bus.clone(), caller))
+        } else {
+            Arc::new(command::Runner)
+        };
         let h = &config.host;
         Host {
             units: Arc::new(systemd::DbusUnits::new(bus.clone(), h.job_timeout)),

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::command::{CommandSpec, Programs};
+use super::command::{CommandSpec, Programs, Tool};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OstreeDeployment {
@@ -161,6 +161,7 @@ pub struct OstreeCli {
 impl OstreeCli {
     fn admin(&self, args: &[String]) -> CommandSpec {
         CommandSpec::new(&self.program, self.timeout)
+            .tool(Tool::Ostree)
             .arg("admin")
             .args(args.iter().map(String::as_str))
             .arg(format!("--sysroot={}", self.sysroot.display()))
@@ -209,7 +210,9 @@ impl Ostree for OstreeCli {
     async fn can_set_default(&self) -> Result<bool> {
         // `ostree admin --help` lists the verbs this ostree has, one per line after two spaces
         // (an unknown verb with --help prints that same list and exits 0, so it tells nothing).
-        let spec = CommandSpec::new(&self.program, self.timeout).args(["admin", "--help"]);
+        let spec = CommandSpec::new(&self.program, self.timeout)
+            .tool(Tool::Ostree)
+            .args(["admin", "--help"]);
         let out = self.programs.run(&spec).await?;
         Ok(has_verb(
             &String::from_utf8_lossy(&out.stdout),

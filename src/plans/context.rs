@@ -13,6 +13,7 @@ use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
 use crate::files::store::{Generation, Store};
 use crate::host::Host;
+use crate::host::transient::Invocation;
 use crate::journal::Journal;
 
 /// Shared by every step of a plan.
@@ -25,7 +26,15 @@ pub(crate) struct PlanContext {
 impl PlanContext {
     /// Plans for the real host the configuration describes.
     pub fn new(config: Arc<Config>) -> Arc<PlanContext> {
-        let host = Host::new(&config);
+        let host = Host::new(
+            &config,
+            Arc::new(|| {
+                crate::engine::running_step().map(|s| Invocation {
+                    run: s.run,
+                    step: s.step.to_string(),
+                })
+            }),
+        );
         Self::with_host(config, host)
     }
 

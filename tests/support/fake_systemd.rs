@@ -302,6 +302,8 @@ struct Fake {
     next_inhibitor: AtomicU32,
     /// `ScheduleShutdown` (type, usec), if any.
     scheduled: Mutex<Option<(String, u64)>>,
+    /// Transient units (`StartTransientUnit`) by name.
+    transient: Mutex<BTreeMap<String, Transient>>,
 }
 
 impl Fake {
@@ -644,6 +646,17 @@ impl Manager {
         self.0
             .record(conn, &hdr, "StopUnit", json!([name, mode]))
             .await;
+        let pid = self
+            .0
+            .transient
+            .lock()
+            .unwrap()
+            .get(&name)
+            .and_then(|t| t.pid);
+        if let Some(pid) = pid {
+            // A transient unit's stop: SIGTERM to its process group (KillMode=control-group).
+            kill_group(pid, 15);
+        }
         self.queue_job(JobKind::Stop, &name, &mode, conn).await
     }
 
@@ -736,6 +749,105 @@ impl Manager {
         }
     }
 
+    /// `StartTransientUnit`: only `.service` units with `ExecStart=`, as recoveryd sends them
+    /// (see "Transient units" below).
+    #[zbus(out_args("job"))]
+    async fn start_transient_unit(
+        &self,
+        name: String,
+        mode: String,
+        properties: Vec<(String, zbus::OwnedVariant)>,
+        aux: Vec<(String, Vec<(String, zbus::OwnedVariant)>)>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Failure> {
+        let logged: Vec<Value> = properties
+            .iter()
+            .map(|(k, v)| json!([k, render_value(v)]))
+            .collect();
+        self.0
+            .record(
+                conn,
+                &hdr,
+                "StartTransientUnit",
+                json!([name, mode, logged, aux.len()]),
+            )
+            .await;
+        self.start_transient(conn, &name, &mode, properties).await
+    }
+
+    #[zbus(name = "GetUnitByPID", out_args("unit"))]
+    async fn get_unit_by_pid(
+        &self,
+        pid: u32,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, Failure> {
+        self.0
+            .record(conn, &hdr, "GetUnitByPID", json!([pid]))
+            .await;
+        let found = self
+            .0
+            .transient
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, t)| t.pid == Some(pid))
+            .map(|(n, _)| n.clone());
+        match found {
+            Some(n) => Ok(unit_path(&n)),
+            None => Err(Failure::new(
+                "org.freedesktop.systemd1.NoUnitForPID",
+                format!("PID {pid} does not belong to any loaded unit."),
+            )),
+        }
+    }
+
+    async fn kill_unit(
+        &self,
+        name: String,
+        whom: String,
+        signal: i32,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Failure> {
+        self.0
+            .record(conn, &hdr, "KillUnit", json!([name, whom, signal]))
+            .await;
+        let pid = self.0.transient.lock().unwrap().get(&name).map(|t| t.pid);
+        match pid {
+            None => Err(Failure::no_such_unit(format!("Unit {name} not loaded."))),
+            Some(Some(pid)) => {
+                kill_group(pid, signal);
+                Ok(())
+            }
+            Some(None) => Err(Failure::new(
+                "org.freedesktop.systemd1.NoSuchProcess",
+                "No matching processes to kill",
+            )),
+        }
+    }
+
+    async fn unref_unit(
+        &self,
+        name: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Failure> {
+        self.0.record(conn, &hdr, "UnrefUnit", json!([name])).await;
+        let mut map = self.0.transient.lock().unwrap();
+        let Some(t) = map.get_mut(&name) else {
+            return Err(Failure::no_such_unit(format!("Unit {name} not loaded.")));
+        };
+        t.referenced = false;
+        if t.ended.is_some() {
+            map.remove(&name);
+            drop(map);
+            self.0.state.update(|s| s.units.remove(&name));
+        }
+        Ok(())
+    }
+
     #[zbus(signal)]
     async fn job_new(
         e: &SignalEmitter<'_>,
@@ -768,6 +880,334 @@ impl Manager {
         };
         conn.object_server().at(unit_path(name), unit).await?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transient units
+// ---------------------------------------------------------------------------------------------
+//
+// What systemd's `transient_unit_from_message` (dbus-manager.c) and the service's transient
+// property setters (dbus-service.c, dbus-execute.c, dbus-unit.c) do, for the properties
+// recoveryd sends: a name that is loaded already is `UnitExists`; a property this fake does not
+// know is refused as systemd refuses an unknown one ("Cannot set property X, or unknown
+// property.", `PropertyReadOnly`); `Type=exec` starts `ExecStart=`'s first command with exactly
+// `Environment=`, `WorkingDirectory=` and the passed stdout/stderr descriptors, in a process
+// group standing in for the unit's cgroup; `RuntimeMaxUSec=` ends it with SIGTERM, then SIGKILL
+// after `TimeoutStopUSec=`, and `Result` `timeout`; otherwise `Result` is `success`,
+// `exit-code` or `signal` with `ExecMainCode`/`ExecMainStatus` as in `service_sigchld_event`.
+// The unit is `active` while it runs, then `inactive` (success) or `failed`; with `AddRef=` it
+// stays until `UnrefUnit` (or the client leaves), without it it is collected at its end
+// (`CollectMode=inactive-or-failed`). Sandbox properties are accepted and recorded, not enforced.
+
+/// The properties recoveryd sends (and systemd accepts for a transient service).
+const TRANSIENT_PROPERTIES: &[&str] = &[
+    "Description",
+    "Type",
+    "ExecStart",
+    "Environment",
+    "WorkingDirectory",
+    "StandardInput",
+    "StandardOutputFileDescriptor",
+    "StandardErrorFileDescriptor",
+    "RuntimeMaxUSec",
+    "TimeoutStopUSec",
+    "KillMode",
+    "SendSIGKILL",
+    "AddRef",
+    "CollectMode",
+    "LockPersonality",
+    "RestrictRealtime",
+    "SystemCallArchitectures",
+    "LogExtraFields",
+    "BindsTo",
+    "PrivateNetwork",
+    "RestrictAddressFamilies",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "CapabilityBoundingSet",
+    "NoNewPrivileges",
+    "RestrictNamespaces",
+    "MemoryDenyWriteExecute",
+];
+
+struct Transient {
+    pid: Option<u32>,
+    referenced: bool,
+    /// (Result, ExecMainCode, ExecMainStatus) once it ended.
+    ended: Option<(String, i32, i32)>,
+}
+
+/// A property value for the call log (descriptors as "fd").
+fn render_value(v: &zbus::OwnedVariant) -> Value {
+    use zbus::Variant as V;
+    fn go(v: &V<'_>) -> Value {
+        match v {
+            V::Bool(b) => json!(b),
+            V::U64(n) => json!(n),
+            V::I32(n) => json!(n),
+            V::U32(n) => json!(n),
+            V::U8(n) => json!(n),
+            V::Str(s) => json!(s.as_str()),
+            V::Fd(_) => json!("fd"),
+            V::Array(a) => Value::Array(a.iter().map(go).collect()),
+            V::Structure(st) => Value::Array(st.fields().iter().map(go).collect()),
+            V::Variant(inner) => go(inner),
+            other => json!(other.to_string()),
+        }
+    }
+    go(v)
+}
+
+fn kill_group(pid: u32, signal: i32) {
+    if let (Some(pid), Some(sig)) = (
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Signal::from_named_raw(signal),
+    ) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+impl Manager {
+    async fn start_transient(
+        &self,
+        conn: &Connection,
+        name: &str,
+        mode: &str,
+        properties: Vec<(String, zbus::OwnedVariant)>,
+    ) -> Result<OwnedObjectPath, Failure> {
+        if !JOB_MODES.contains(&mode) {
+            return Err(Failure::invalid_args(format!("Job mode {mode} invalid.")));
+        }
+        if !name.ends_with(".service") {
+            return Err(Failure::invalid_args(format!(
+                "Unit type of {name} not supported by this fake."
+            )));
+        }
+        if self.0.state.load().unit(name).is_some()
+            || self.0.transient.lock().unwrap().contains_key(name)
+        {
+            return Err(Failure::new(
+                "org.freedesktop.systemd1.UnitExists",
+                format!("Unit {name} was already loaded or has a fragment file."),
+            ));
+        }
+        let mut exec: Option<(String, Vec<String>)> = None;
+        let mut env: Vec<String> = Vec::new();
+        let mut cwd = String::from("/");
+        let mut stdout: Option<std::os::fd::OwnedFd> = None;
+        let mut stderr: Option<std::os::fd::OwnedFd> = None;
+        let mut runtime_max = u64::MAX;
+        let mut stop_timeout = 90_000_000u64;
+        let mut add_ref = false;
+        for (key, value) in properties {
+            if !TRANSIENT_PROPERTIES.contains(&key.as_str()) {
+                return Err(Failure::new(
+                    "org.freedesktop.DBus.Error.PropertyReadOnly",
+                    format!("Cannot set property {key}, or unknown property."),
+                ));
+            }
+            let bad = || Failure::invalid_args(format!("Invalid value for {key}"));
+            match key.as_str() {
+                "ExecStart" => {
+                    let list: Vec<(String, Vec<String>, bool)> =
+                        value.try_into().map_err(|_| bad())?;
+                    let (path, argv, _) = list.into_iter().next().ok_or_else(bad)?;
+                    if !path.starts_with('/') {
+                        return Err(Failure::invalid_args(format!(
+                            "Path {path} is not absolute."
+                        )));
+                    }
+                    exec = Some((path, argv));
+                }
+                "Environment" => env = value.try_into().map_err(|_| bad())?,
+                "WorkingDirectory" => cwd = value.try_into().map_err(|_| bad())?,
+                "StandardOutputFileDescriptor" | "StandardErrorFileDescriptor" => {
+                    let fd = match &*value {
+                        zbus::Variant::Fd(fd) => fd.try_to_owned().map_err(|_| bad())?,
+                        _ => return Err(bad()),
+                    };
+                    let fd: std::os::fd::OwnedFd = zbus::OwnedFd::from(fd).into();
+                    if key == "StandardOutputFileDescriptor" {
+                        stdout = Some(fd);
+                    } else {
+                        stderr = Some(fd);
+                    }
+                }
+                "RuntimeMaxUSec" => runtime_max = value.try_into().map_err(|_| bad())?,
+                "TimeoutStopUSec" => stop_timeout = value.try_into().map_err(|_| bad())?,
+                "AddRef" => add_ref = value.try_into().map_err(|_| bad())?,
+                "Type" => {
+                    let t: String = value.try_into().map_err(|_| bad())?;
+                    if t != "exec" {
+                        return Err(Failure::invalid_args(format!(
+                            "Type={t} not supported by this fake."
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some((path, argv)) = exec else {
+            return Err(Failure::invalid_args(
+                "Service has no ExecStart=, ExecStop=, or SuccessAction=. Refusing.",
+            ));
+        };
+        let mut cmd = tokio::process::Command::new(&path);
+        cmd.args(argv.iter().skip(1))
+            .env_clear()
+            .envs(env.iter().filter_map(|e| e.split_once('=')))
+            .current_dir(&cwd)
+            .stdin(std::process::Stdio::null())
+            .process_group(0);
+        if let Some(fd) = stdout {
+            cmd.stdout(std::process::Stdio::from(fd));
+        }
+        if let Some(fd) = stderr {
+            cmd.stderr(std::process::Stdio::from(fd));
+        }
+        let child = cmd.spawn();
+        // The command keeps copies of the descriptors: drop them, as systemd does once the
+        // process has them.
+        drop(cmd);
+        self.0.state.update(|s| {
+            s.units
+                .insert(name.to_string(), UnitState::new("active", "transient"))
+        });
+        self.serve_unit(conn, name).await?;
+        let _ = conn
+            .object_server()
+            .at(
+                unit_path(name),
+                ServiceObject {
+                    name: name.into(),
+                    fake: self.0.clone(),
+                },
+            )
+            .await;
+        let pid = child.as_ref().ok().and_then(|c| c.id());
+        self.0.transient.lock().unwrap().insert(
+            name.to_string(),
+            Transient {
+                pid,
+                referenced: add_ref,
+                ended: None,
+            },
+        );
+        let fake = self.0.clone();
+        let conn = conn.clone();
+        let unit = name.to_string();
+        tokio::spawn(async move {
+            let ended = match child {
+                // 203/EXEC, as systemd's child reports a failed execve().
+                Err(_) => ("exit-code".to_string(), 1, 203),
+                Ok(mut child) => {
+                    let limit = Duration::from_micros(runtime_max.min(1 << 40));
+                    match tokio::time::timeout(limit, child.wait()).await {
+                        Ok(status) => exit_result(status.ok()),
+                        Err(_) => {
+                            if let Some(pid) = pid {
+                                kill_group(pid, 15);
+                            }
+                            let grace = Duration::from_micros(stop_timeout);
+                            let status = match tokio::time::timeout(grace, child.wait()).await {
+                                Ok(s) => s.ok(),
+                                Err(_) => {
+                                    if let Some(pid) = pid {
+                                        kill_group(pid, 9);
+                                    }
+                                    child.wait().await.ok()
+                                }
+                            };
+                            let (_, code, st) = exit_result(status);
+                            ("timeout".to_string(), code, st)
+                        }
+                    }
+                }
+            };
+            // KillMode=control-group: what the main process left behind goes too.
+            if let Some(pid) = pid {
+                kill_group(pid, 9);
+            }
+            let active = if ended.0 == "success" {
+                "inactive"
+            } else {
+                "failed"
+            };
+            let keep = {
+                let mut map = fake.transient.lock().unwrap();
+                match map.get_mut(&unit) {
+                    Some(t) => {
+                        t.ended = Some(ended);
+                        t.pid = None;
+                        t.referenced
+                    }
+                    None => false,
+                }
+            };
+            fake.set_active(&conn, &unit, active).await;
+            if !keep {
+                fake.transient.lock().unwrap().remove(&unit);
+                fake.state.update(|s| s.units.remove(&unit));
+            }
+        });
+        let id = self.0.next_job.fetch_add(1, Ordering::SeqCst);
+        Ok(job_path(id))
+    }
+}
+
+/// `Result`, `ExecMainCode`, `ExecMainStatus` of an exit status.
+fn exit_result(status: Option<std::process::ExitStatus>) -> (String, i32, i32) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) if s.success() => ("success".into(), 1, 0),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => ("exit-code".into(), 1, c),
+            (None, Some(sig)) => ("signal".into(), 2, sig),
+            _ => ("exit-code".into(), 1, 255),
+        },
+        None => ("exit-code".into(), 1, 255),
+    }
+}
+
+/// `org.freedesktop.systemd1.Service` of a transient unit.
+struct ServiceObject {
+    name: String,
+    fake: Arc<Fake>,
+}
+
+impl ServiceObject {
+    fn ended(&self) -> (String, i32, i32) {
+        self.fake
+            .transient
+            .lock()
+            .unwrap()
+            .get(&self.name)
+            .and_then(|t| t.ended.clone())
+            .unwrap_or_else(|| ("success".into(), 0, 0))
+    }
+}
+
+#[interface(name = "org.freedesktop.systemd1.Service")]
+impl ServiceObject {
+    #[zbus(property, name = "Result")]
+    fn outcome(&self) -> String {
+        self.ended().0
+    }
+
+    #[zbus(property)]
+    fn exec_main_code(&self) -> i32 {
+        self.ended().1
+    }
+
+    #[zbus(property)]
+    fn exec_main_status(&self) -> i32 {
+        self.ended().2
     }
 }
 
@@ -1147,6 +1587,7 @@ async fn main() -> anyhow::Result<()> {
         inhibitors: Mutex::new(Vec::new()),
         next_inhibitor: AtomicU32::new(1),
         scheduled: Mutex::new(None),
+        transient: Mutex::new(BTreeMap::new()),
     });
 
     // Objects first, then the names (the builder requests names last).

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::Cluster;
 use super::types::*;
-use crate::host::command::{CommandOutput, CommandSpec, Programs};
+use crate::host::command::{CommandOutput, CommandSpec, Programs, Tool};
 
 /// The cluster's command-line tools on this node.
 pub(crate) struct ClusterCli {
@@ -37,11 +37,12 @@ struct RedeploySpec<'a> {
 
 impl ClusterCli {
     fn crictl(&self) -> CommandSpec {
-        CommandSpec::new(&self.crictl, self.timeout)
+        CommandSpec::new(&self.crictl, self.timeout).tool(Tool::Crictl)
     }
 
     fn oc(&self) -> CommandSpec {
         CommandSpec::new(&self.oc, self.timeout)
+            .tool(Tool::Oc)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
     }
 
@@ -100,7 +101,11 @@ impl Cluster for ClusterCli {
     async fn wipe(&self) -> Result<CommandOutput> {
         Ok(self
             .programs
-            .run(&CommandSpec::new(&self.crio, self.timeout).args(["wipe", "-f"]))
+            .run(
+                &CommandSpec::new(&self.crio, self.timeout)
+                    .tool(Tool::CrioWipe)
+                    .args(["wipe", "-f"]),
+            )
             .await?)
     }
 
@@ -166,6 +171,7 @@ impl Cluster for ClusterCli {
         timeout: Duration,
     ) -> Result<CommandOutput> {
         let spec = CommandSpec::new(script, timeout)
+            .tool(Tool::ClusterScript)
             .args(args.iter().copied())
             .env("KUBECONFIG", &self.kubeconfig.display().to_string());
         Ok(self.programs.run(&spec).await?)
