@@ -1452,3 +1452,34 @@ async fn a_tool_whose_caller_goes_away_is_stopped() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hostname: systemd-hostnamed, else uname()
+// ---------------------------------------------------------------------------------------------
+
+use recoveryd::host::hostname::{Hostname, Hostnamed};
+
+#[tokio::test]
+async fn the_hostname_is_the_hosts_live_one_from_hostnamed_else_unames() {
+    let bus = TestBus::start(&[]);
+    let fake = start_fake(&bus, "fake-systemd", &["--hostnamed"]);
+    let mut state = fake.read_state();
+    state["hostname"] = json!("node-renamed-by-dhcp");
+    fake.write_state(&state);
+    let names = Hostnamed::new(system_bus(&bus));
+    assert_eq!(names.hostname().await.unwrap(), "node-renamed-by-dhcp");
+    // Changed after the daemon started: still the live one.
+    state["hostname"] = json!("node-042");
+    fake.write_state(&state);
+    assert_eq!(names.hostname().await.unwrap(), "node-042");
+
+    // No hostnamed on the bus: this process's uname().
+    let bus = TestBus::start(&[]);
+    let _fake = start_fake(&bus, "fake-systemd", &[]);
+    let uname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let names = Hostnamed::new(system_bus(&bus));
+    assert_eq!(names.hostname().await.unwrap(), uname);
+}

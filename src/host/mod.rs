@@ -10,6 +10,7 @@
 pub mod bus;
 pub(crate) mod cluster;
 pub mod command;
+pub mod hostname;
 pub mod ostree;
 pub mod power;
 pub mod rpmostree;
@@ -32,6 +33,7 @@ pub(crate) struct Host {
     pub ostree: Arc<dyn ostree::Ostree>,
     pub selinux: Arc<dyn selinux::Enforcement>,
     pub cluster: Arc<dyn cluster::Cluster>,
+    pub hostname: Arc<dyn hostname::Hostname>,
 }
 
 impl Host {
@@ -46,7 +48,13 @@ impl Host {
             Arc::new(command::Runner)
         };
         let h = &config.host;
+        let hostname: Arc<dyn hostname::Hostname> = if h.systemd {
+            Arc::new(hostname::Hostnamed::new(bus.clone()))
+        } else {
+            Arc::new(hostname::Uname)
+        };
         Host {
+            hostname,
             units: Arc::new(systemd::DbusUnits::new(bus.clone(), h.job_timeout)),
             power: Arc::new(power::DbusPower::new(bus.clone())),
             rpm_ostree: Arc::new(rpmostree::DbusRpmOstree::new(bus, h.transaction_timeout)),

@@ -109,7 +109,7 @@ impl Step for CheckIdentity {
         let id = &g.info.identity;
         let mut mismatches = Vec::new();
         let mut checked = Vec::new();
-        let node_name = self.0.node_name();
+        let node_name = self.0.node_name().await;
         if let Some(h) = &id.hostname {
             checked.push("hostname");
             if *h != node_name {

@@ -365,7 +365,7 @@ impl Step for RedeployOperators {
     }
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let r = &self.0.config.recovery;
-        let node = self.0.node_name();
+        let node = self.0.node_name().await;
         let mut report = Vec::new();
         for op in &r.operators {
             let done_key = redeployed(op);

@@ -56,15 +56,20 @@ impl PlanContext {
             .filter(|s| !s.is_empty())
     }
 
-    /// The node's name as the cluster knows it: its hostname. A backup records it and a
-    /// recovery compares it, so both read it here.
-    pub(crate) fn node_name(&self) -> String {
-        self.host_file("/etc/hostname").unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        })
+    /// The node's name as the cluster knows it: its hostname (`/etc/hostname`, else the host's
+    /// kernel hostname, asked of the host since the daemon's own may be stale). A backup records
+    /// it and a recovery compares it, so both read it here.
+    pub(crate) async fn node_name(&self) -> String {
+        if let Some(name) = self.host_file("/etc/hostname") {
+            return name;
+        }
+        match self.host.hostname.hostname().await {
+            Ok(name) => name,
+            Err(e) => {
+                tracing::warn!("reading the hostname: {e:#}");
+                String::new()
+            }
+        }
     }
 
     /// Add to what the run records of the node's identity (the commit step puts it in the
@@ -75,10 +80,10 @@ impl PlanContext {
         cx.set(&IDENTITY, &Json(identity))
     }
 
-    /// Who the node is, as a generation records it.
-    pub(crate) fn identity(&self) -> Identity {
+    /// Who the node is, as a generation records it (`hostname` from [`Self::node_name`]).
+    pub(crate) fn identity(&self, hostname: String) -> Identity {
         Identity {
-            hostname: Some(self.node_name()),
+            hostname: Some(hostname),
             machine_id: self.host_file("/etc/machine-id"),
             recoveryd: Some(super::deployment::recoveryd_identity()),
             ..Default::default()

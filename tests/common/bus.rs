@@ -16,9 +16,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Names the real services' own policy files (`/usr/share/dbus-1/system.d/*.conf`) let root own
 /// and call. Our fakes stand in for those services.
-const SERVICE_NAMES: [&str; 3] = [
+const SERVICE_NAMES: [&str; 4] = [
     "org.freedesktop.systemd1",
     "org.freedesktop.login1",
+    "org.freedesktop.hostname1",
     "org.projectatomic.rpmostree1",
 ];
 

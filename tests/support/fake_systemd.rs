@@ -3,7 +3,10 @@
 //! D-Bus API (org.freedesktop.systemd1(5), org.freedesktop.login1(5)): member names, signatures,
 //! error names, job/JobRemoved semantics and inhibitor locks. Built by `cargo test` as the example `fake-systemd`.
 //!
-//! Usage: `fake-systemd --state FILE --log FILE [--no-logind]`
+//! Usage: `fake-systemd --state FILE --log FILE [--no-logind] [--hostnamed]`
+//!
+//! With `--hostnamed` it also owns `org.freedesktop.hostname1`, whose `Hostname` property is the
+//! state's `hostname` (the live kernel hostname, as systemd-hostnamed reports it).
 //!
 //! The state file (JSON) is the fake's whole model. It is re-read before every call and written
 //! back (atomically) whenever a unit changes, so a test can both inject faults and observe units:
@@ -79,6 +82,9 @@ struct Args {
     /// Do not own `org.freedesktop.login1` (a host without logind).
     #[arg(long)]
     no_logind: bool,
+    /// Also own `org.freedesktop.hostname1`.
+    #[arg(long)]
+    hostnamed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1265,6 +1271,27 @@ impl Unit {
 }
 
 // ---------------------------------------------------------------------------------------------
+// org.freedesktop.hostname1
+// ---------------------------------------------------------------------------------------------
+
+struct Hostnamed(Arc<Fake>);
+
+#[interface(name = "org.freedesktop.hostname1")]
+impl Hostnamed {
+    #[zbus(property)]
+    fn hostname(&self) -> String {
+        self.0
+            .state
+            .load()
+            .extra
+            .get("hostname")
+            .and_then(|h| h.as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // org.freedesktop.login1.Manager
 // ---------------------------------------------------------------------------------------------
 
@@ -1600,6 +1627,11 @@ async fn main() -> anyhow::Result<()> {
             fake: fake.clone(),
         };
         builder = builder.serve_at(unit_path(name), unit);
+    }
+    if args.hostnamed {
+        builder = builder
+            .serve_at("/org/freedesktop/hostname1", Hostnamed(fake.clone()))
+            .name("org.freedesktop.hostname1");
     }
     if !args.no_logind {
         builder = builder

@@ -33,11 +33,12 @@ impl Step for Commit {
     async fn run(&self, cx: &StepContext) -> Result<Outcome> {
         let p = self.0.clone();
         let cx = cx.clone();
-        blocking(move || commit(&p, &cx)).await
+        let hostname = p.node_name().await;
+        blocking(move || commit(&p, &cx, hostname)).await
     }
 }
 
-fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome> {
     let id = generation_id(cx)?;
     if let Ok(g) = p.store.open(&id) {
         record(cx, &g.info)?;
@@ -100,7 +101,7 @@ fn commit(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         std::fs::remove_file(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;
     }
-    let mut identity = p.identity();
+    let mut identity = p.identity(hostname);
     if let Some(Json(recorded)) = cx.get(&IDENTITY)? {
         identity = identity.merged(recorded);
     }
