@@ -1422,3 +1422,96 @@ fn the_ignition_check_refuses_what_ignition_refuses() {
         );
     }
 }
+
+/// What `systemd-analyze security` may find at most in each shipped unit (lower is safer).
+const EXPOSURE_LIMITS: [(&str, f64); 3] = [
+    ("recoveryd.service", 5.0),
+    ("recoveryd-resume.service", 6.0),
+    ("recoveryd-resume-offline.service", 6.0),
+];
+
+/// `systemd-analyze security --offline=true` of each unit stays within its limit, and every
+/// exposure it still reports is named in a comment of the unit (the capabilities by the
+/// comment above `CapabilityBoundingSet=`).
+#[test]
+fn units_are_hardened_within_their_exposure_limits() {
+    for (unit, limit) in EXPOSURE_LIMITS {
+        let path = root().join("systemd").join(unit);
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian package systemd)");
+        let report = text(&out.stdout) + &text(&out.stderr);
+        let overall = report
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .unwrap_or_else(|| panic!("no overall exposure for {unit}:\n{report}"));
+        let level: f64 = overall
+            .split(':')
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read {overall:?}"));
+        assert!(
+            level <= limit,
+            "{unit}: exposure {level} above {limit}:\n{report}"
+        );
+        let source = std::fs::read_to_string(&path).unwrap();
+        let comments: String = source
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut unexplained = Vec::new();
+        for line in report.lines().filter(|l| l.starts_with('✗')) {
+            let setting = line
+                .trim_start_matches('✗')
+                .split_whitespace()
+                .next()
+                .unwrap();
+            if setting.starts_with("CapabilityBoundingSet=") {
+                if !source.contains("\nCapabilityBoundingSet=") {
+                    unexplained.push(setting.to_string());
+                }
+                continue;
+            }
+            // `User=/DynamicUser=` -> `User=`; `SystemCallFilter=~@resources` -> `@resources`;
+            // `RestrictAddressFamilies=~AF_UNIX` is explained with the families set.
+            let key = match setting.split_once("=~") {
+                Some((_, v)) if v.starts_with('@') => v.to_string(),
+                Some((k, _)) => format!("{k}="),
+                None => setting.split('/').next().unwrap().to_string(),
+            };
+            let key = if key.ends_with('=') { key } else { key.clone() };
+            if !comments.contains(&key) && !source.contains(&format!("\n{key}")) {
+                unexplained.push(format!("{setting} ({key})"));
+            }
+        }
+        assert!(
+            unexplained.is_empty(),
+            "{unit}: exposures no comment of the unit explains: {unexplained:?}\n{report}"
+        );
+    }
+}
+
+/// `recoveryd-resume-offline.service` does the daemon's work in its own process: its sandbox is
+/// the daemon's, line for line.
+#[test]
+fn the_offline_resume_has_the_daemons_sandbox() {
+    let sandbox = |unit: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(root().join("systemd").join(unit)).unwrap();
+        let start = text
+            .find("\nProtectSystem=")
+            .unwrap_or_else(|| panic!("{unit} has no ProtectSystem="));
+        text[start..]
+            .lines()
+            .take_while(|l| !l.starts_with('['))
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .map(str::to_string)
+            .collect()
+    };
+    let daemon = sandbox("recoveryd.service");
+    assert!(daemon.len() > 20, "{daemon:?}");
+    assert_eq!(daemon, sandbox("recoveryd-resume-offline.service"));
+}

@@ -959,3 +959,31 @@ fn the_metrics_textfile_follows_every_run() {
         t
     );
 }
+
+#[test]
+#[ignore = "needs root: bind-mounts a tree read-only (tests/run.sh runs it)"]
+fn a_backup_of_a_tree_a_recovery_could_not_write_back_is_refused() {
+    require_root();
+    let node = node("");
+    // /usr/local made read-only, as ProtectSystem=strict leaves a path missing from the unit's
+    // ReadWritePaths=.
+    let local = node.root().join("usr/local");
+    std::fs::create_dir_all(&local).unwrap();
+    sh(&format!(
+        "mount --bind {l} {l} && mount -o remount,bind,ro {l}",
+        l = local.display()
+    ));
+    let _u = Unmount(local.clone());
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("/usr/local read-only for recoveryd")
+            && err.contains("ReadWritePaths=")
+            && !err.contains("/etc,"),
+        "{err}"
+    );
+    assert!(generation_dirs(&state(&node)).is_empty());
+    drop(_u);
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

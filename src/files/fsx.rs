@@ -394,6 +394,23 @@ pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Whether `path` (or, if it does not exist yet, its nearest existing ancestor) is on a mount
+/// this process cannot write: a read-only file system, or outside the `ReadWritePaths=` of a
+/// `ProtectSystem=strict` unit.
+pub(crate) fn on_read_only_mount(path: &Path) -> io::Result<bool> {
+    let mut p = path;
+    loop {
+        match rustix::fs::statvfs(p) {
+            Ok(st) => return Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)),
+            Err(rustix::io::Errno::NOENT) => match p.parent() {
+                Some(parent) => p = parent,
+                None => return Ok(false),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The file system id of a path (`st_dev`).
 pub(crate) fn dev_of(path: &Path) -> io::Result<u64> {
     Ok(rustix::fs::stat(path)?.st_dev)

@@ -6,9 +6,9 @@
 //!
 //! The unit is named after the run and step that called it,
 //! `recoveryd-tool-<tool>-run<run>-<step>-p<pid>n<seq>.service`, and carries `RECOVERY_RUN=`
-//! and `RECOVERY_STEP=` in its journal entries. It is bound (`BindsTo=`) to the unit recoveryd
-//! itself runs in, so a tool does not outlive a daemon that was stopped or died; a step that is
-//! abandoned (timeout, cancel) stops its tool's unit.
+//! and `RECOVERY_STEP=` in its journal entries. It is bound (`BindsTo=`, `Before=`) to the unit
+//! recoveryd itself runs in, so a tool does not outlive a daemon that was stopped or died; a step
+//! that is abandoned (timeout, cancel) stops its tool's unit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -350,7 +350,12 @@ fn properties<'a>(
         p.push(("LogExtraFields", Value::from(fields)));
     }
     if let Some(unit) = bound_to {
+        // Stopped when the daemon's unit stops, but after it (stop order is the reverse of
+        // Before=): the step in progress gets the daemon's stop grace to finish, as when the
+        // tools were its children under KillMode=mixed. Before= never makes this start wait
+        // for the daemon's own start job.
         p.push(("BindsTo", Value::from(vec![unit.to_string()])));
+        p.push(("Before", Value::from(vec![unit.to_string()])));
     }
     p.extend(sandbox_properties(&sandbox));
     p

@@ -192,6 +192,13 @@ prepare_node() {
   systemctl --root="$ROOT" enable kubelet.service crio.service >/dev/null 2>&1
   mkdir -p "$ROOT/opt/fake-cluster/bin" "$ROOT/opt/fake-cluster/state"
   cp "$PROJECT"/tests/support/cluster-bin/* "$ROOT/opt/fake-cluster/bin/"
+  # The cluster tools run in transient units with their own sandboxes (crictl and oc cannot
+  # write outside their private /tmp); the fakes keep their call log and state in
+  # /opt/fake-cluster, which a prefix drop-in for every tool unit opens, the way an operator
+  # would widen a tool's sandbox.
+  mkdir -p "$ROOT/etc/systemd/system/recoveryd-tool-.service.d"
+  printf '[Service]\nReadWritePaths=/opt/fake-cluster\n' \
+    > "$ROOT/etc/systemd/system/recoveryd-tool-.service.d/50-fake-cluster.conf"
   # A real etcd (Debian's etcd-server, its own unit): the stand-ins of cluster-backup.sh and
   # cluster-restore.sh snapshot and restore it, as the real scripts do on a single node.
   cat > "$ROOT/opt/fake-cluster/etcd.env" <<'ENV'
@@ -208,14 +215,14 @@ ENV
   build_sysroot
   rpm_state "$OLD" "$NEW" "$OLD"
   # What the backup holds: configuration, a secret, a tool, kubelet state, a machine-config file.
-  mkdir -p "$ROOT/etc/e2e" "$ROOT/usr/local/bin" "$ROOT/var/lib/kubelet/pods/p1" "$ROOT/usr/lib/mco" "$ROOT/etc/machine-config-daemon"
+  mkdir -p "$ROOT/etc/e2e" "$ROOT/usr/local/bin" "$ROOT/var/lib/kubelet/pods/p1" "$ROOT/opt/mco" "$ROOT/etc/machine-config-daemon"
   echo "cluster-name: edge-042" > "$ROOT/etc/e2e/cluster.conf"
   echo "s3cr3t" > "$ROOT/etc/e2e/secret"; chmod 600 "$ROOT/etc/e2e/secret"
   printf '#!/bin/sh\necho tool 1\n' > "$ROOT/usr/local/bin/tool"; chmod 755 "$ROOT/usr/local/bin/tool"
   echo "kind: KubeletConfiguration" > "$ROOT/var/lib/kubelet/config.yaml"
   echo "pod state" > "$ROOT/var/lib/kubelet/pods/p1/data"
-  echo "extra=1" > "$ROOT/usr/lib/mco/extra.conf"
-  echo '{"spec":{"config":{"storage":{"files":[{"path":"/usr/lib/mco/extra.conf"},{"path":"/etc/e2e/cluster.conf"}]}}}}' \
+  echo "extra=1" > "$ROOT/opt/mco/extra.conf"
+  echo '{"spec":{"config":{"storage":{"files":[{"path":"/opt/mco/extra.conf"},{"path":"/etc/e2e/cluster.conf"}]}}}}' \
     > "$ROOT/etc/machine-config-daemon/currentconfig"
 }
 
@@ -346,7 +353,7 @@ backup_like_the_job() {
     mkdir -p "$WORK/reference/$t"
     rsync -aAXH --numeric-ids "$ROOT/$t/" "$WORK/reference/$t/"
   done
-  cp -a "$ROOT/usr/lib/mco/extra.conf" "$WORK/reference/extra.conf"
+  cp -a "$ROOT/opt/mco/extra.conf" "$WORK/reference/extra.conf"
 }
 
 break_the_node() {
@@ -364,7 +371,7 @@ break_the_node() {
   echo "new tool" > "$ROOT/usr/local/bin/new-tool"
   echo "kind: Broken" > "$ROOT/var/lib/kubelet/config.yaml"
   rm -r "$ROOT/var/lib/kubelet/pods/p1"
-  echo "extra=2" > "$ROOT/usr/lib/mco/extra.conf"
+  echo "extra=2" > "$ROOT/opt/mco/extra.conf"
   etcdctl_in_node put /e2e/cluster broken >/dev/null
   etcdctl_in_node del /e2e/deleted-by-upgrade >/dev/null
   etcdctl_in_node put /e2e/added-by-upgrade leftover >/dev/null
@@ -388,7 +395,7 @@ check_trees() {
       --exclude=/kubernetes/manifests --exclude=/systemd/system/multi-user.target.wants/ \
       "$WORK/reference/$t/" "$ROOT/$t/") || fail "rsync could not compare $t"
   done
-  cmp -s "$WORK/reference/extra.conf" "$ROOT/usr/lib/mco/extra.conf" || diffs+=$'\nextra.conf differs'
+  cmp -s "$WORK/reference/extra.conf" "$ROOT/opt/mco/extra.conf" || diffs+=$'\nextra.conf differs'
   [ -z "$diffs" ] || fail "the trees differ from the backup:
 $diffs"
   detail "/etc, /usr/local, /var/lib/kubelet and the machine-config file equal the backup (rsync -naAXHc: no difference)"
@@ -495,6 +502,57 @@ check_selinux() {
   detail "SELinux was permissive during the restores and is enforcing again"
 }
 
+# Every cluster tool call ran in a transient unit of its own, named after tool, run and step:
+# systemd's own journal entries about each unit (UNIT=) name them.
+check_tool_units() {
+  local units calls
+  units=$(in_node journalctl --no-pager -F UNIT | grep '^recoveryd-tool-' | sort -u || true)
+  for want in cluster-run1-cluster-backup crictl-run2-remove-pods crio-run2-wipe-crio \
+      cluster-run2-cluster-restore oc-run2-redeploy-operators crictl-run2-wait-containers; do
+    grep -q "^recoveryd-tool-$want-p[0-9]*n[0-9]*\.service$" <<<"$units" \
+      || fail "no transient unit recoveryd-tool-$want-* in the node's journal; units: $(echo $units)"
+  done
+  calls=$(grep -cE '^(crictl|crio|oc|cluster-backup\.sh|cluster-restore\.sh) ' "$ROOT/opt/fake-cluster/calls.log")
+  [ "$(grep -vc '^recoveryd-tool-ostree-' <<<"$units")" -ge "$calls" ] \
+    || fail "$calls cluster tool calls but only these units: $(echo $units)"
+  detail "$calls cluster tool calls, each in its own transient unit, e.g. $(grep -m1 wipe-crio <<<"$units")"
+  local t
+  t=$(in_node systemctl show -p ProtectSystem,PrivateNetwork,CapabilityBoundingSet recoveryd.service | tr '\n' ' ')
+  case "$t" in *ProtectSystem=strict*) ;; *) fail "recoveryd.service is not hardened: $t" ;; esac
+  case "$t" in *PrivateNetwork=yes*) ;; *) fail "recoveryd.service is not hardened: $t" ;; esac
+}
+
+# A tool that never answers: its unit reaches RuntimeMaxSec=, systemd kills the whole unit
+# (the child it left too), and the step fails saying so.
+check_tool_timeout() {
+  mkdir -p "$ROOT/etc/recoveryd/config.d"
+  printf '[host]\ncommand_timeout = "3s"\n' > "$ROOT/etc/recoveryd/config.d/60-timeout.toml"
+  touch "$ROOT/opt/fake-cluster/state/hang-ps"
+  # A containers-storage, so that the backup's first step asks crictl which images are in use.
+  local fresh_storage=0
+  if [ ! -e "$ROOT/var/lib/containers/storage/vfs-images/images.json" ]; then
+    mkdir -p "$ROOT/var/lib/containers/storage/vfs-images"
+    echo '[]' > "$ROOT/var/lib/containers/storage/vfs-images/images.json"
+    fresh_storage=1
+  fi
+  in_node systemctl restart recoveryd.service
+  local out rc=0
+  out=$(in_node recoveryctl backup --wait 2>&1) || rc=$?
+  rm -f "$ROOT/opt/fake-cluster/state/hang-ps" "$ROOT/etc/recoveryd/config.d/60-timeout.toml"
+  [ "$fresh_storage" = 0 ] || rm -rf "$ROOT/var/lib/containers/storage"
+  [ "$rc" != 0 ] || fail "a backup whose crictl hangs succeeded: $out"
+  case "$out" in *"no result after 3s"*recoveryd-tool-crictl-run*-select-images-*) ;;
+    *) fail "the step did not report the tool's timeout and unit: $out" ;; esac
+  local pid unit result
+  pid=$(cat "$ROOT/opt/fake-cluster/state/hang-ps.pid")
+  if in_node test -d "/proc/$pid"; then fail "the hung tool's child $pid still runs"; fi
+  unit=$(in_node journalctl --no-pager -F UNIT | grep -m1 '^recoveryd-tool-crictl-run[0-9]*-select-images-' || true)
+  result=$(in_node journalctl --no-pager UNIT="$unit" -o cat | grep -c "timeout" || true)
+  [ "$result" -ge 1 ] || fail "systemd did not record a timeout of $unit"
+  detail "crictl hung: $unit hit RuntimeMaxSec=3s, its child is gone; $(grep -o 'step select-images[^;]*' <<<"$out" | head -1)"
+  in_node systemctl restart recoveryd.service
+}
+
 install_failpoint() {
   local fp=$1
   for u in recoveryd.service recoveryd-resume.service recoveryd-resume-offline.service; do
@@ -546,6 +604,9 @@ cycle)
   check_calls
   check_etcd
   check_selinux
+  check_tool_units
+  say "A cluster tool that hangs is stopped with its whole unit, and the step says so"
+  check_tool_timeout
   ;;
 kill-mid-restore)
   install_failpoint "restore-etc:during@3"

@@ -927,6 +927,7 @@ const TRANSIENT_PROPERTIES: &[&str] = &[
     "SystemCallArchitectures",
     "LogExtraFields",
     "BindsTo",
+    "Before",
     "PrivateNetwork",
     "RestrictAddressFamilies",
     "ProtectSystem",

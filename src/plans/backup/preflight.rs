@@ -1,9 +1,9 @@
 //! Refuse a backup early, before anything changes, when it cannot succeed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 
 use crate::engine::{Outcome, PreviewContext, Step, StepContext};
@@ -59,6 +59,31 @@ impl Step for Preflight {
     }
 }
 
+/// A backup of a tree a recovery could not write back is refused now, not found out during a
+/// recovery: under `ProtectSystem=strict` only the unit's `ReadWritePaths=` are writable.
+fn refuse_unrestorable(p: &PlanContext, trees: &[PathBuf], extras: &[PathBuf]) -> Result<()> {
+    let mut read_only = Vec::new();
+    for path in trees.iter().chain(extras) {
+        let host = p.config.host_path(path);
+        if fsx::on_read_only_mount(&host)
+            .with_context(|| format!("checking whether {} is writable", host.display()))?
+        {
+            read_only.push(path.display().to_string());
+        }
+    }
+    if !read_only.is_empty() {
+        bail!(
+            "{} read-only for recoveryd, so a recovery could not restore {}: its unit writes only \
+             the paths in ReadWritePaths= (systemd/recoveryd.service); add them with a drop-in \
+             for recoveryd.service and recoveryd-resume-offline.service, or leave them out of \
+             [backup] paths",
+            read_only.join(", "),
+            if read_only.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
 fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     if let Some(r) = cx.journal.open_run(RunKind::Recovery)? {
         bail!(
@@ -104,6 +129,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     // The images select-images chose count like any other file (unchanged layers are shared
     // with the previous generation, as unchanged files are).
     let (trees, extras, _) = p.backup_sources(cx)?;
+    refuse_unrestorable(p, &trees, &extras)?;
     let checkpoint = || cx.checkpoint();
     let scan = Walker {
         root: &p.config.root,
