@@ -18,28 +18,62 @@ impl fmt::Debug for ByteText {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Repr {
-    Text(String),
-    Hex { hex: String },
+#[derive(Serialize)]
+struct Hex<'a> {
+    hex: &'a str,
 }
 
 impl Serialize for ByteText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(t) => s.serialize_str(t),
-            Err(_) => Repr::Hex { hex: hex(&self.0) }.serialize(s),
+            Err(_) => Hex { hex: &hex(&self.0) }.serialize(s),
         }
+    }
+}
+
+/// A string, or a map with the one key `hex`. Written as a visitor rather than an untagged
+/// enum: serde buffers every untagged value in an intermediate tree before it tries the
+/// variants, and every path, link and xattr of a manifest is one (it was most of the time of
+/// reading a manifest).
+struct ByteTextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ByteTextVisitor {
+    type Value = ByteText;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"a string or {"hex": "<hex digits>"}"#)
+    }
+
+    fn visit_str<E: Error>(self, v: &str) -> Result<ByteText, E> {
+        Ok(ByteText(v.as_bytes().to_vec()))
+    }
+
+    fn visit_string<E: Error>(self, v: String) -> Result<ByteText, E> {
+        Ok(ByteText(v.into_bytes()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ByteText, A::Error> {
+        let mut found: Option<Vec<u8>> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "hex" {
+                return Err(A::Error::unknown_field(&key, &["hex"]));
+            }
+            if found.is_some() {
+                return Err(A::Error::duplicate_field("hex"));
+            }
+            let digits: std::borrow::Cow<'de, str> = map.next_value()?;
+            found = Some(unhex(&digits).map_err(A::Error::custom)?);
+        }
+        found
+            .map(ByteText)
+            .ok_or_else(|| A::Error::missing_field("hex"))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Repr::deserialize(d)? {
-            Repr::Text(t) => Ok(ByteText(t.into_bytes())),
-            Repr::Hex { hex } => unhex(&hex).map(ByteText).map_err(D::Error::custom),
-        }
+        d.deserialize_any(ByteTextVisitor)
     }
 }
 
@@ -77,6 +111,9 @@ mod hex_input {
             r#"{"hex":"é0"}"#,
             r#"{"hex":"0g"}"#,
             r#"{"hex":"abc"}"#,
+            r#"{"hex":"ab","x":1}"#,
+            r#"{}"#,
+            r#"12"#,
         ] {
             assert!(serde_json::from_str::<ByteText>(bad).is_err(), "{bad}");
         }

@@ -59,11 +59,24 @@ pub(crate) struct Artifact {
     pub hash: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// One line after the header.
 enum Line {
     Artifact(Artifact),
     Entry(Box<Entry>),
+}
+
+impl Line {
+    /// An entry, or else an artifact; the entry's error when it is neither. Not an untagged
+    /// enum for reading: serde would buffer every line in an intermediate tree first, and
+    /// entries are nearly every line.
+    fn parse(line: &str) -> Result<Line, serde_json::Error> {
+        match serde_json::from_str::<Entry>(line) {
+            Ok(e) => Ok(Line::Entry(Box::new(e))),
+            Err(entry_error) => serde_json::from_str::<Artifact>(line)
+                .map(Line::Artifact)
+                .map_err(|_| entry_error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,9 +218,7 @@ impl Manifest {
         let mut m = Manifest::new(header);
         for (i, line) in lines.enumerate() {
             let line = line.map_err(|e| parse_err(i + 2, e.to_string()))?;
-            match serde_json::from_str::<Line>(&line)
-                .map_err(|e| parse_err(i + 2, e.to_string()))?
-            {
+            match Line::parse(&line).map_err(|e| parse_err(i + 2, e.to_string()))? {
                 Line::Entry(e) => m.entries.push(*e),
                 Line::Artifact(a) => m.artifacts.push(a),
             }
