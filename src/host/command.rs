@@ -166,6 +166,30 @@ pub enum CommandError {
     },
 }
 
+impl CommandError {
+    /// A program that ran and failed: its status and the tails of what it wrote.
+    pub(super) fn failed(
+        command: String,
+        status: String,
+        attempt: u32,
+        out: &[u8],
+        err: &[u8],
+    ) -> CommandError {
+        let stdout = tail_of(out);
+        CommandError::Failed {
+            command,
+            status,
+            attempt,
+            stderr: tail_of(err),
+            stdout: if stdout.is_empty() {
+                String::new()
+            } else {
+                format!("; stdout: {stdout}")
+            },
+        }
+    }
+}
+
 /// Runs external programs. A trait so that plans can be tested with a recording runner.
 #[async_trait]
 pub trait Programs: Send + Sync {
@@ -258,18 +282,13 @@ impl Runner {
         let out = out_task.await.unwrap_or_default();
         let err = err_task.await.unwrap_or_default();
         if !status.success() {
-            let stdout = tail_of(&out);
-            return Err(CommandError::Failed {
+            return Err(CommandError::failed(
                 command,
-                status: status.to_string(),
+                status.to_string(),
                 attempt,
-                stderr: tail_of(&err),
-                stdout: if stdout.is_empty() {
-                    String::new()
-                } else {
-                    format!("; stdout: {stdout}")
-                },
-            });
+                &out,
+                &err,
+            ));
         }
         Ok((out, err))
     }

@@ -192,20 +192,13 @@ impl TransientUnits {
                 attempt,
                 stderr: tail_of(&err),
             }),
-            _ => {
-                let stdout = tail_of(&out);
-                Err(CommandError::Failed {
-                    command,
-                    status: describe_status(&ended),
-                    attempt,
-                    stderr: tail_of(&err),
-                    stdout: if stdout.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; stdout: {stdout}")
-                    },
-                })
-            }
+            _ => Err(CommandError::failed(
+                command,
+                describe_status(&ended),
+                attempt,
+                &out,
+                &err,
+            )),
         }
     }
 }
