@@ -484,13 +484,24 @@ fn unit_references_are_packaged() {
                         .split_whitespace()
                         .next()
                         .unwrap();
-                    // A bare name, which systemd looks up in /usr/local/bin and then /usr/bin:
-                    // the RPM's binary in /usr/bin, or the MachineConfig's in /usr/local/bin.
-                    assert!(
-                        !program.contains('/'),
-                        "{unit}: {program} must be a bare name, to run from /usr/bin or /usr/local/bin"
-                    );
-                    b.file(&format!("/usr/bin/{program}"));
+                    if unit == "recoveryd.service" {
+                        // By absolute path: systemd labels the listening socket from it (a
+                        // bare name leaves the socket init_t, and accept() is denied).
+                        assert_eq!(
+                            program, "/usr/bin/recoveryd",
+                            "{unit}: the socket-activated daemon must be named by its path"
+                        );
+                        b.file(program);
+                    } else {
+                        // A bare name, which systemd looks up in /usr/local/bin and then
+                        // /usr/bin: the RPM's binary in /usr/bin, or the MachineConfig's in
+                        // /usr/local/bin.
+                        assert!(
+                            !program.contains('/'),
+                            "{unit}: {program} must be a bare name, to run from /usr/bin or /usr/local/bin"
+                        );
+                        b.file(&format!("/usr/bin/{program}"));
+                    }
                     execs += 1;
                 }
                 "Service" | "Sockets" | "OnFailure" => {
@@ -1312,6 +1323,18 @@ fn the_rhcos_machine_config_installs_the_shipped_files_byte_for_byte() {
             u["contents"].as_str().unwrap().as_bytes() == read(source),
             "{name} differs from {source}"
         );
+        let dropins = u["dropins"].as_array().cloned().unwrap_or_default();
+        if name == "recoveryd.service" {
+            // The binary is in /usr/local/bin here, and the unit names /usr/bin/recoveryd.
+            assert_eq!(dropins.len(), 1, "{name}: {dropins:?}");
+            let c = dropins[0]["contents"].as_str().unwrap();
+            assert!(
+                c.contains("[Service]\nExecStart=\nExecStart=/usr/local/bin/recoveryd\n"),
+                "{c}"
+            );
+        } else {
+            assert!(dropins.is_empty(), "{name}: {dropins:?}");
+        }
         let enabled = u["enabled"].as_bool().unwrap_or(false);
         let by_preset = preset.lines().any(|l| l.trim() == format!("enable {name}"));
         let installer = source.starts_with("deploy/rhcos/");

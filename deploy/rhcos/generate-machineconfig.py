@@ -12,9 +12,10 @@ Why the binaries are not in the MachineConfig: they are ~12 MiB each, static and
 merges into every rendered config of the pool. So the MachineConfig carries the units, the
 D-Bus files, the configuration and the SELinux module (~60 KiB in all), and a oneshot unit,
 recoveryd-install.service, copies the static binaries out of an image pinned by digest into
-/usr/local/bin (deploy/image/Containerfile, stage "binaries"). The units run `recoveryd` and
-`recoveryctl` by bare name, which systemd looks up in /usr/local/bin before /usr/bin, and
-selinux/recoveryd.fc labels both places.
+/usr/local/bin (deploy/image/Containerfile, stage "binaries"). The units run `recoveryctl` by
+bare name, which systemd looks up in /usr/local/bin before /usr/bin; recoveryd.service names
+/usr/bin/recoveryd (systemd labels the socket from that path), which a drop-in here points at
+/usr/local/bin/recoveryd. selinux/recoveryd.fc labels both places.
 
 Ignition spec 3.2.0: the oldest the MCO of every supported release (OpenShift >= 4.13, see
 docs/openshift.md) reads, and all of this needs (files with data URLs, units with contents).
@@ -59,6 +60,19 @@ UNITS = [
 ]
 
 
+# The daemon's unit names the RPM's /usr/bin/recoveryd by absolute path (the socket's SELinux
+# label is computed from it); here the binary is in /usr/local/bin.
+DROPINS = {
+    "recoveryd.service": [
+        (
+            "10-usr-local.conf",
+            "# recoveryd from /usr/local/bin, where recoveryd-install.service puts it.\n"
+            "[Service]\nExecStart=\nExecStart=/usr/local/bin/recoveryd\n",
+        )
+    ],
+}
+
+
 def read(rel):
     with open(os.path.join(ROOT, rel), "rb") as f:
         return f.read()
@@ -100,6 +114,8 @@ def machine_config(role, image):
     units = []
     for name, source in UNITS:
         unit = {"name": name, "contents": read(source).decode()}
+        if name in DROPINS:
+            unit["dropins"] = [{"name": n, "contents": c} for n, c in DROPINS[name]]
         if name in enabled:
             unit["enabled"] = True
         units.append(unit)
