@@ -86,7 +86,7 @@ impl Cluster for ClusterCli {
 
     /// `crictl rmp -fa`: remove every pod.
     async fn remove_pods(&self) -> Result<CommandOutput> {
-        Ok(self
+        let out = self
             .programs
             .run(
                 &self
@@ -94,19 +94,21 @@ impl Cluster for ClusterCli {
                     .args(["rmp", "-fa"])
                     .retries(2, Duration::from_secs(5)),
             )
-            .await?)
+            .await?;
+        flushed(out).await
     }
 
     /// `crio wipe -f`: remove CRI-O's containers and images (crio must be stopped).
     async fn wipe(&self) -> Result<CommandOutput> {
-        Ok(self
+        let out = self
             .programs
             .run(
                 &CommandSpec::new(&self.crio, self.timeout)
                     .tool(Tool::CrioWipe)
                     .args(["wipe", "-f"]),
             )
-            .await?)
+            .await?;
+        flushed(out).await
     }
 
     async fn all_containers(&self) -> Result<Vec<Container>> {
@@ -174,6 +176,20 @@ impl Cluster for ClusterCli {
             .tool(Tool::ClusterScript)
             .args(args.iter().copied())
             .env("KUBECONFIG", &self.kubeconfig.display().to_string());
-        Ok(self.programs.run(&spec).await?)
+        let out = self.programs.run(&spec).await?;
+        flushed(out).await
     }
+}
+
+/// What a tool changed on disk, flushed before its step is journaled done. The tools do not
+/// sync (cluster-restore.sh moves etcd's data directory and the static pod manifests with
+/// `mv`): without this, a power cut after the step could lose the change while the journal
+/// says it happened, and the resumed recovery would go on from a cluster that was never
+/// restored (seen in the VM tier: a cut after cluster-restore lost its effect). The tool may
+/// have written anywhere, so every file system is flushed, as sync(1) does.
+async fn flushed(out: CommandOutput) -> Result<CommandOutput> {
+    tokio::task::spawn_blocking(rustix::fs::sync)
+        .await
+        .context("flushing what the tool wrote")?;
+    Ok(out)
 }
