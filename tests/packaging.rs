@@ -586,6 +586,22 @@ fn scriptlets_handle_the_units() {
             .cloned()
             .unwrap_or_else(|| panic!("no {name} scriptlet:\n{scripts}"))
     };
+    // Scriptlets run with /bin/sh, which is dash on some systems: "cmd &> f" there runs cmd in
+    // the background (the module was still loaded after `rpm -e` in the VM tier).
+    let selinux_scripts = text(
+        &run_ok(
+            Command::new("rpm")
+                .args(["-qp", "--scripts"])
+                .arg(b.rpm("recoveryd-selinux")),
+        )
+        .stdout,
+    );
+    for (rpm, s) in [
+        ("recoveryd", &scripts),
+        ("recoveryd-selinux", &selinux_scripts),
+    ] {
+        assert!(!s.contains("&>"), "{rpm}: a bash-only redirection in:\n{s}");
+    }
     let units = [
         "recoveryd.service",
         "recoveryd.socket",

@@ -18,17 +18,39 @@ PACKAGES=(
   podman runc     # building the FROM-scratch images and running the backup Job's image
   busybox-static  # a shell inside the test images (tests/images.rs)
   strace          # counting a restore's system calls (tests/syscalls.rs)
+  xfsprogs e2fsprogs  # the VM tier's disks: the XFS recovery partition, the ext4 root image
 )
+
+# The VM tier (tests/vm) boots qemu guests. qemu-system-x86 must come from the same suite as
+# the installed qemu-utils (these machines ship it from bookworm-backports; bookworm's 7.2
+# would replace it with an older one).
+VM_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
-  echo "setup-host: installing ${missing[*]}"
+vm_missing=()
+for p in "${VM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || vm_missing+=("$p")
+done
+qemu_suite=
+if ((${#vm_missing[@]})) && dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo12'; then
+  qemu_suite=bookworm-backports
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/bookworm-backports.list
+  fi
+fi
+if ((${#missing[@]})) || ((${#vm_missing[@]})); then
+  echo "setup-host: installing ${missing[*]} ${vm_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((${#missing[@]})); then
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ((${#vm_missing[@]})); then
+    apt-get install -y -qq --no-install-recommends ${qemu_suite:+-t "$qemu_suite"} "${vm_missing[@]}" >/dev/null
+  fi
 fi
 
 # policycoreutils (pulled in by selinux-policy-dev) writes /etc/selinux/config with
