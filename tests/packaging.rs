@@ -560,14 +560,17 @@ fn the_preset_enables_every_installable_unit() {
 #[test]
 fn scriptlets_handle_the_units() {
     let b = built();
-    let scripts = text(
-        &run_ok(
-            Command::new("rpm")
-                .args(["-qp", "--scripts"])
-                .arg(b.rpm("recoveryd")),
+    let scripts_of = |rpm: &str| {
+        text(
+            &run_ok(
+                Command::new("rpm")
+                    .args(["-qp", "--scripts"])
+                    .arg(b.rpm(rpm)),
+            )
+            .stdout,
         )
-        .stdout,
-    );
+    };
+    let scripts = scripts_of("recoveryd");
     // `rpm --scripts` prints "<name> scriptlet (using /bin/sh):" before each body.
     let mut sections: BTreeMap<String, String> = BTreeMap::new();
     let mut current = String::new();
@@ -588,14 +591,7 @@ fn scriptlets_handle_the_units() {
     };
     // Scriptlets run with /bin/sh, which is dash on some systems: "cmd &> f" there runs cmd in
     // the background (the module was still loaded after `rpm -e` in the VM tier).
-    let selinux_scripts = text(
-        &run_ok(
-            Command::new("rpm")
-                .args(["-qp", "--scripts"])
-                .arg(b.rpm("recoveryd-selinux")),
-        )
-        .stdout,
-    );
+    let selinux_scripts = scripts_of("recoveryd-selinux");
     for (rpm, s) in [
         ("recoveryd", &scripts),
         ("recoveryd-selinux", &selinux_scripts),

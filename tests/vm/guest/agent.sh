@@ -294,11 +294,10 @@ save_reference() {
 
 break_the_node() {
   step "a failed upgrade: new deployment booted, /etc, /usr/local, /var/lib/kubelet, a machine-config file and etcd changed"
-  local foreign staged
-  foreign=$(deploy_version otheros 9.0)
+  local staged
+  deploy_version otheros 9.0 >/dev/null
   ostree admin pin --sysroot=/sysroot 0 >/dev/null
   staged=$(deploy_version testos 4.17.0)
-  echo "$foreign" > "$STATE/foreign"; echo "$staged" > "$STATE/staged"
   rpm_state "$staged" "$(cat "$STATE/new")" "$(cat "$STATE/new")" "$staged"
   echo "cluster-name: broken" > /etc/e2e/cluster.conf
   rm -f /etc/e2e/secret
@@ -432,7 +431,7 @@ cut_when_stopped() {
 # After a cut during a backup: the journal opens, the previous good generation verifies, and a
 # new backup succeeds.
 after_backup_cut() {
-  local label=$1 runs last
+  local label=$1 last
   step "after the cut '$label': the journal, the previous generation, a new backup"
   wait_etcd
   recoveryctl status > "$OUT/status-after-cut.txt" 2>&1 || fail "recoveryctl status after the cut: $(cat "$OUT/status-after-cut.txt")"
