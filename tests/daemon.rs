@@ -1133,3 +1133,38 @@ fn the_rhcos_installer_takes_the_binaries_from_their_image_by_digest() {
         bin.display()
     );
 }
+
+/// A backup whose process died (power cut, SIGKILL) is closed as failed before the daemon
+/// answers anyone: a status right after a boot never shows it as still running.
+#[test]
+#[ignore = "needs root: the daemon serves only root (tests/run.sh runs it)"]
+fn a_backup_a_crash_left_open_is_failed_before_anyone_is_answered() {
+    let bus = TestBus::start(&[&policy()]);
+    let node = Node::new(HOST_OFF);
+    populate(&node);
+    let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(["--offline", "backup"])
+        .env("RECOVERYD_FAILPOINTS", "copy-files:during@1"));
+    assert_ne!(code, 0, "the failpoint kills the backup: {err}");
+    {
+        let j = recoveryd::journal::Journal::open_existing(&node.journal_path()).unwrap();
+        let r = j.run(1).unwrap().unwrap();
+        assert_eq!(r.state, recoveryd::journal::RunState::Running, "left open");
+    }
+    let d = Daemon::start(&bus, &node, &[]);
+    let log = std::fs::read_to_string(node.dir.path().join("recoveryd.log")).unwrap();
+    let failed = log
+        .find("backup run 1 was interrupted; marking it failed")
+        .unwrap_or_else(|| panic!("{log}"));
+    let serving = log.find("socket API on").unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        failed < serving,
+        "closed before the socket and D-Bus serve: {log}"
+    );
+    let r = socket(&d.socket, b"{\"op\":\"status\"}\n");
+    assert_eq!(r[0]["state"], "idle", "{r:?}");
+    assert_eq!(r[0]["last_backup"]["state"], "failed", "{r:?}");
+    assert_eq!(r[0]["last_backup"]["phase"], "Error", "{r:?}");
+}

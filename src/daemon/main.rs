@@ -96,6 +96,7 @@ async fn run(args: Args, activated: Option<std::os::unix::net::UnixListener>) ->
     let shutdown = CancellationToken::new();
     let config = ops.config.clone();
     let manager = RunManager::new(ops, notifier.clone(), shutdown.clone())?;
+    manager.close_interrupted_backups();
 
     // D-Bus: serve the objects first, then take the name, so that a client never sees the
     // name without the interface.

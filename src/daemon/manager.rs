@@ -171,29 +171,11 @@ impl RunManager {
         })
     }
 
-    /// Resume what a previous daemon left running (a restart, a crash, or a reboot in the
-    /// middle of a recovery), and close a backup a crash left open (backups are taken again,
-    /// not continued), removing what it left in the store. Counts toward the boot-loop breaker.
-    pub(crate) fn resume_interrupted(&self) {
-        if let Ok(Some(r)) = self.ops.journal.open_run(RunKind::Recovery)
-            && matches!(r.state, RunState::Running | RunState::AwaitingReboot)
-        {
-            match self.start(&Request::Resume {
-                boot: true,
-                step: false,
-                wait: false,
-            }) {
-                Ok(Started::Run { run, .. }) => tracing::info!(
-                    recovery_run = run,
-                    "resuming interrupted recovery run {run}"
-                ),
-                Ok(Started::Nothing(_)) => {}
-                Err(e) => tracing::error!("could not resume recovery run {}: {e}", r.id),
-            }
-        }
-        if let Ok(Some(b)) = self.ops.journal.open_run(RunKind::Backup)
-            && self.current().is_none()
-        {
+    /// Close a backup a crash left open (backups are taken again, not continued), removing
+    /// what it left in the store. Called before any client is served, so that nobody sees a
+    /// backup of a dead process as still running; nothing runs yet, so the store is quiet.
+    pub(crate) fn close_interrupted_backups(&self) {
+        if let Ok(Some(b)) = self.ops.journal.open_run(RunKind::Backup) {
             let plans = self.ops.plans.clone();
             match self
                 .slot
@@ -209,6 +191,27 @@ impl RunManager {
                 Err(err) => {
                     tracing::warn!("could not close interrupted backup run {}: {err:#}", b.id)
                 }
+            }
+        }
+    }
+
+    /// Resume a recovery a previous daemon left running (a restart, a crash, or a reboot in
+    /// the middle of it). Counts toward the boot-loop breaker.
+    pub(crate) fn resume_interrupted(&self) {
+        if let Ok(Some(r)) = self.ops.journal.open_run(RunKind::Recovery)
+            && matches!(r.state, RunState::Running | RunState::AwaitingReboot)
+        {
+            match self.start(&Request::Resume {
+                boot: true,
+                step: false,
+                wait: false,
+            }) {
+                Ok(Started::Run { run, .. }) => tracing::info!(
+                    recovery_run = run,
+                    "resuming interrupted recovery run {run}"
+                ),
+                Ok(Started::Nothing(_)) => {}
+                Err(e) => tracing::error!("could not resume recovery run {}: {e}", r.id),
             }
         }
     }
