@@ -64,11 +64,13 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    backoff.succeeded();
                     let m = manager.clone();
                     tokio::spawn(async move {
                         if let Err(e) = client(stream, m).await {
@@ -77,11 +79,48 @@ pub(crate) async fn serve(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!("socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let (pause, log) = backoff.failed();
+                    if log {
+                        tracing::warn!(
+                            "socket accept failed: {e} (retrying, next in {} ms; \
+                             repeated failures are logged with growing pauses)",
+                            pause.as_millis()
+                        );
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }
+    }
+}
+
+/// Pauses between failed `accept()`s (out of descriptors, or a policy that denies it): from
+/// 100 ms doubling to 10 s, and a log line only when the pause grows, so that a failure that
+/// lasts does not fill the journal; a success starts over.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(10);
+
+    /// The pause before the next `accept()`, and whether to log this failure.
+    fn failed(&mut self) -> (Duration, bool) {
+        let doublings = self.failures.min(7);
+        let pause = (Self::FIRST * 2u32.pow(doublings)).min(Self::LONGEST);
+        // Each growing pause, then one line in sixty (every ten minutes).
+        let log = self.failures <= 7 || self.failures.is_multiple_of(60);
+        self.failures = self.failures.saturating_add(1);
+        (pause, log)
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -192,5 +231,27 @@ async fn follow(
         if let Some(outcome) = ev.outcome() {
             return send(stream, &Reply::Finished(outcome)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_to_ten_seconds_and_log_rarely() {
+        let mut b = AcceptBackoff::default();
+        let first: Vec<_> = (0..10).map(|_| b.failed()).collect();
+        let ms: Vec<u128> = first.iter().map(|(p, _)| p.as_millis()).collect();
+        assert_eq!(
+            ms,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+        // An hour of failures at the longest pause: a handful of lines, not 36,000.
+        let logged =
+            first.iter().filter(|(_, l)| *l).count() + (0..360).filter(|_| b.failed().1).count();
+        assert!(logged <= 15, "{logged}");
+        b.succeeded();
+        assert_eq!(b.failed(), (Duration::from_millis(100), true));
     }
 }
