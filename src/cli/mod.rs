@@ -123,7 +123,7 @@ fn client(cli: &Cli, config: &Config) -> Box<dyn Client> {
             config: config.clone(),
         })
     } else if let Some(path) = &cli.socket {
-        Box::new(client::Socket(path.clone()))
+        Box::new(client::Socket::new(path.clone()))
     } else {
         Box::new(client::Dbus)
     }
