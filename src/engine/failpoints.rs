@@ -118,6 +118,12 @@ fn fire(step: &str, point: &str, action: Action) {
         Action::Stop => {
             eprintln!("recoveryd: failpoint {step}:{point} hit, stopping the process");
             let _ = kill_process(getpid(), Signal::STOP);
+            // A SIGSTOP sent to the process is taken by one of its threads (usually the main
+            // one), which then stops the others: this thread, back from kill(2), would run on
+            // until that reaches it, and on a slow machine it journaled the step done before
+            // it stopped (seen under emulation). Sleeping puts it in the kernel at once, where
+            // the group stop catches it; after a SIGCONT it goes on a moment later.
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
 }
