@@ -8,7 +8,8 @@
 #   cycle       backup -> failed upgrade -> recover -> rollback reboot -> resume at boot ->
 #               reboot -> resume to the end, enforcing throughout; trees (labels included),
 #               units, etcd, journal; zero AVC denials for recoveryd_t; then rpm -e
-#   power-cuts  qemu SIGKILLed at 8 points of backups and of a recovery; after each, the next
+#   power-cuts  qemu SIGKILLed at 8 points of backups and of a recovery (by failpoint and by
+#               time, in 9 boots: a cut at a reboot is that reboot); after each, the next
 #               boot must resume or a new backup must succeed; a table of what happened
 #   all         install, then cycle and power-cuts from the installed guest
 #
@@ -75,7 +76,10 @@ accel() {
   if [ -w /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; }; then
     echo "-accel kvm -cpu host"
   else
-    echo "-accel tcg,thread=multi -cpu max"
+    # The baseline x86-64 model: glibc and the rest then take their SSE2 paths, which the
+    # emulator runs faster than the AVX ones "-cpu max" offers (boot to the agent 23 s instead
+    # of 28 s here). recoveryd's own code does not depend on the model.
+    echo "-accel tcg,thread=multi -cpu qemu64"
   fi
 }
 
@@ -95,12 +99,6 @@ prepare() {
     || { cat "$WORK/base-build.log" >&2; fail "building vm-node-base"; }
   find "$WORK/rpmbuild-base" -name '*.rpm' -exec cp {} "$p/rpm/" \;
   detail "$(cd "$p/rpm" && ls | tr '\n' ' ')"
-  # The guest's stand-in for RHCOS's install_t (tests/vm/guest/vmtest_anaconda.te).
-  mkdir -p "$WORK/selinux"
-  cp "$HERE/guest/vmtest_anaconda.te" "$WORK/selinux/"
-  make -s -C "$WORK/selinux" -f /usr/share/selinux/devel/Makefile vmtest_anaconda.pp >"$WORK/selinux.log" 2>&1 \
-    || { cat "$WORK/selinux.log" >&2; fail "compiling vmtest_anaconda.pp"; }
-  cp "$WORK/selinux/vmtest_anaconda.pp" "$p/"
   install -m 0755 "$bin/examples/fake-rpm-ostreed" "$p/fake-rpm-ostreed"
   install -m 0755 "$PROJECT/tests/support/ostree-sysroot.py" "$p/ostree-sysroot.py"
   cp "$PROJECT"/tests/support/cluster-bin/* "$p/cluster-bin/"
@@ -220,18 +218,20 @@ power_cuts() {
   new_node cuts base
   local FP=systemd.setenv=RECOVERYD_FAILPOINTS
   vm_boot cuts cut "" backup "cut-backup copy-files:during@40:stop backup:in-the-middle-of-copying-files"
-  vm_boot cuts cut "" "after-backup-cut copying" "cut-backup commit:after:stop backup:commit-done,-not-yet-journaled"
+  vm_boot cuts cut "" "after-backup-cut copy-files" "cut-backup commit:after:stop backup:commit-done,-not-yet-journaled"
   vm_boot cuts cut "" "after-backup-cut commit" "cut-backup verify-generation:before:stop backup:verify-started,-nothing-verified"
-  vm_boot cuts cut "" "after-backup-cut verify" "cut-backup-time 3 backup:3s-after-it-was-asked-for"
-  vm_boot cuts cut "" "after-backup-cut time" "cut-recover check-deployment:after:stop recovery:rollback-done,-not-yet-journaled"
-  # The resume at boot runs the rollback step again (idempotent) and reboots.
-  vm_boot cuts reboot "" wait-reboot
+  vm_boot cuts cut "" "after-backup-cut verify-generation" "cut-recover check-deployment:after:stop recovery:rollback-done,-not-yet-journaled"
+  # The resume at boot runs the rollback step again (idempotent); the power goes while it asks
+  # for the reboot into the rolled-back deployment, so the power cut is that reboot.
+  vm_boot cuts cut "$FP=reboot-after-rollback:before:stop" "cut-at-failpoint recovery:rollback-reboot-being-requested"
   vm_boot cuts cut "$FP=restore-etc:during@3:stop" "cut-at-failpoint recovery:in-the-middle-of-restoring-/etc"
   # This boot the daemon cannot start (masked on the kernel command line): the offline unit
   # resumes the recovery, and the power goes while it asks for the reboot.
   vm_boot cuts cut "$FP=reboot:before:stop systemd.mask=recoveryd.service" "cut-at-failpoint recovery:reboot-being-requested-(offline-unit)"
   vm_boot cuts cut "" "check-offline-resumed" "cut-time 6 recovery:6s-into-the-last-boot's-agent"
-  vm_boot cuts pass "" wait-end check-etcd check-avc summaries
+  # The steps a failpoint cut inside (not at a reboot, which counts as done once the node has
+  # booted again) ran again after an interrupted attempt.
+  vm_boot cuts pass "" wait-end "expect-interrupted check-deployment#1 restore-etc#1" check-etcd check-avc summaries
   say "The power-cut table"
   python3 - "$WORK/cuts/out-${BOOTS[cuts]}" >&2 <<'EOF'
 import collections, os, sys

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The guest image of the VM test tier: Debian 12 with its kernel, systemd, dbus, SELinux
 # (the reference policy, enforcing, labelled here at build time), auditd, rpm, ostree, xfsprogs
-# and etcd, from Debian's packages only.
+# and etcd, from Debian's packages only. The initramfs holds only what mounts the root
+# (virtio, ext4): a third of the kernel's part of each boot under emulation is unpacking it.
 #
 #   tests/vm/image.sh CACHE_DIR      # prints the directory holding root.qcow2, vmlinuz, initrd.img
 #
-# The image is cached under CACHE_DIR by the hash of this file and of vm-job.service (the one
-# unit of the harness in the image): changing the recipe rebuilds it.
+# The image is cached under CACHE_DIR by the hash of this file, of vm-job.service (the one
+# unit of the harness in the image) and of guest/vmtest_anaconda.te (the base OS's install_t):
+# changing the recipe rebuilds it.
 # Nothing of recoveryd is in the image; each test run installs the RPM in the guest (tests/vm).
 set -euo pipefail
 
 cache=${1:?usage: image.sh CACHE_DIR}
 self=$(readlink -f "${BASH_SOURCE[0]}")
 here=$(dirname "$self")
-key=$(cat "$self" "$here/vm-job.service" | sha256sum | cut -c1-16)
+key=$(cat "$self" "$here/vm-job.service" "$here/guest/vmtest_anaconda.te" | sha256sum | cut -c1-16)
 dir=$cache/image-$key
 if [ -s "$dir/root.qcow2" ] && [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ]; then
   echo "$dir"
@@ -60,6 +62,9 @@ mmdebstrap --mode=root --variant=minbase --quiet \
   --customize-hook='chroot "$1" passwd -d root >/dev/null' \
   --customize-hook="cp '$here/vm-job.service' \"\$1/etc/systemd/system/vm-job.service\"" \
   --customize-hook='chroot "$1" systemctl enable vm-job.service >/dev/null 2>&1' \
+  --customize-hook='printf "MODULES=list\n" > "$1/etc/initramfs-tools/conf.d/vm-modules"' \
+  --customize-hook='printf "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n" >> "$1/etc/initramfs-tools/modules"' \
+  --customize-hook='chroot "$1" update-initramfs -u -k all >/dev/null 2>&1' \
   bookworm "$tree" "$mirror" >"$work/mmdebstrap.log" 2>&1 \
   || { tail -40 "$work/mmdebstrap.log" >&2; log "mmdebstrap failed"; exit 1; }
 
@@ -72,6 +77,18 @@ cat > "$tree/etc/selinux/config" <<'CFG'
 SELINUX=enforcing
 SELINUXTYPE=targeted
 CFG
+# The base OS's install_t, the domain RHCOS runs rpm-ostree and ostree in (see the module),
+# compiled with the machine's reference-policy headers (the same Debian release) and installed
+# into the guest's policy store; -n: nothing to reload in a chroot.
+mkdir -p "$work/selinux"
+cp "$here/guest/vmtest_anaconda.te" "$work/selinux/"
+make -s -C "$work/selinux" -f /usr/share/selinux/devel/Makefile vmtest_anaconda.pp >"$work/selinux.log" 2>&1 \
+  || { cat "$work/selinux.log" >&2; log "compiling vmtest_anaconda.pp failed"; exit 1; }
+cp "$work/selinux/vmtest_anaconda.pp" "$tree/tmp/"
+chroot "$tree" semodule -n -s targeted -i /tmp/vmtest_anaconda.pp >"$work/semodule.log" 2>&1 \
+  || { cat "$work/semodule.log" >&2; log "semodule -i vmtest_anaconda.pp failed"; exit 1; }
+rm "$tree/tmp/vmtest_anaconda.pp"
+chroot "$tree" semodule -s targeted -l | grep -qx vmtest_anaconda || { log "vmtest_anaconda is not in the guest's policy"; exit 1; }
 # Labels at build time: a first-boot relabel takes minutes under emulation.
 policy=$(ls "$tree"/etc/selinux/targeted/policy/policy.* | sort -V | tail -1)
 mount -t proc proc "$tree/proc"

@@ -100,8 +100,8 @@ check_no_avc() {
 
 install_recoveryd() {
   [ "$(getenforce)" = Enforcing ] || fail "SELinux is $(getenforce) before the install"
-  step "the base OS's install_t, as on RHCOS (semodule -i vmtest_anaconda.pp)"
-  semodule -i "$PAYLOAD/vmtest_anaconda.pp" > "$OUT/semodule-base.txt" 2>&1 || fail "semodule -i vmtest_anaconda.pp: $(cat "$OUT/semodule-base.txt")"
+  # The image's policy has the base OS's install_t, as on RHCOS (tests/vm/image.sh).
+  semodule -l | grep -qx vmtest_anaconda || fail "the image's policy has no vmtest_anaconda module (install_t)"
   step "rpm -i: the base's provides, then recoveryd and recoveryd-selinux"
   # Debian's packages are not in the rpm database: one package provides what recoveryd's
   # requirements name (/bin/sh, dbus-common, selinux-policy-targeted, rtld(GNU_HASH)).
@@ -295,9 +295,11 @@ save_reference() {
 break_the_node() {
   step "a failed upgrade: new deployment booted, /etc, /usr/local, /var/lib/kubelet, a machine-config file and etcd changed"
   local staged
-  deploy_version otheros 9.0 >/dev/null
+  # Another OS's deployment, pinned by someone else: the recovery must leave it and its pin.
+  deploy_version otheros 9.0 > "$STATE/foreign"
   ostree admin pin --sysroot=/sysroot 0 >/dev/null
   staged=$(deploy_version testos 4.17.0)
+  echo "$staged" > "$STATE/staged"
   rpm_state "$staged" "$(cat "$STATE/new")" "$(cat "$STATE/new")" "$staged"
   echo "cluster-name: broken" > /etc/e2e/cluster.conf
   rm -f /etc/e2e/secret
@@ -345,11 +347,17 @@ check_recovered_node() {
   local booted k c
   booted=$(python3 -c 'import json; print(json.load(open("/var/lib/fake-rpm-ostree/state.json"))["booted"])')
   [ "$booted" = "testos-$(cat "$STATE/old").0" ] || fail "the node booted $booted, not the backup's deployment"
+  ostree admin status --sysroot=/sysroot | grep -q "$(cat "$STATE/staged")" \
+    && fail "the staged upgrade $(cat "$STATE/staged") is still deployed"
+  grep -q 'pinned=true' "/sysroot/ostree/deploy/otheros/deploy/$(cat "$STATE/foreign").0.origin" \
+    || fail "the foreign pin on otheros $(cat "$STATE/foreign") was removed"
+  grep -q '"call":"Cleanup"' /var/lib/fake-rpm-ostree/calls.log \
+    || fail "rpm-ostree was never asked to clean up the staged deployment"
   k=$(systemctl is-active kubelet.service); c=$(systemctl is-active crio.service)
   [ "$k" = active ] && [ "$c" = active ] && [ "$(systemctl is-enabled kubelet.service)" = enabled ] \
     || fail "kubelet $k ($(systemctl is-enabled kubelet.service)), crio $c"
   [ "$(getenforce)" = Enforcing ] || fail "SELinux is $(getenforce) after the recovery"
-  report "node: booted the backup's 4.15.1, kubelet and CRI-O active, kubelet enabled, SELinux enforcing"
+  report "node: booted the backup's 4.15.1 (the staged 4.17.0 removed through rpm-ostree's Cleanup, the other OS's pin intact), kubelet and CRI-O active, kubelet enabled, SELinux enforcing"
 }
 
 check_journal_complete() {
@@ -428,11 +436,12 @@ cut_when_stopped() {
   fail "the failpoint for '$label' was never hit"
 }
 
-# After a cut during a backup: the journal opens, the previous good generation verifies, and a
-# new backup succeeds.
+# After a cut during a backup: the journal opens, the cut run is failed with the step it was
+# cut in left started (the cut came before its end was journaled), the previous good
+# generation verifies, and a new backup succeeds.
 after_backup_cut() {
-  local label=$1 last
-  step "after the cut '$label': the journal, the previous generation, a new backup"
+  local cut_step=$1 last run state
+  step "after the cut in '$cut_step': the journal, the previous generation, a new backup"
   wait_etcd
   recoveryctl status > "$OUT/status-after-cut.txt" 2>&1 || fail "recoveryctl status after the cut: $(cat "$OUT/status-after-cut.txt")"
   last=$(recoveryctl journal --json 2>/dev/null | python3 -c 'import json,sys
@@ -440,6 +449,12 @@ j=json.load(sys.stdin)
 runs=j.get("runs", j if isinstance(j, list) else [])
 r=max(runs, key=lambda r: r["id"])
 print("run {} ({}) {}".format(r["id"], r["kind"], r["state"]))') || fail "the journal does not open after the cut"
+  run=${last#run }; run=${run%% *}
+  state=$(recoveryctl journal --run "$run" --json | python3 -c 'import json,sys
+steps=[s for s in json.load(sys.stdin)["steps"] if s["name"]==sys.argv[1]]
+print(steps[-1]["state"] if steps else "never started")' "$cut_step") || fail "reading run $run of the journal"
+  [ "$state" = started ] || fail "the cut in $cut_step left it $state in run $run, not started (was its end journaled before the cut?)"
+  case "$last" in *" failed") ;; *) fail "the cut backup is $last, not failed" ;; esac
   local good
   good=$(cat "$STATE/good-generation")
   recoveryctl verify "$good" > "$OUT/verify-good.txt" 2>&1 || fail "the previous generation $good does not verify: $(tail -3 "$OUT/verify-good.txt")"
@@ -450,7 +465,7 @@ print("run {} ({}) {}".format(r["id"], r["kind"], r["state"]))') || fail "the jo
   local gen
   gen=$(recoveryctl generations 2>/dev/null | awk 'NR==2 {print $1}')
   echo "$gen" > "$STATE/good-generation"; sync
-  report "next boot: journal opens, interrupted run is $last; generation $good verifies; new backup $gen succeeded and verifies; store check clean"
+  report "next boot: journal opens, interrupted run is $last ($cut_step left started); generation $good verifies; new backup $gen succeeded and verifies; store check clean"
   save_reference
 }
 
@@ -504,6 +519,20 @@ action() {
     check_trees
     check_recovered_node
     ;;
+  expect-interrupted)
+    # expect-interrupted <step>#<attempt>...: these attempts of the last recovery were
+    # interrupted (and run again), as the cuts inside them must leave them.
+    local run
+    run=$(newest_recovery_run)
+    python3 - "$OUT/journal-run$run.json" "$@" <<'EOF' > "$OUT/interrupted-check.txt" 2>&1 || fail "$(cat "$OUT/interrupted-check.txt")"
+import json, sys
+steps = json.load(open(sys.argv[1]))["steps"]
+got = {f'{s["name"]}#{s["attempt"]}' for s in steps if s["state"] == "interrupted"}
+missing = [a for a in sys.argv[2:] if a not in got]
+assert not missing, f"attempts not interrupted although a cut came inside them: {missing} (interrupted: {sorted(got)})"
+EOF
+    report "journal: the cuts inside $* left those attempts interrupted, and the steps ran again"
+    ;;
   check-etcd)
     wait_etcd
     [ "$(etcd_keys)" = "$(printf '/e2e/cluster=edge-042\n/e2e/deleted-by-upgrade=must come back\n/e2e/nodes/node1=Ready')" ] \
@@ -525,16 +554,6 @@ action() {
     step "backup with the failpoint $1"
     recoveryctl --socket /run/recoveryd/recoveryd.sock backup > "$OUT/backup-cut.txt" 2>&1 &
     cut_when_stopped "$2"
-    ;;
-  cut-backup-time)
-    # cut-backup-time <seconds> <label>
-    wait_etcd
-    step "backup, power cut after $1 s"
-    recoveryctl --socket /run/recoveryd/recoveryd.sock backup > "$OUT/backup-cut.txt" 2>&1 &
-    report "cut: $2 (by time: $1 s after the backup was asked for)"
-    publish
-    mark "CUT-AFTER $1 $2"
-    sleep infinity
     ;;
   after-backup-cut)
     after_backup_cut "$1"
