@@ -98,8 +98,8 @@ pub(crate) async fn serve(
 }
 
 /// Pauses between failed `accept()`s (out of descriptors, or a policy that denies it): from
-/// 100 ms doubling to 10 s, and a log line only when the pause grows, so that a failure that
-/// lasts does not fill the journal; a success starts over.
+/// 100 ms doubling to 10 s, logged while the pause grows and then once in sixty failures, so
+/// that a failure that lasts does not fill the journal; a success starts over.
 #[derive(Debug, Default)]
 struct AcceptBackoff {
     failures: u32,

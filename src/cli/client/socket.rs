@@ -43,7 +43,7 @@ impl Client for Socket {
         w.write_all(line.as_bytes()).await?;
         w.flush().await?;
         let mut lines = BufReader::new(r).lines();
-        let first = tokio::time::timeout(self.first_line, lines.next_line())
+        let mut next = tokio::time::timeout(self.first_line, lines.next_line())
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -53,7 +53,6 @@ impl Client for Socket {
                     self.first_line.as_secs()
                 )
             })?;
-        let mut next = first;
         while let Some(line) = next? {
             match protocol::read_line(&line)
                 .with_context(|| format!("bad line from the daemon: {line}"))?
