@@ -79,7 +79,8 @@ fn objects_on_disk(state: &Path) -> HashSet<String> {
     let mut out = HashSet::new();
     for fan in std::fs::read_dir(state.join("objects")).unwrap() {
         let fan = fan.unwrap();
-        if fan.file_name() == "tmp" {
+        // tmp/, and the record of the last collection.
+        if fan.file_name() == "tmp" || !fan.file_type().unwrap().is_dir() {
             continue;
         }
         for o in std::fs::read_dir(fan.path()).unwrap() {
@@ -170,6 +171,92 @@ fn ten_backup_and_prune_cycles_leave_no_unreferenced_object() {
         out.contains("store: ") && out.contains(", 0 B unreferenced in 0 objects"),
         "{out}"
     );
+}
+
+/// The detail the latest run journaled for one of its steps.
+fn step_detail(node: &Node, step: &str) -> String {
+    let (_, out, _) = ctl(node, &["journal", "--json"]);
+    let run = common::json_list(&out, "runs")[0]["id"].as_i64().unwrap();
+    let (_, out, _) = ctl(node, &["journal", "--run", &run.to_string(), "--json"]);
+    let detail: Value = serde_json::from_str(&out).unwrap();
+    detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == step)
+        .unwrap_or_else(|| panic!("no {step} in the journal: {detail}"))["detail"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_preflight_collects_only_when_something_can_have_left_orphans() {
+    // keep = 5: no generation is pruned here, so only the preflight can remove orphans of
+    // earlier runs before the space is measured.
+    let node = node("[backup]\nkeep = 5\n");
+    let st = state(&node);
+    let record = st.join("objects/collected.json");
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    assert!(record.exists(), "a complete collection is recorded");
+
+    // A backup that wrote objects and died: the record went before the first object did.
+    change_some(&node.root(), 1);
+    let before = objects_on_disk(&st);
+    let (code, _, err) = ctl_fp(&node, Some("commit:before"), &["--offline", "backup"]);
+    assert_eq!(code, -9, "{err}");
+    assert!(!record.exists(), "the record outlived a backup's objects");
+    let orphans = objects_on_disk(&st).difference(&before).count();
+    assert!(orphans > 0);
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        step_detail(&node, "preflight").contains(&format!("{orphans} unreferenced objects")),
+        "{}",
+        step_detail(&node, "preflight")
+    );
+    assert_eq!(objects_on_disk(&st), referenced(&st));
+
+    // Nothing happened since the last collection: the preflight does not collect.
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !step_detail(&node, "preflight").contains("unreferenced"),
+        "{}",
+        step_detail(&node, "preflight")
+    );
+
+    // A generation deleted by hand leaves its objects behind; the record no longer matches.
+    change_some(&node.root(), 2);
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let oldest = generation_dirs(&st).remove(0);
+    let before = referenced(&st);
+    std::fs::remove_dir_all(&oldest).unwrap();
+    let gone = before.difference(&referenced(&st)).count();
+    assert!(gone > 0, "the oldest generation had objects of its own");
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        step_detail(&node, "preflight").contains(&format!("{gone} unreferenced objects")),
+        "{}",
+        step_detail(&node, "preflight")
+    );
+
+    // A damaged record stands for nothing.
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    std::fs::write(&record, "{").unwrap();
+    let orphan = st.join("objects/ee").join("e".repeat(64));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, "left by hand").unwrap();
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!orphan.exists());
+    assert!(
+        step_detail(&node, "preflight").contains("1 unreferenced objects"),
+        "{}",
+        step_detail(&node, "preflight")
+    );
+    assert!(record.exists());
 }
 
 #[test]

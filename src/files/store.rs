@@ -4,6 +4,7 @@
 //! <state_dir>/
 //!   objects/ab/cdef...     file content, named by its BLAKE3 hash, shared by every generation
 //!   objects/tmp/           content being written (removed by the next run if abandoned)
+//!   objects/collected.json the generations the last complete collection saw (`collected`)
 //!   generations/
 //!     20261125T121846Z/    committed: generation.json, manifest, cluster/, images/
 //!     .staging-2026...     being written; removed by the next run if it was abandoned
@@ -259,8 +260,13 @@ impl Store {
     /// refers to. Strict: anything under `generations/` that is not a readable generation
     /// is an error, because its objects would otherwise look unreferenced.
     pub(crate) fn referenced_objects(&self) -> Result<HashSet<String>> {
+        self.referenced_by(&self.list_strict()?)
+    }
+
+    /// What [`Self::referenced_objects`] says, for generations already listed (strictly).
+    fn referenced_by(&self, generations: &[Generation]) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
-        for g in self.list_strict()? {
+        for g in generations {
             let m = g.manifest().with_context(|| {
                 format!(
                     "reading the manifest of generation {} to keep its objects",
@@ -340,8 +346,12 @@ impl Store {
     /// time. Crash-safe: what is referenced is read before anything is removed, and only
     /// unreferenced objects are removed; a kill part-way leaves fewer orphans, never a missing
     /// object. `checkpoint` is called before each removal (cancellation, failpoints).
+    /// With no backup in progress, a collection that completes is recorded
+    /// ([`super::collected`]) for [`Self::gc_unless_collected`].
     pub(crate) fn gc(&self, checkpoint: &dyn Fn() -> Result<()>) -> Result<GcStats> {
-        let referenced = self.referenced_objects()?;
+        let generations = self.list_strict()?;
+        let in_progress = !self.staging_dirs()?.is_empty();
+        let referenced = self.referenced_by(&generations)?;
         let mut stats = GcStats::default();
         self.for_each_object(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -363,7 +373,30 @@ impl Store {
             stats.bytes += len;
             Ok(())
         })?;
+        // A staging directory's objects are kept but not named by any generation: if it is
+        // abandoned they become orphans, so a collection that saw one is not recorded.
+        // The record is a hint: a store it cannot be written to is collected every time.
+        if !in_progress
+            && self.objects.is_dir()
+            && let Err(e) = super::collected::record(&self.objects, &generations)
+        {
+            tracing::warn!("{e:#}");
+        }
         Ok(stats)
+    }
+
+    /// [`Self::gc`], unless the last complete collection saw exactly the generations there are
+    /// now and no backup has written objects since (`None`: nothing to collect).
+    pub(crate) fn gc_unless_collected(
+        &self,
+        checkpoint: &dyn Fn() -> Result<()>,
+    ) -> Result<Option<GcStats>> {
+        if self.staging_dirs()?.is_empty()
+            && super::collected::stands_for(&self.objects, &self.list_strict()?)
+        {
+            return Ok(None);
+        }
+        self.gc(checkpoint).map(Some)
     }
 
     /// How much the store holds, and how much of it no generation refers to.
@@ -433,6 +466,8 @@ impl Store {
     /// Create an empty staging directory for `id`.
     pub(crate) fn create_staging(&self, id: &str) -> Result<PathBuf> {
         self.ensure()?;
+        // Objects are about to be written that no generation names yet.
+        super::collected::forget(&self.objects)?;
         let p = self.staging_path(id);
         if p.exists() {
             remove_dir_all(&p)?;
