@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the static release binaries (as shipped) and run the data-path benchmark (as root),
-# with its peers installed: rsync, restic, borg. See bench/bench.py.
+# with its peers installed: rsync, restic, borg. See bench/bench.py; `--daemon` measures the
+# daemon's memory at rest instead (bench/daemon_rss.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -13,4 +14,9 @@ if ((${#missing[@]})); then
 fi
 RECOVERYCTL=$(deploy/build-static.sh)/recoveryctl
 export RECOVERYCTL
+# `--daemon`: the daemon's resident memory at rest instead (bench/daemon_rss.py).
+if [[ ${1:-} == --daemon ]]; then
+  shift
+  exec python3 bench/daemon_rss.py "$@"
+fi
 exec python3 bench/bench.py "$@"

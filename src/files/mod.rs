@@ -15,6 +15,7 @@ pub(crate) mod manifest;
 pub(crate) mod marks;
 pub(crate) mod neighbours;
 pub(crate) mod restore;
+pub(crate) mod stats_cache;
 pub(crate) mod store;
 pub(crate) mod validate;
 pub(crate) mod verify;

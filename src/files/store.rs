@@ -171,6 +171,17 @@ impl Store {
         &self.dir
     }
 
+    pub(crate) fn objects_dir(&self) -> &Path {
+        &self.objects
+    }
+
+    /// How many half-written objects there are (a copy in progress, or one a crash left).
+    pub(crate) fn tmp_files(&self) -> u64 {
+        std::fs::read_dir(self.objects_tmp())
+            .map(|rd| rd.count() as u64)
+            .unwrap_or(0)
+    }
+
     /// Where content is written before it is renamed to its object name.
     pub(crate) fn objects_tmp(&self) -> PathBuf {
         self.objects.join("tmp")
@@ -417,9 +428,7 @@ impl Store {
             }
             Ok(())
         })?;
-        if let Ok(rd) = std::fs::read_dir(self.objects_tmp()) {
-            s.tmp_files = rd.count() as u64;
-        }
+        s.tmp_files = self.tmp_files();
         s.generations = self.list()?.len() as u64;
         Ok(s)
     }
@@ -536,7 +545,7 @@ impl Store {
     }
 
     /// The staging directories present (a backup being written, or one abandoned).
-    fn staging_dirs(&self) -> Result<Vec<PathBuf>> {
+    pub(super) fn staging_dirs(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for e in self.entries()? {
             if e.file_name()

@@ -20,6 +20,7 @@ use anyhow::Result;
 
 use crate::config::Config;
 use crate::engine::{Engine, Observer};
+use crate::files::stats_cache::StatsCache;
 use crate::journal::Journal;
 use crate::plans::PlanContext;
 
@@ -29,6 +30,8 @@ pub(crate) struct Ops {
     pub config: Arc<Config>,
     pub journal: Arc<Journal>,
     pub plans: Arc<PlanContext>,
+    /// The store's figures between status requests (see [`StatsCache`]).
+    pub store_stats: Arc<StatsCache>,
 }
 
 impl Ops {
@@ -49,6 +52,7 @@ impl Ops {
             config,
             journal,
             plans,
+            store_stats: Arc::default(),
         })
     }
 
@@ -70,6 +74,7 @@ impl Ops {
             config,
             journal: Arc::new(journal),
             plans,
+            store_stats: Arc::default(),
         })
     }
 

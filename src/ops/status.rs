@@ -100,7 +100,7 @@ impl Ops {
                 }
             },
             warnings: self.warnings(),
-            store: match self.plans.store.stats() {
+            store: match self.store_stats.stats(&self.plans.store) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!("cannot measure the object store: {e:#}");
