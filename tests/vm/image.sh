@@ -101,7 +101,11 @@ kver=$(ls "$tree/lib/modules" | sort -V | tail -1)
 mkdir -p "$work/out"
 cp "$tree/boot/vmlinuz-$kver" "$work/out/vmlinuz"
 cp "$tree/boot/initrd.img-$kver" "$work/out/initrd.img"
-mkfs.ext4 -q -L vm-root -d "$tree" "$work/root.img" 4G
+# The file is made first: given a missing file, mke2fs says "Creating regular file" on stdout
+# even with -q, and this script's stdout is the image directory, nothing else.
+rm -f "$work/root.img"
+truncate -s 4G "$work/root.img"
+mkfs.ext4 -q -L vm-root -d "$tree" "$work/root.img" >&2
 qemu-img convert -O qcow2 "$work/root.img" "$work/out/root.qcow2"
 echo "$kver" > "$work/out/kernel-version"
 rm -rf "$dir"
