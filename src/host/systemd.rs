@@ -229,6 +229,7 @@ impl Units for DbusUnits {
             .enable_unit_files(&[unit], false, false)
             .await
             .with_context(|| format!("enabling {unit}"))?;
+        flush_changes(&changes)?;
         m.reload()
             .await
             .context("systemd daemon-reload after enabling")?;
@@ -241,6 +242,7 @@ impl Units for DbusUnits {
             .disable_unit_files(&[unit], false)
             .await
             .with_context(|| format!("disabling {unit}"))?;
+        flush_changes(&changes)?;
         m.reload()
             .await
             .context("systemd daemon-reload after disabling")?;
@@ -262,6 +264,42 @@ impl Units for DbusUnits {
             .await
             .with_context(|| format!("reading the unit file state of {unit}"))
     }
+}
+
+/// Make the symlinks systemd wrote or removed durable before the step is journaled done.
+/// systemd does not flush them: after a power cut the step would be recorded as done while
+/// the unit is still (or again) in its old state at the next boot (found in the VM tier: a
+/// cut right after enable-kubelet left kubelet disabled once the recovery had finished).
+fn flush_changes(changes: &[(String, String, String)]) -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let mut dirs: Vec<&std::path::Path> = changes
+        .iter()
+        .filter_map(|(_, file, _)| std::path::Path::new(file).parent())
+        .collect();
+    if dirs.is_empty() {
+        // Nothing changed now, but an earlier try in this boot may have made the change and
+        // failed before it was flushed: flush where systemd keeps the links anyway.
+        dirs.push(std::path::Path::new("/etc/systemd/system"));
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        // A .wants directory systemd removed with its last link: the nearest directory that
+        // is still there is on the same file system, and syncfs flushes all of it.
+        let Some((dir, fd)) = dir.ancestors().find_map(|d| {
+            rustix::fs::open(
+                d,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+            .map(|fd| (d, fd))
+        }) else {
+            continue;
+        };
+        rustix::fs::syncfs(&fd).with_context(|| format!("flushing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn describe_changes(unit: &str, what: &str, changes: &[(String, String, String)]) -> String {
