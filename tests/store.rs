@@ -764,6 +764,67 @@ fn a_tree_root_turned_into_a_symlink_is_repaired_never_followed() {
     assert_eq!(std::fs::read_dir(root.join("usr2")).unwrap().count(), 0);
 }
 
+#[test]
+fn a_machine_config_file_behind_a_symlinked_ancestor_is_restored_through_it_never_over_it() {
+    // RHCOS: /opt is a symlink to var/opt, and the machine-config daemon writes files there.
+    let node = node("");
+    let root = node.root();
+    sh(&format!(
+        r#"cd {r} && mkdir -p var/opt/mco && echo extra=1 > var/opt/mco/extra.conf && ln -s var/opt opt
+echo '{{"spec":{{"config":{{"storage":{{"files":[{{"path":"/opt/mco/extra.conf"}}]}}}}}}}}' > etc/machine-config-daemon/currentconfig"#,
+        r = root.display()
+    ));
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(root.join("var/opt/mco/extra.conf"), "extra=2\n").unwrap();
+    let (code, out, err) = restore(&node);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        std::fs::symlink_metadata(root.join("opt"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the restore replaced the symlink /opt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("var/opt/mco/extra.conf")).unwrap(),
+        "extra=1\n"
+    );
+    // The symlink now leads elsewhere: named, and nothing is written there.
+    sh(&format!(
+        "cd {r} && mkdir -p var/opt2/mco && rm opt && ln -s var/opt2 opt",
+        r = root.display()
+    ));
+    let (code, _, err) = restore(&node);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "/opt is now a symlink to var/opt2, and was a symlink to var/opt at backup time"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("var/opt2/mco"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // A directory in its place is never replaced.
+    let (code, out, err) = ctl(&node, &["--offline", "cancel"]);
+    assert_eq!(code, 0, "{out}{err}");
+    sh(&format!(
+        "cd {r} && rm opt && mkdir opt",
+        r = root.display()
+    ));
+    let (code, _, err) = restore(&node);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("/opt is now a directory, and was a symlink to var/opt at backup time"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(root.join("opt")).unwrap().count(), 0);
+}
+
 /// The stored object of a node file, from the newest generation's manifest.
 fn stored_object(node: &Node, node_path: &str) -> PathBuf {
     let gens = state(node).join("generations");

@@ -225,7 +225,7 @@ fn check_entry(
     let is_tree_root = trees.iter().any(|t| t == p);
     let in_tree = trees.iter().any(|t| within(p, t));
     if e.implicit {
-        if in_tree || !extra_ancestors.contains(p) || e.kind != Kind::Dir {
+        if in_tree || !extra_ancestors.contains(p) || !matches!(e.kind, Kind::Dir | Kind::Symlink) {
             return Err(violation(
                 what,
                 "marked as a machine-config file's parent directory, but it is not one",
@@ -334,7 +334,9 @@ pub(crate) fn validate(m: &Manifest) -> Result<(), Violation> {
         if !seen.insert(e.path_bytes()) {
             return Err(violation(shown(e.path_bytes()), "listed twice"));
         }
-        if e.kind == Kind::Dir {
+        // A machine-config file's ancestor that was a symlink (RHCOS: /opt -> var/opt) holds
+        // the rest of the chain: a restore follows it.
+        if e.kind == Kind::Dir || (e.implicit && e.kind == Kind::Symlink) {
             dirs.insert(e.path_bytes(), i);
         }
     }

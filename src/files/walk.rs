@@ -299,6 +299,25 @@ impl Walker<'_> {
             if scan.entries.iter().any(|x| x.path.0 == arel) {
                 continue;
             }
+            // An ancestor that is a symlink is recorded as one (RHCOS: `/opt -> var/opt`), so
+            // that a restore follows it, and only to where it led, instead of putting a
+            // directory in its place.
+            if let (Some(ap), Some(an)) = (a.parent(), a.file_name()) {
+                let pfd = fsx::open_dir_in_root(self.root, ap)?;
+                if let Some(lst) = fsx::try_lstat_at(pfd.as_fd(), an)?
+                    && Kind::of(&lst) == Kind::Symlink
+                {
+                    let mut ae = Entry::from_stat(&arel, &lst);
+                    ae.link = Some(super::bytetext::ByteText(fsx::read_link_at(
+                        pfd.as_fd(),
+                        an,
+                    )?));
+                    ae.xattrs = fsx::xattrs_at(pfd.as_fd(), an)?;
+                    ae.implicit = true;
+                    scan.entries.push(ae);
+                    continue;
+                }
+            }
             let afd = fsx::open_dir_in_root(self.root, a)?;
             let ast = fsx::fstat(afd.as_fd())?;
             let mut ae = Entry::from_stat(&arel, &ast);

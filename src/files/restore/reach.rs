@@ -137,12 +137,13 @@ impl Restorer<'_> {
         for (part, here) in components(rel) {
             let here = here.to_vec();
             let name = std::ffi::OsStr::from_bytes(part);
-            let recorded = self
-                .implicit
-                .get(&here[..])
-                .copied()
-                .filter(|&i| self.entries[i].kind == Kind::Dir);
             let st = fsx::try_lstat_at(dir.as_fd(), name)?;
+            let implicit = self.implicit.get(&here[..]).copied();
+            if let Some(i) = implicit.filter(|&i| self.entries[i].kind == Kind::Symlink) {
+                dir = self.through_recorded_symlink(dir.as_fd(), name, &here, i, st.as_ref())?;
+                continue;
+            }
+            let recorded = implicit.filter(|&i| self.entries[i].kind == Kind::Dir);
             match (st.as_ref().map(Kind::of), recorded) {
                 (Some(Kind::Dir), _) => {}
                 (None, Some(i)) => {
@@ -181,6 +182,49 @@ impl Restorer<'_> {
             dir = fsx::open_child_dir(dir.as_fd(), name)?;
         }
         Ok(Some(dir))
+    }
+
+    /// Follow an ancestor that was a symlink at backup time (RHCOS: `/opt -> var/opt`), inside
+    /// the node, if it still leads where it did; anything else stops the restore: replacing a
+    /// symlink with a directory would hide what it leads to.
+    fn through_recorded_symlink(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        here: &[u8],
+        i: usize,
+        now: Option<&rustix::fs::Stat>,
+    ) -> Result<OwnedFd> {
+        let then = self.entries[i]
+            .link
+            .as_ref()
+            .map(|l| &l.0[..])
+            .unwrap_or(b"");
+        let then_text = String::from_utf8_lossy(then);
+        match now.map(Kind::of) {
+            Some(Kind::Symlink) => {
+                let target = fsx::read_link_at(dir, name)?;
+                if target != then {
+                    bail!(
+                        "{} is now a symlink to {}, and was a symlink to {then_text} at backup time; \
+                         recoveryd never restores through it. Make it lead to {then_text} again, then run the restore again",
+                        node(here),
+                        String::from_utf8_lossy(&target)
+                    );
+                }
+                Ok(fsx::open_dir_in_root(self.root, Path::new(&node(here)))?)
+            }
+            None => bail!(
+                "{} does not exist; it was a symlink to {then_text} at backup time. Create it, then run the restore again",
+                node(here)
+            ),
+            Some(kind) => bail!(
+                "{} is now {}, and was a symlink to {then_text} at backup time; recoveryd never replaces it. \
+                 Make it a symlink to {then_text} again, then run the restore again",
+                node(here),
+                what_it_is(dir, name, kind)
+            ),
+        }
     }
 
     /// Give a directory just created for entry `i` its recorded metadata.
