@@ -367,11 +367,12 @@ fn options_json(options: &HashMap<String, OwnedVariant>) -> Value {
 // Reading and writing a real sysroot
 // ---------------------------------------------------------------------------------------------
 
-/// `ostree admin status --sysroot=DIR` of a sysroot that is not booted: deployments in boot
-/// order, with their version and pin. (The fake's own parser: the code under test has its own,
-/// and the two are not shared.)
-fn parse_ostree_status(text: &str) -> Vec<Deployment> {
+/// `ostree admin status --sysroot=DIR`: deployments in boot order, with their version and pin,
+/// and the one libostree found booted (marked `*`) when the machine runs from this sysroot.
+/// (The fake's own parser: the code under test has its own, and the two are not shared.)
+fn parse_ostree_status(text: &str) -> (Vec<Deployment>, Option<usize>) {
     let mut out: Vec<Deployment> = Vec::new();
+    let mut booted = None;
     for line in text.lines() {
         if let Some(prop) = line.strip_prefix("    ") {
             if let Some(d) = out.last_mut() {
@@ -384,6 +385,9 @@ fn parse_ostree_status(text: &str) -> Vec<Deployment> {
                 }
             }
             continue;
+        }
+        if line.starts_with('*') {
+            booted = Some(out.len());
         }
         let mut words = line.trim_start_matches(['*', ' ']).split_whitespace();
         let (Some(osname), Some(id)) = (words.next(), words.next()) else {
@@ -404,8 +408,10 @@ fn parse_ostree_status(text: &str) -> Vec<Deployment> {
             extra: Default::default(),
         });
     }
-    out
+    (out, booted)
 }
+
+type Deployments = (Vec<Deployment>, Option<usize>);
 
 /// The sysroot's deployments, cached until libostree bumps `ostree/deploy`'s mtime (it does on
 /// every deployment or pin change).
@@ -413,7 +419,7 @@ struct SysrootReader {
     dir: PathBuf,
     ostree: PathBuf,
     helper: PathBuf,
-    cache: Mutex<Option<(std::time::SystemTime, Vec<Deployment>)>>,
+    cache: Mutex<Option<(std::time::SystemTime, Deployments)>>,
 }
 
 impl SysrootReader {
@@ -423,7 +429,8 @@ impl SysrootReader {
             .unwrap_or(std::time::UNIX_EPOCH)
     }
 
-    fn deployments(&self) -> Vec<Deployment> {
+    /// The deployments, and the booted one's index if the machine runs from this sysroot.
+    fn deployments(&self) -> Deployments {
         let stamp = self.stamp();
         if let Some((s, d)) = &*self.cache.lock().unwrap()
             && *s == stamp
@@ -573,19 +580,22 @@ impl Daemon {
     /// The deployments now, in boot order, with `staged` and `booted` resolved.
     fn view(&self) -> View {
         let state = self.state.load();
-        let mut deployments = match &self.sysroot {
+        let (mut deployments, booted_here) = match &self.sysroot {
             Some(s) => s.deployments(),
-            None => state
-                .deployments
-                .iter()
-                .cloned()
-                .map(|mut d| {
-                    if d.osname.is_empty() {
-                        d.osname = state.osname.clone();
-                    }
-                    d
-                })
-                .collect(),
+            None => (
+                state
+                    .deployments
+                    .iter()
+                    .cloned()
+                    .map(|mut d| {
+                        if d.osname.is_empty() {
+                            d.osname = state.osname.clone();
+                        }
+                        d
+                    })
+                    .collect(),
+                None,
+            ),
         };
         let all = deployments.clone();
         if let Some(staged) = &state.staged
@@ -594,9 +604,12 @@ impl Daemon {
         {
             first.staged = true;
         }
-        let booted = deployments
-            .iter()
-            .position(|d| d.named(&state.booted, &all));
+        // Booted from this sysroot: the one libostree found booted; otherwise the state's.
+        let booted = booted_here.or_else(|| {
+            deployments
+                .iter()
+                .position(|d| d.named(&state.booted, &all))
+        });
         View {
             deployments,
             booted,

@@ -2,7 +2,7 @@
 # recoveryd on a real machine: a qemu guest with its own kernel, SELinux enforcing with our
 # module, the RPM installed by rpm (scriptlets included), real reboots and real power cuts.
 #
-# Usage: tests/vm/harness.sh all | install | cycle | power-cuts
+# Usage: tests/vm/harness.sh all | install | cycle | power-cuts | ostree
 #
 #   install     rpm -i in a fresh guest; the scriptlets' effects checked; the node prepared
 #   cycle       backup -> failed upgrade -> recover -> rollback reboot -> resume at boot ->
@@ -11,7 +11,11 @@
 #   power-cuts  qemu SIGKILLed at 8 points of backups and of a recovery (by failpoint and by
 #               time, in 9 boots: a cut at a reboot is that reboot); after each, the next
 #               boot must resume or a new backup must succeed; a table of what happened
-#   all         install, then cycle and power-cuts from the installed guest
+#   ostree      the installed guest made an ostree-booted node (tests/vm/ostree-node.sh),
+#               booted as a BLS boot loader boots it: backup, a real `ostree admin deploy` of
+#               the upgrade, its boot, recover; the rollback must make the next boot loader
+#               entry the pinned deployment's, and the node must boot it and finish there
+#   all         install, then cycle, power-cuts and ostree from the installed guest
 #
 # The guest image (tests/vm/image.sh) is cached in $RECOVERYD_VM_CACHE (default
 # target/vm-cache). Needs root, qemu-system-x86, mmdebstrap, rpm, xfsprogs
@@ -65,7 +69,7 @@ trap 'exit 130' INT TERM
 require() {
   [ "$(id -u)" = 0 ] || fail "the VM tier needs root (mmdebstrap, setfiles in a chroot)"
   local c
-  for c in qemu-system-x86_64 qemu-img mmdebstrap rpmbuild mkfs.xfs mkfs.ext4 tar; do
+  for c in qemu-system-x86_64 qemu-img mmdebstrap rpmbuild mkfs.xfs mkfs.ext4 tar ostree rsync getfattr setfattr chattr; do
     command -v "$c" >/dev/null || fail "$c is missing (tests/setup-host.sh installs it)"
   done
 }
@@ -110,7 +114,7 @@ prepare() {
 # ---------------------------------------------------------------------------------------------
 # Guests
 
-declare -A BOOTS
+declare -A BOOTS KIND
 
 # new_node NAME [FROM]: a guest disk (a qcow2 overlay) and its recovery partition (XFS with
 # reflink, 3 GiB sparse), fresh from the image or copied from another node's.
@@ -127,6 +131,43 @@ new_node() {
     cp --sparse=always "$WORK/$from/recovery.img" "$d/recovery.img"
   fi
   BOOTS[$name]=0
+  KIND[$name]=plain
+}
+
+# new_ostree_node NAME: the installed guest (node base) as an ostree-booted node: root and
+# /boot file systems of its own (raw, read by the boot loader here), the recovery partition
+# copied from the installed guest.
+new_ostree_node() {
+  local name=$1 d=$WORK/$1
+  mkdir -p "$d"
+  "$HERE/ostree-node.sh" "$WORK/base/root.qcow2" "$d" || fail "building the ostree node"
+  cp --sparse=always "$WORK/base/recovery.img" "$d/recovery.img"
+  BOOTS[$name]=0
+  KIND[$name]=ostree
+}
+
+# The boot loader of an ostree node, as GRUB's blscfg and systemd-boot choose: of the entries
+# in /boot/loader/entries (ostree switches /boot/loader between loader.0 and loader.1), the one
+# with the highest version; its linux, initrd and options boot the guest. Sets BLS_KERNEL,
+# BLS_INITRD, BLS_OPTIONS and BLS_ENTRY.
+bls_select() {
+  local d=$WORK/$1 m=$WORK/$1/boot-mnt best= bestv=-1 e v
+  mkdir -p "$m"
+  # As a boot loader reads it: read-only, no journal replayed.
+  mount -o ro,noload,loop "$d/boot.img" "$m" || fail "$1: cannot mount its /boot"
+  for e in "$m"/loader/entries/*.conf; do
+    [ -e "$e" ] || continue
+    v=$(awk '$1 == "version" {print $2}' "$e")
+    if [ "${v:-0}" -gt "$bestv" ]; then bestv=${v:-0}; best=$e; fi
+  done
+  if [ -z "$best" ]; then umount "$m"; fail "$1: no boot loader entry in /boot/loader/entries"; fi
+  BLS_ENTRY="$(readlink "$m/loader")/entries/$(basename "$best") (version $bestv)"
+  BLS_OPTIONS=$(awk '$1 == "options" {$1 = ""; print substr($0, 2)}' "$best")
+  cp "$m$(awk '$1 == "linux" {print $2}' "$best")" "$d/bls-vmlinuz"
+  cp "$m$(awk '$1 == "initrd" {print $2}' "$best")" "$d/bls-initrd"
+  cp "$best" "$d/bls-entry-$((BOOTS[$1] + 1)).conf"
+  umount "$m"
+  BLS_KERNEL=$d/bls-vmlinuz BLS_INITRD=$d/bls-initrd
 }
 
 # vm_boot NODE EXPECT CMDLINE ACTION... : boot the node once with these agent actions (one a
@@ -144,13 +185,21 @@ vm_boot() {
   tar -chf "$d/job.img" -C "$job" .
   rm -f "$d/out.img"; truncate -s 64M "$d/out.img"
   LAST_CONSOLE=$console LAST_JOURNAL=$d/journal-$n.log
+  local kernel=$IMAGE/vmlinuz initrd=$IMAGE/initrd.img args="root=LABEL=vm-root ro"
+  local disks=(-drive "file=$d/root.qcow2,format=qcow2,if=virtio,cache=none")
+  if [ "${KIND[$node]}" = ostree ]; then
+    bls_select "$node"
+    kernel=$BLS_KERNEL initrd=$BLS_INITRD args=$BLS_OPTIONS
+    disks=(-drive "file=$d/root.img,format=raw,if=virtio,cache=none" -drive "file=$d/boot.img,format=raw,if=virtio,cache=none")
+    detail "$node boot $n: the boot loader chose $BLS_ENTRY: $BLS_OPTIONS"
+  fi
   local t_start=$SECONDS
   # shellcheck disable=SC2046
   qemu-system-x86_64 $(accel) -machine q35 -m 2048 -smp 2 -display none -monitor none -no-reboot \
     -serial "file:$console" -serial "file:$d/journal-$n.log" \
-    -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
-    -append "root=LABEL=vm-root ro console=ttyS0 selinux=1 security=selinux enforcing=1 panic=-1 quiet loglevel=3 $cmdline" \
-    -drive "file=$d/root.qcow2,format=qcow2,if=virtio,cache=none" \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "$args console=ttyS0 selinux=1 security=selinux enforcing=1 panic=-1 quiet loglevel=3 $cmdline" \
+    "${disks[@]}" \
     -drive "file=$d/recovery.img,format=raw,if=virtio,cache=none" \
     -drive "file=$d/job.img,format=raw,if=none,id=ctl,readonly=on" -device virtio-blk-pci,drive=ctl,serial=harness-ctl \
     -drive "file=$d/out.img,format=raw,if=none,id=out,cache=none" -device virtio-blk-pci,drive=out,serial=harness-out \
@@ -252,16 +301,31 @@ print("    every boot after a cut: result ok (the chain stops at the first faile
 EOF
 }
 
+# The rollback on a node booted from a real ostree deployment: the upgrade deployed and booted
+# by ostree itself, the rollback written by libostree (through the fake rpm-ostreed), and each
+# boot's kernel, initramfs and ostree= argument taken from the loader entry ostree wrote.
+ostree_rollback() {
+  say "ostree: the installed guest booted from an ostree deployment; upgrade, recover, rollback by the boot loader entry"
+  new_ostree_node otree
+  detail "vmos 4.15.1 $(cut -c1-12 "$WORK/otree/old") deployed; 4.16.0 $(cut -c1-12 "$WORK/otree/new") on vmos/stable"
+  vm_boot otree reboot "" "ostree-node" "expect-os 4.15.1" backup ostree-upgrade
+  vm_boot otree reboot "" "expect-os 4.16.0" ostree-recover
+  vm_boot otree reboot "" "expect-os 4.15.1" wait-reboot
+  vm_boot otree pass "" "expect-os 4.15.1" ostree-wait-end check-avc
+  cut -f2- "$WORK/otree/out-${BOOTS[otree]}/report.txt" | sed "s/^/    /" >&2
+}
+
 require
 prepare
 case "$SCENARIO" in
 install) install_node ;;
 cycle) install_node; cycle ;;
 power-cuts) install_node; power_cuts ;;
+ostree) install_node; ostree_rollback ;;
 all)
   # One after the other: two guests at once under emulation took 2.5 times as long each
   # (four vCPU threads on two cores), longer than both in turn.
-  install_node; cycle; power_cuts ;;
+  install_node; cycle; power_cuts; ostree_rollback ;;
 *) fail "unknown scenario $SCENARIO" ;;
 esac
 say "PASS: $SCENARIO"

@@ -33,6 +33,10 @@ PACKAGES=(
   # recovery partition, a real etcd, and the tools that compare trees.
   rpm ostree python3-gi gir1.2-ostree-1.0 xfsprogs etcd-server etcd-client
   rsync attr acl procps kmod
+  # What boots an ostree deployment (tests/vm/ostree-node.sh): ostree-prepare-root and its
+  # dracut module; dracut-core alone does not displace initramfs-tools (dracut would); and
+  # bubblewrap, in which `ostree admin deploy` refreshes the new deployment's SELinux policy.
+  ostree-boot dracut-core bubblewrap
 )
 
 work=$cache/build-$key.partial
@@ -68,6 +72,22 @@ mmdebstrap --mode=root --variant=minbase --quiet \
   bookworm "$tree" "$mirror" >"$work/mmdebstrap.log" 2>&1 \
   || { tail -40 "$work/mmdebstrap.log" >&2; log "mmdebstrap failed"; exit 1; }
 
+kver=$(ls "$tree/lib/modules" | sort -V | tail -1)
+# The kernel and an initramfs where ostree expects them in a commit (/usr/lib/modules/KVER),
+# for the ostree-booted node made from this tree: dracut with ostree's module, which mounts the
+# deployment named by ostree= on the kernel command line; uncompressed, as it unpacks faster
+# under emulation than it decompresses.
+cp "$tree/boot/vmlinuz-$kver" "$tree/usr/lib/modules/$kver/vmlinuz"
+mount -t proc proc "$tree/proc"
+chroot "$tree" dracut --quiet --force --no-hostonly --no-compress --reproducible \
+  --modules "base systemd systemd-initrd dracut-systemd udev-rules kernel-modules rootfs-block fs-lib ostree" \
+  --drivers "virtio_pci virtio_blk ext4 crc32c_generic" \
+  "/usr/lib/modules/$kver/initramfs.img" "$kver" >"$work/dracut.log" 2>&1 \
+  || { umount "$tree/proc"; tail -30 "$work/dracut.log" >&2; log "dracut failed"; exit 1; }
+umount "$tree/proc"
+grep -q ostree-prepare-root <(cpio -t <"$tree/usr/lib/modules/$kver/initramfs.img" 2>/dev/null) \
+  || { log "the dracut initramfs has no ostree-prepare-root"; exit 1; }
+
 # RHEL and RHCOS call their policy "targeted", and the RPM's scriptlets install the module
 # only into a policy of that name (%selinux_modules_install -s targeted): Debian's reference
 # policy is given that name here, so that the package's scriptlets run unchanged.
@@ -97,7 +117,6 @@ chroot "$tree" setfiles -m -F -e /proc -e /sys -e /dev -c "${policy#"$tree"}" \
   || { umount "$tree/proc"; tail "$work/setfiles.log" >&2; log "setfiles failed"; exit 1; }
 umount "$tree/proc"
 
-kver=$(ls "$tree/lib/modules" | sort -V | tail -1)
 mkdir -p "$work/out"
 cp "$tree/boot/vmlinuz-$kver" "$work/out/vmlinuz"
 cp "$tree/boot/initrd.img-$kver" "$work/out/initrd.img"

@@ -261,10 +261,11 @@ etcdput() { ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 put "$@" >/d
 TREES="etc usr/local var/lib/kubelet"
 
 # The harness's rsync, unconfined: /usr/bin/rsync is rsync_exec_t, and the reference policy
-# runs it in rsync_t, which may not read /etc/shadow. A copy in /usr/libexec (not a backed-up tree) is bin_t.
+# runs it in rsync_t, which may not read /etc/shadow. A copy in /run (var_run_t, not a backed-up
+# tree, and writable where /usr is read-only, as on an ostree node) runs in the agent's domain.
 vm_rsync() {
-  [ -x /usr/libexec/vm-test/rsync ] || install -D -m 0755 /usr/bin/rsync /usr/libexec/vm-test/rsync
-  /usr/libexec/vm-test/rsync "$@"
+  [ -x /run/vm-test/rsync ] || install -D -m 0755 /usr/bin/rsync /run/vm-test/rsync
+  /run/vm-test/rsync "$@"
 }
 
 # A backup through the socket, as the backup Job takes it; then the reference copy of what it
@@ -470,6 +471,104 @@ print(steps[-1]["state"] if steps else "never started")' "$cut_step") || fail "r
 }
 
 # ---------------------------------------------------------------------------------------------
+# The ostree-booted node (tests/vm/ostree-node.sh): the sysroot is the booted one, at /
+
+# The booted deployment as libostree sees it: "<checksum> <version>".
+ostree_booted() {
+  ostree admin status | awk '/^\* / {id = $3; getline; if ($1 == "Version:") v = $2; print id, v; exit}'
+}
+
+ostree_node() {
+  [ -e /run/ostree-booted ] || fail "the node is not booted from an ostree deployment (no /run/ostree-booted)"
+  step "the ostree node: recoveryd and the fake rpm-ostreed on the booted sysroot (/)"
+  # The plain node's test sysroot was at /sysroot; here /sysroot is the physical root, and
+  # libostree finds the booted deployment only through the sysroot /.
+  printf '[host]\nsysroot = "/"\n' > /etc/recoveryd/config.d/60-ostree-booted.toml
+  mkdir -p /etc/systemd/system/rpm-ostreed.service.d
+  printf '%s\n' '[Unit]' 'ConditionPathExists=' 'ConditionPathExists=/run/ostree-booted' '[Service]' 'ExecStart=' \
+    'ExecStart=/usr/libexec/recoveryd-e2e/fake-rpm-ostreed --state /var/lib/fake-rpm-ostree/state.json --log /var/lib/fake-rpm-ostree/calls.log --txn-socket /run/rpm-ostree-transaction.sock --sysroot / --sysroot-helper /usr/libexec/recoveryd-e2e/ostree-sysroot.py' \
+    > /etc/systemd/system/rpm-ostreed.service.d/50-booted-sysroot.conf
+  mkdir -p /var/lib/fake-rpm-ostree
+  rm -f /var/lib/fake-rpm-ostree/calls.log
+  printf '{"osname":"vmos","booted":"","staged":null,"boot_default":false,"faults":{"busy":false,"no_rollback":false,"hang":false,"crash_mid_txn":false,"finish_error":null,"txn_delay_ms":200}}\n' \
+    > /var/lib/fake-rpm-ostree/state.json
+  chcon -t etc_runtime_t /etc/e2e/cluster.conf || fail "chcon of /etc/e2e/cluster.conf"
+  # Both read their configuration when they start: the next call starts them again.
+  systemctl stop recoveryd.service rpm-ostreed.service 2>/dev/null || true
+  systemctl daemon-reload
+  ostree admin status > "$OUT/ostree-status-first.txt" 2>&1
+  report "ostree node: booted $(ostree_booted) ($(grep -o 'ostree=[^ ]*' /proc/cmdline)), /usr read-only, /usr/local -> $(readlink /usr/local)"
+  sync
+}
+
+expect_os() {
+  local want=$1 got marker
+  got=$(ostree_booted)
+  marker=$(cat /usr/lib/vm-os-version)
+  [ "${got#* }" = "$want" ] && [ "$marker" = "$want" ] \
+    || fail "booted $got (the deployment's /usr says $marker), expected $want"
+  grep -q "ostree=/ostree/boot.[01]/vmos/" /proc/cmdline || fail "no ostree= argument of vmos on the kernel command line: $(cat /proc/cmdline)"
+  report "boot: the boot loader entry booted vmos $want (${got%% *}); $(grep -o 'ostree=[^ ]*' /proc/cmdline)"
+}
+
+# The upgrade as the machine-config daemon has it done: the new commit deployed by ostree (it
+# becomes the default boot loader entry), then a reboot.
+ostree_upgrade() {
+  step "the upgrade: ostree admin deploy vmos/stable (4.16.0), then reboot"
+  ostree admin deploy --os=vmos vmos/stable > "$OUT/ostree-deploy.txt" 2>&1 || fail "ostree admin deploy: $(cat "$OUT/ostree-deploy.txt")"
+  ostree admin status > "$OUT/ostree-status-upgraded.txt" 2>&1
+  grep -q 'Pinned: yes' "$OUT/ostree-status-upgraded.txt" || fail "the backup did not pin the booted deployment: $(cat "$OUT/ostree-status-upgraded.txt")"
+  report "upgrade: 4.16.0 deployed by ostree as the default; the backup's 4.15.1 pinned"
+  publish
+  mark WAITING
+  systemctl reboot
+  sleep infinity
+}
+
+ostree_recover() {
+  step "a failed upgrade on 4.16.0: /etc, /usr/local, /var/lib/kubelet, a machine-config file and etcd changed; recover"
+  echo "cluster-name: broken" > /etc/e2e/cluster.conf
+  rm -f /etc/e2e/secret
+  echo "added by the upgrade" > /etc/e2e/upgrade-leftover.conf
+  printf '#!/bin/sh\necho tool 2\n' > /usr/local/bin/tool
+  echo "kind: Broken" > /var/lib/kubelet/config.yaml
+  rm -rf /var/lib/kubelet/pods/p1
+  echo "extra=2" > /opt/mco/extra.conf
+  wait_etcd
+  etcdput /e2e/cluster broken
+  sync
+  recoveryctl recover > "$OUT/recover.txt" 2>&1 || fail "recoveryctl recover: $(tail -5 "$OUT/recover.txt")"
+  publish
+  mark WAITING
+  sleep infinity
+}
+
+ostree_wait_end() {
+  step "waiting for the recovery to end on the rolled-back deployment"
+  local s run
+  publish
+  s=$(wait_recovery_end 900)
+  [ "$s" = succeeded ] || fail "the recovery ended $s: $(run_field last_recovery.error)"
+  run=$(newest_recovery_run)
+  check_journal_complete "$run"
+  check_trees
+  ostree admin status > "$OUT/ostree-status-end.txt" 2>&1
+  python3 - "$OUT/ostree-status-end.txt" <<'PY' > "$OUT/ostree-end-check.txt" 2>&1 || fail "$(cat "$OUT/ostree-end-check.txt")"
+import sys
+lines = [l for l in open(sys.argv[1]) if l.strip()]
+heads = [l for l in lines if not l.startswith("    ")]
+first = heads[0]
+assert first.startswith("* vmos "), f"the default deployment is not the booted one: {first.strip()}"
+PY
+  grep -q '"call":"Rollback"' /var/lib/fake-rpm-ostree/calls.log || fail "rpm-ostree was never asked to roll back"
+  local k c
+  k=$(systemctl is-active kubelet.service); c=$(systemctl is-active crio.service)
+  [ "$k" = active ] && [ "$c" = active ] || fail "kubelet $k, crio $c"
+  [ "$(getenforce)" = Enforcing ] || fail "SELinux is $(getenforce) after the recovery"
+  report "ostree node: the rollback written by libostree made 4.15.1 the first boot loader entry; booted and default agree; kubelet and CRI-O active; SELinux enforcing"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The actions
 
 action() {
@@ -596,6 +695,11 @@ EOF
       printf 'B%s\t%s\n' "$b" "$(summarize_boot "$id" | tr '\n' ';')"
     done < "$STATE/boot-ids" > "$OUT/boots.txt"
     ;;
+  ostree-node) ostree_node ;;
+  expect-os) expect_os "$1" ;;
+  ostree-upgrade) ostree_upgrade ;;
+  ostree-recover) ostree_recover ;;
+  ostree-wait-end) ostree_wait_end ;;
   pass)
     pass
     ;;
