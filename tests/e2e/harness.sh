@@ -250,7 +250,7 @@ boot() {
       [ "$may_reboot" = 1 ] && { detail "the node went down again before its boot had finished"; return; }
       fail "the container exited during boot $BOOT"
     fi
-    state=$(in_node systemctl is-system-running 2>/dev/null || true)
+    state=$(IN_NODE_TIMEOUT=10 in_node systemctl is-system-running 2>/dev/null || true)
     case "$state" in running|degraded) break ;; esac
     sleep 0.2
   done
@@ -258,12 +258,17 @@ boot() {
   detail "systemd is $state; boot id $(in_node cat /proc/sys/kernel/random/boot_id)"
 }
 
-# Run a command inside the node.
+# Run a command inside the node, for at most IN_NODE_TIMEOUT seconds (default 900). The bound
+# is not only for a command that hangs: when the node shuts down while the command runs, its
+# systemd-shutdown stops every process of the node with SIGSTOP before killing them, nsenter
+# (outside the node) stops itself when its child does, as job control would have it, and
+# never reaps the killed child; the node's PID namespace then never empties and the reboot
+# never ends. Killing nsenter lets the child be reaped.
 in_node() {
   local pid
   pid=$(pgrep -P "$NSPAWN_PID" | head -1)
   [ -n "$pid" ] || return 1
-  nsenter -t "$pid" -a "$@"
+  timeout -s KILL "${IN_NODE_TIMEOUT:-900}" nsenter -t "$pid" -a "$@"
 }
 
 # Wait for the container to end; sets EXIT_CODE to nspawn's (133: reboot, 0: poweroff). Not in
@@ -303,7 +308,7 @@ print('' if v is None else v)" "$1"
 wait_run_end() {
   local timeout=$1 deadline=$((SECONDS + $1)) state=
   while [ $SECONDS -lt $deadline ]; do
-    state=$(status_field last_recovery.state || true)
+    state=$(IN_NODE_TIMEOUT=30 status_field last_recovery.state || true)
     case "$state" in succeeded|failed|timeout|cancelled) echo "$state"; return ;; esac
     kill -0 "$NSPAWN_PID" 2>/dev/null || fail "the node stopped while the recovery ran"
     sleep 1
