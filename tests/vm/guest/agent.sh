@@ -261,11 +261,16 @@ etcdput() { ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 put "$@" >/d
 TREES="etc usr/local var/lib/kubelet"
 
 # The harness's rsync, unconfined: /usr/bin/rsync is rsync_exec_t, and the reference policy
-# runs it in rsync_t, which may not read /etc/shadow. A copy in /run (var_run_t, not a backed-up
-# tree, and writable where /usr is read-only, as on an ostree node) runs in the agent's domain.
+# runs it in rsync_t, which may not read /etc/shadow. A copy elsewhere (not in a backed-up
+# tree) runs in the agent's domain: in /usr/libexec (bin_t), or where /usr is read-only (an
+# ostree node) in /run, which dracut mounts without noexec (initramfs-tools mounts it noexec).
 vm_rsync() {
-  [ -x /run/vm-test/rsync ] || install -D -m 0755 /usr/bin/rsync /run/vm-test/rsync
-  /run/vm-test/rsync "$@"
+  local r=/usr/libexec/vm-test/rsync
+  if [ ! -x "$r" ] && ! install -D -m 0755 /usr/bin/rsync "$r" 2>/dev/null; then
+    r=/run/vm-test/rsync
+    [ -x "$r" ] || install -D -m 0755 /usr/bin/rsync "$r"
+  fi
+  "$r" "$@"
 }
 
 # A backup through the socket, as the backup Job takes it; then the reference copy of what it
