@@ -175,10 +175,13 @@ impl Entry {
 
 /// Render bytes as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    // A table, not `write!("{b:02x}")` per byte: every xattr value of a manifest passes here,
+    // and the formatting machinery was a visible part of writing one.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     s
 }
@@ -187,13 +190,18 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// length, a character that is not a hex digit, one that is not ASCII) is an error.
 pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
     fn digit(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
     }
     if !s.len().is_multiple_of(2) {
         return Err(format!("odd-length hex `{s}`"));
     }
     s.as_bytes()
-        .chunks(2)
+        .chunks_exact(2)
         .map(|pair| match (digit(pair[0]), digit(pair[1])) {
             (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
             _ => Err(format!("bad hex `{s}`")),
@@ -202,30 +210,77 @@ pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 mod xattr_hex {
-    use serde::de::Error;
+    //! `[[name, hex value], ...]`. Both ways without intermediate copies: every file of a
+    //! manifest has its SELinux label here, so this is on the path of every manifest read or
+    //! written.
+    use std::fmt;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::super::bytetext::ByteText;
     use super::{hex, unhex};
 
+    /// A name as [`ByteText`] writes it, borrowed.
+    struct Name<'a>(&'a [u8]);
+
+    impl Serialize for Name<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match std::str::from_utf8(self.0) {
+                Ok(t) => s.serialize_str(t),
+                Err(_) => ByteText(self.0.to_vec()).serialize(s),
+            }
+        }
+    }
+
     pub(crate) fn serialize<S: Serializer>(
         v: &[(Vec<u8>, Vec<u8>)],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let pairs: Vec<(ByteText, String)> = v
-            .iter()
-            .map(|(n, val)| (ByteText(n.clone()), hex(val)))
-            .collect();
-        pairs.serialize(s)
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for (n, val) in v {
+            seq.serialize_element(&(Name(n), hex(val)))?;
+        }
+        seq.end()
+    }
+
+    /// A hex value, decoded from the string as it is read (borrowed when it can be).
+    struct HexValue(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for HexValue {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = HexValue;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string of hex digits")
+                }
+                fn visit_str<E: Error>(self, v: &str) -> Result<HexValue, E> {
+                    unhex(v).map(HexValue).map_err(E::custom)
+                }
+            }
+            d.deserialize_str(V)
+        }
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<super::super::fsx::Xattrs, D::Error> {
-        let pairs: Vec<(ByteText, String)> = Vec::deserialize(d)?;
-        pairs
-            .into_iter()
-            .map(|(n, v)| Ok((n.0, unhex(&v).map_err(D::Error::custom)?)))
-            .collect()
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = super::super::fsx::Xattrs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of [name, hex value] pairs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some((n, v)) = seq.next_element::<(ByteText, HexValue)>()? {
+                    out.push((n.0, v.0));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Pairs)
     }
 }

@@ -5,7 +5,7 @@
 //! `generation.json` and in the journal; a manifest that does not match is refused before any
 //! file is read from the generation.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,10 @@ pub(crate) struct Artifact {
 }
 
 /// One line after the header.
+#[allow(clippy::large_enum_variant)] // moved straight into the manifest: a box would cost an allocation per entry
 enum Line {
     Artifact(Artifact),
-    Entry(Box<Entry>),
+    Entry(Entry),
 }
 
 impl Line {
@@ -71,7 +72,7 @@ impl Line {
     /// entries are nearly every line.
     fn parse(line: &str) -> Result<Line, serde_json::Error> {
         match serde_json::from_str::<Entry>(line) {
-            Ok(e) => Ok(Line::Entry(Box::new(e))),
+            Ok(e) => Ok(Line::Entry(e)),
             Err(entry_error) => serde_json::from_str::<Artifact>(line)
                 .map(Line::Artifact)
                 .map_err(|_| entry_error),
@@ -144,10 +145,14 @@ impl Manifest {
             .write(true)
             .create_new(true)
             .open(path)?;
-        let mut w = Hashing {
-            inner: io::BufWriter::with_capacity(1 << 20, file),
-            hasher: blake3::Hasher::new(),
-        };
+        // Hashed as the buffer drains (in large writes), not per token serde writes.
+        let mut w = io::BufWriter::with_capacity(
+            1 << 20,
+            Hashing {
+                inner: file,
+                hasher: blake3::Hasher::new(),
+            },
+        );
         serde_json::to_writer(&mut w, &self.header)?;
         w.write_all(b"\n")?;
         for e in &self.entries {
@@ -158,10 +163,9 @@ impl Manifest {
             serde_json::to_writer(&mut w, a)?;
             w.write_all(b"\n")?;
         }
-        w.flush()?;
+        let w = w.into_inner().map_err(|e| e.into_error())?;
         let hash = w.hasher.finalize().to_hex().to_string();
-        let file = w.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        w.inner.sync_all()?;
         Ok(hash)
     }
 
@@ -201,9 +205,21 @@ impl Manifest {
             line,
             message,
         };
-        let mut lines = bytes.lines();
+        // Text checked once, then lines cut as `BufRead::lines` cuts them (a final newline ends
+        // the last line, a `\r` before a newline is dropped) and parsed in place, not copied.
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            parse_err(line, "stream did not contain valid UTF-8".into())
+        })?;
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        let mut lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
         let header: Header = match lines.next() {
-            Some(Ok(l)) => serde_json::from_str(&l).map_err(|e| parse_err(1, e.to_string()))?,
+            Some(l) if !bytes.is_empty() => {
+                serde_json::from_str(l).map_err(|e| parse_err(1, e.to_string()))?
+            }
             _ => return Err(parse_err(1, "empty manifest".into())),
         };
         if header.format != FORMAT || header.version != VERSION {
@@ -217,9 +233,8 @@ impl Manifest {
         }
         let mut m = Manifest::new(header);
         for (i, line) in lines.enumerate() {
-            let line = line.map_err(|e| parse_err(i + 2, e.to_string()))?;
-            match Line::parse(&line).map_err(|e| parse_err(i + 2, e.to_string()))? {
-                Line::Entry(e) => m.entries.push(*e),
+            match Line::parse(line).map_err(|e| parse_err(i + 2, e.to_string()))? {
+                Line::Entry(e) => m.entries.push(e),
                 Line::Artifact(a) => m.artifacts.push(a),
             }
         }
