@@ -20,6 +20,7 @@ mod extras;
 mod metadata;
 mod narrow;
 mod paths;
+mod plan;
 mod reach;
 mod tree;
 
@@ -39,6 +40,7 @@ use super::store::Generation;
 pub(crate) use between::between;
 pub(crate) use narrow::{for_target, narrow};
 use paths::{node, parent_of};
+use plan::Plan;
 
 /// Prefix of the temporary files a restore writes next to their destination.
 pub(crate) const TMP_PREFIX: &str = ".recoveryd-tmp.";
@@ -178,11 +180,21 @@ pub(crate) fn restore(
         (hooks.progress)(dry.done, dry.total, 0, 0);
         return Ok(dry.report);
     }
-    // 2. Apply, reusing the dry run's content comparisons where the live file did not move.
+    // 2. Apply where the dry run found something to do, reusing its content comparisons
+    // where the live file did not move.
     let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
     apply.content_cache = std::mem::take(&mut dry.content_cache);
+    apply.follow = Some(std::mem::take(&mut dry.plan));
     apply.run(selection)?;
-    Ok(apply.report)
+    let mut report = apply.report;
+    report.hashed_live_files += dry.report.hashed_live_files;
+    // Mount points in directories the apply pass did not visit again.
+    for m in dry.report.mounts_left {
+        if !report.mounts_left.contains(&m) {
+            report.mounts_left.push(m);
+        }
+    }
+    Ok(report)
 }
 
 type StatKey = (u64, u64, u64, Time, Time);
@@ -222,6 +234,10 @@ struct Restorer<'a> {
     implicit: HashMap<&'a [u8], usize>,
     /// Outside directories whose change is already reported (shared by several files).
     reported: HashSet<Vec<u8>>,
+    /// Dry run: where the changes are.
+    plan: Plan,
+    /// Apply: the dry run's plan, to visit only where it found changes.
+    follow: Option<Plan>,
 }
 
 impl<'a> Restorer<'a> {
@@ -273,10 +289,15 @@ impl<'a> Restorer<'a> {
                 .map(|(i, e)| (e.path_bytes(), i))
                 .collect(),
             reported: HashSet::new(),
+            plan: Plan::default(),
+            follow: None,
         })
     }
 
     fn change(&mut self, path: &[u8], change: ChangeKind, detail: impl Into<String>) {
+        if !self.apply {
+            self.plan.record(path);
+        }
         self.report.changes.push(Change {
             path: node(path),
             change,

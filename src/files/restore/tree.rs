@@ -66,6 +66,9 @@ impl Restorer<'_> {
     }
 
     pub(super) fn sync_dir(&mut self, dir: BorrowedFd<'_>, rel: &[u8], dev: u64) -> Result<()> {
+        if self.follow.as_ref().is_some_and(|plan| !plan.below(rel)) {
+            return self.tick_unchanged(rel);
+        }
         let wanted: Vec<usize> = self.children.get(rel).cloned().unwrap_or_default();
         let wanted_names: HashSet<&[u8]> = wanted
             .iter()
@@ -104,8 +107,32 @@ impl Restorer<'_> {
                 continue;
             }
             self.tick()?;
+            if self.follow.as_ref().is_some_and(|plan| !plan.visits(&path)) {
+                if e.kind == Kind::Dir {
+                    self.tick_unchanged(&path)?;
+                }
+                continue;
+            }
             self.sync_child(dir, i, dev)
                 .with_context(|| format!("restoring {}", node(&path)))?;
+        }
+        Ok(())
+    }
+
+    /// Apply: count the entries below a directory the dry run found equal as done, without
+    /// reading the live tree again (progress and `during@N` failpoints count them as before).
+    fn tick_unchanged(&mut self, rel: &[u8]) -> Result<()> {
+        let kids = self.children.get(rel).cloned().unwrap_or_default();
+        for i in kids {
+            let e = &self.entries[i];
+            let path = e.path_bytes();
+            if self.excluded(path) || self.skipped_mounts.contains(path) {
+                continue;
+            }
+            self.tick()?;
+            if e.kind == Kind::Dir {
+                self.tick_unchanged(path)?;
+            }
         }
         Ok(())
     }
