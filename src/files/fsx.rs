@@ -4,8 +4,9 @@
 //! `O_NOFOLLOW`/`RESOLVE_NO_SYMLINKS`, so a symlink planted in a live tree (`/etc/foo -> /`)
 //! can never make a backup read, or a restore write, outside that tree. Written on `rustix`
 //! because std has no `*at` API; extended attributes of entries that cannot be opened (symlinks,
-//! devices, fifos) are reached through `/proc/self/fd/<dir>/<name>`, whose last component is not
-//! followed by the `l*xattr` calls.
+//! devices, fifos) are read with `listxattrat`/`getxattrat` and `AT_SYMLINK_NOFOLLOW` where the
+//! kernel has them ([`super::xattrat`]), otherwise through `/proc/self/fd/<dir>/<name>`, whose
+//! last component is not followed by the `l*xattr` calls.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -198,6 +199,15 @@ pub(crate) fn xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
 
 /// All extended attributes of a child that is not opened (symlinks, devices, fifos).
 pub(crate) fn xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Xattrs> {
+    if let Some(child) = super::xattrat::Child::new(dir, name) {
+        let list = grow_list(|b| child.list(b))?;
+        return read_all(parse_names(&list), |n, b| child.get(n, b));
+    }
+    xattrs_through_proc(dir, name)
+}
+
+/// [`xattrs_at`] where the kernel has no `*xattrat` calls.
+pub(super) fn xattrs_through_proc(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Xattrs> {
     let p = proc_path(dir, name);
     let list = grow_list(|b| rustix::fs::llistxattr(&p, b))?;
     read_all(parse_names(&list), |n, b| rustix::fs::lgetxattr(&p, n, b))

@@ -20,6 +20,7 @@ pub(crate) mod store;
 pub(crate) mod validate;
 pub(crate) mod verify;
 pub(crate) mod walk;
+mod xattrat;
 
 /// Whether an error means that a generation cannot be trusted (a damaged or tampered manifest,
 /// a stored file that does not match it): the operator's answer is another generation, not a
