@@ -189,60 +189,58 @@ impl Manifest {
         name: &str,
         expected_hash: Option<&str>,
     ) -> Result<Manifest, ManifestError> {
-        let p = name.to_string();
-        if let Some(expected) = expected_hash {
-            let found = blake3::hash(bytes).to_hex().to_string();
-            if found != expected {
-                return Err(ManifestError::HashMismatch {
-                    path: p,
-                    expected: expected.to_string(),
-                    found,
-                });
-            }
-        }
-        let parse_err = |line: usize, message: String| ManifestError::Parse {
-            path: p.clone(),
-            line,
-            message,
-        };
-        // Text checked once, then lines cut as `BufRead::lines` cuts them (a final newline ends
-        // the last line, a `\r` before a newline is dropped) and parsed in place, not copied.
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            parse_err(line, "stream did not contain valid UTF-8".into())
-        })?;
-        let body = text.strip_suffix('\n').unwrap_or(text);
-        let mut lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        let header: Header = match lines.next() {
-            Some(l) if !bytes.is_empty() => {
-                serde_json::from_str(l).map_err(|e| parse_err(1, e.to_string()))?
-            }
-            _ => return Err(parse_err(1, "empty manifest".into())),
-        };
-        if header.format != FORMAT || header.version != VERSION {
-            return Err(parse_err(
-                1,
-                format!(
-                    "unsupported format {} version {}",
-                    header.format, header.version
-                ),
-            ));
-        }
+        let (header, lines) = checked_lines(bytes, name, expected_hash)?;
         let mut m = Manifest::new(header);
-        for (i, line) in lines.enumerate() {
-            match Line::parse(line).map_err(|e| parse_err(i + 2, e.to_string()))? {
+        for (n, line) in lines {
+            match Line::parse(line).map_err(|e| parse_error(name, n, e.to_string()))? {
                 Line::Entry(e) => m.entries.push(e),
                 Line::Artifact(a) => m.artifacts.push(a),
             }
         }
         super::validate::validate(&m).map_err(|violation| ManifestError::Invalid {
-            path: p.clone(),
+            path: name.to_string(),
             violation,
         })?;
         Ok(m)
+    }
+
+    /// The content hashes a manifest file names, for a collection of objects: the same
+    /// checks of its bytes (the recorded hash, UTF-8, the header, every line a JSON object)
+    /// without building its entries, which is most of the cost of reading one. Every line's
+    /// `hash` is taken (artifacts' too: keeping more is safe), and one that is not a content
+    /// hash refuses the manifest, as [`super::validate`] would.
+    pub(crate) fn object_hashes(
+        path: &Path,
+        expected_hash: &str,
+    ) -> Result<(Header, Vec<String>), ManifestError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let (header, lines) = checked_lines(&bytes, &name, Some(expected_hash))?;
+        /// A line with nothing but its hash (serde skips the other fields).
+        #[derive(Deserialize)]
+        struct HashOnly<'a> {
+            #[serde(borrow, default)]
+            hash: Option<&'a str>,
+        }
+        let mut out = Vec::new();
+        for (n, line) in lines {
+            let l: HashOnly<'_> =
+                serde_json::from_str(line).map_err(|e| parse_error(&name, n, e.to_string()))?;
+            if let Some(h) = l.hash {
+                if !super::validate::is_hash(h) {
+                    return Err(parse_error(
+                        &name,
+                        n,
+                        format!("{h:?} is not a content hash"),
+                    ));
+                }
+                out.push(h.to_string());
+            }
+        }
+        Ok((header, out))
     }
 
     /// Total bytes of regular-file content and artifacts.
@@ -250,4 +248,58 @@ impl Manifest {
         super::entry::content_bytes(&self.entries)
             + self.artifacts.iter().map(|a| a.size).sum::<u64>()
     }
+}
+
+fn parse_error(name: &str, line: usize, message: String) -> ManifestError {
+    ManifestError::Parse {
+        path: name.to_string(),
+        line,
+        message,
+    }
+}
+
+/// A manifest's bytes checked against `expected_hash` and as UTF-8, its header parsed and
+/// checked, and the lines after it with their numbers: cut as `BufRead::lines` cuts them (a
+/// final newline ends the last line, a `\r` before a newline is dropped), borrowed, not copied.
+fn checked_lines<'a>(
+    bytes: &'a [u8],
+    name: &str,
+    expected_hash: Option<&str>,
+) -> Result<(Header, impl Iterator<Item = (usize, &'a str)>), ManifestError> {
+    if let Some(expected) = expected_hash {
+        let found = blake3::hash(bytes).to_hex().to_string();
+        if found != expected {
+            return Err(ManifestError::HashMismatch {
+                path: name.to_string(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        parse_error(name, line, "stream did not contain valid UTF-8".into())
+    })?;
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let header: Header = match lines.next() {
+        Some(l) if !bytes.is_empty() => {
+            serde_json::from_str(l).map_err(|e| parse_error(name, 1, e.to_string()))?
+        }
+        _ => return Err(parse_error(name, 1, "empty manifest".into())),
+    };
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(parse_error(
+            name,
+            1,
+            format!(
+                "unsupported format {} version {}",
+                header.format, header.version
+            ),
+        ));
+    }
+    Ok((header, lines.enumerate().map(|(i, l)| (i + 2, l))))
 }

@@ -204,6 +204,31 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 
+    /// A collection reads the same hashes a full read finds, and nothing but them (artifacts
+    /// are kept too); a damaged file is refused by both.
+    #[test]
+    fn a_collection_sees_every_hash_a_full_read_sees(m in manifest(), at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, h) = write(dir.path(), &m);
+        let (header, mut hashes) = Manifest::object_hashes(&p, &h).unwrap();
+        prop_assert_eq!(&header, &m.header);
+        let mut want: Vec<String> = m.entries.iter().filter_map(|e| e.hash.clone())
+            .chain(m.artifacts.iter().map(|a| a.hash.clone()))
+            .collect();
+        hashes.sort();
+        want.sort();
+        prop_assert_eq!(hashes, want);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        std::fs::write(&p, &bytes).unwrap();
+        let refused = matches!(
+            Manifest::object_hashes(&p, &h),
+            Err(ManifestError::HashMismatch { .. })
+        );
+        prop_assert!(refused);
+    }
+
     /// One byte changed anywhere: refused by its hash; read without the hash, it is either
     /// refused with a reason or is a manifest that passes every check. Never a panic.
     #[test]
@@ -229,8 +254,10 @@ proptest! {
     fn garbage_is_an_error_not_a_panic(lines in vec(vec(any::<u8>(), 0..80), 0..6)) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("manifest");
-        std::fs::write(&p, lines.join(&b'\n')).unwrap();
+        let bytes = lines.join(&b'\n');
+        std::fs::write(&p, &bytes).unwrap();
         let _ = Manifest::read_file(&p, None);
+        let _ = Manifest::object_hashes(&p, &blake3::hash(&bytes).to_hex());
     }
 
     /// Files named with any bytes are walked under exactly those names.

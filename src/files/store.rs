@@ -106,20 +106,35 @@ impl Generation {
     /// [`super::validate`].
     pub(crate) fn manifest(&self) -> Result<Manifest> {
         let m = Manifest::read_file(&self.manifest_path(), Some(&self.info.manifest_hash))?;
-        if m.header.generation != self.info.id {
+        self.check_names_this(&m.header)?;
+        Ok(m)
+    }
+
+    /// The content hashes the manifest names, read with the same checks of its bytes and
+    /// header as [`Self::manifest`] and without building its entries (a collection of
+    /// objects needs nothing else).
+    pub(crate) fn object_hashes(&self) -> Result<Vec<String>> {
+        let (header, hashes) =
+            Manifest::object_hashes(&self.manifest_path(), &self.info.manifest_hash)?;
+        self.check_names_this(&header)?;
+        Ok(hashes)
+    }
+
+    fn check_names_this(&self, header: &super::manifest::Header) -> Result<()> {
+        if header.generation != self.info.id {
             return Err(super::manifest::ManifestError::Invalid {
                 path: self.manifest_path().display().to_string(),
                 violation: super::validate::Violation {
                     what: "header.generation".into(),
                     why: format!(
                         "names generation {}, but it is the manifest of {}",
-                        m.header.generation, self.info.id
+                        header.generation, self.info.id
                     ),
                 },
             }
             .into());
         }
-        Ok(m)
+        Ok(())
     }
 }
 
@@ -278,13 +293,13 @@ impl Store {
     fn referenced_by(&self, generations: &[Generation]) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         for g in generations {
-            let m = g.manifest().with_context(|| {
+            let hashes = g.object_hashes().with_context(|| {
                 format!(
                     "reading the manifest of generation {} to keep its objects",
                     g.info.id
                 )
             })?;
-            out.extend(m.entries.into_iter().filter_map(|e| e.hash));
+            out.extend(hashes);
         }
         // A backup in progress (this process holds the run lock): what its copy recorded.
         for staging in self.staging_dirs()? {
