@@ -23,12 +23,17 @@ struct Hex<'a> {
     hex: &'a str,
 }
 
+/// Write bytes as [`ByteText`] does, without owning them.
+pub(crate) fn serialize_bytes<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(t) => s.serialize_str(t),
+        Err(_) => Hex { hex: &hex(bytes) }.serialize(s),
+    }
+}
+
 impl Serialize for ByteText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(t) => s.serialize_str(t),
-            Err(_) => Hex { hex: &hex(&self.0) }.serialize(s),
-        }
+        serialize_bytes(&self.0, s)
     }
 }
 

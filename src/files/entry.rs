@@ -227,10 +227,7 @@ mod xattr_hex {
 
     impl Serialize for Name<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            match std::str::from_utf8(self.0) {
-                Ok(t) => s.serialize_str(t),
-                Err(_) => ByteText(self.0.to_vec()).serialize(s),
-            }
+            super::super::bytetext::serialize_bytes(self.0, s)
         }
     }
 
@@ -245,7 +242,7 @@ mod xattr_hex {
         seq.end()
     }
 
-    /// A hex value, decoded from the string as it is read (borrowed when it can be).
+    /// A hex value, decoded straight from the string the deserializer hands over.
     struct HexValue(Vec<u8>);
 
     impl<'de> Deserialize<'de> for HexValue {

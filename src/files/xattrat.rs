@@ -34,9 +34,17 @@ struct XattrArgs {
     flags: u32,
 }
 
-fn errno() -> rustix::io::Errno {
-    rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
-        .unwrap_or(rustix::io::Errno::IO)
+/// A raw call's result: a byte count, or the error in `errno`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn bytes_or_errno(r: libc::c_long) -> rustix::io::Result<usize> {
+    if r < 0 {
+        Err(
+            rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+                .unwrap_or(rustix::io::Errno::IO),
+        )
+    } else {
+        Ok(r as usize)
+    }
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -53,7 +61,7 @@ fn list_raw(dir: libc::c_int, name: &CStr, buf: &mut [u8]) -> rustix::io::Result
             buf.len(),
         )
     };
-    if r < 0 { Err(errno()) } else { Ok(r as usize) }
+    bytes_or_errno(r)
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -81,7 +89,7 @@ fn get_raw(
             std::mem::size_of::<XattrArgs>(),
         )
     };
-    if r < 0 { Err(errno()) } else { Ok(r as usize) }
+    bytes_or_errno(r)
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
