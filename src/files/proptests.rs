@@ -84,12 +84,10 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         paths(),
         vec(meta(), 32),
         proptest::string::string_regex("[0-9A-Za-z-]{1,20}").unwrap(),
-        vec(
-            (
-                proptest::string::string_regex("cluster/[a-z_]{1,12}\\.db").unwrap(),
-                any::<u64>(),
-                hash(),
-            ),
+        // Keyed by name: a manifest lists each artifact once.
+        proptest::collection::btree_map(
+            proptest::string::string_regex("cluster/[a-z_]{1,12}\\.db").unwrap(),
+            (any::<u64>(), hash()),
             0..3,
         ),
     )
@@ -169,7 +167,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 entries,
                 artifacts: artifacts
                     .into_iter()
-                    .map(|(artifact, size, hash)| Artifact {
+                    .map(|(artifact, (size, hash))| Artifact {
                         artifact,
                         size,
                         hash,
