@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod journal;
 pub(crate) mod logging;
+pub(crate) mod memory;
 pub(crate) mod ops;
 pub(crate) mod plans;
 pub(crate) mod protocol;

@@ -54,6 +54,7 @@ pub fn main() -> ExitCode {
     };
     crate::logging::init("recoveryctl", level);
     crate::files::walk::raise_open_file_limit();
+    crate::memory::hand_back_freed_memory();
     let out = Out {
         json: cli.json,
         result_file: cli.result_file.clone(),

@@ -52,10 +52,10 @@ pub fn main() -> ExitCode {
         .flatten();
     crate::logging::init("recoveryd", "info");
     crate::files::walk::raise_open_file_limit();
-    super::memory::hand_back_freed_memory();
+    crate::memory::hand_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_keep_alive(super::memory::BLOCKING_KEEP_ALIVE)
+        .thread_keep_alive(crate::memory::BLOCKING_KEEP_ALIVE)
         .enable_all()
         .thread_name("recoveryd")
         .build()

@@ -4,7 +4,6 @@
 mod broadcast;
 pub(crate) mod dbus;
 pub(crate) mod manager;
-mod memory;
 pub(crate) mod notify;
 mod slot;
 pub(crate) mod socket;

@@ -105,8 +105,8 @@ impl Slot {
             }
             drop(slot);
             *me.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
-            super::memory::release_free_heap();
-            tokio::spawn(super::memory::release_once_threads_exit());
+            crate::memory::release_free_heap();
+            tokio::spawn(crate::memory::release_once_threads_exit());
             let _ = me.events.send(protocol::Event::Idle);
         });
         Ok((run, kind))

@@ -1,13 +1,14 @@
-//! The daemon's heap between runs. A run (a walk of the node, hashing, a manifest of every
-//! entry) grows the heap by several MiB across the allocator's per-thread arenas, and glibc
-//! keeps those pages once the run has freed them: a daemon that rests for days between backups
-//! would hold them for days.
+//! The heap a run leaves. A run (a walk of the node, hashing, a manifest of every entry) grows
+//! the heap by several MiB across the allocator's per-thread arenas, and glibc keeps those
+//! pages once the run has freed them: a daemon that rests for days between backups would hold
+//! them for days, and a run holds the garbage of its earlier steps beside what it uses now.
 //!
 //! Two settings of glibc's allocator keep it from doing so:
-//! - a fixed trim threshold: by default glibc raises it (up to 64 MiB) each time a large block
-//!   is freed, and the free space at the top of a thread's arena is only handed back above it;
-//!   `malloc_trim` does not shrink those tops, only the main arena's;
-//! - `malloc_trim` after each run, for the free pages between blocks still in use, and again
+//! - a fixed trim threshold, in both binaries: by default glibc raises it (up to 64 MiB) each
+//!   time a large block is freed (the 1 MiB copy buffers), and the free space at the top of a
+//!   thread's arena is only handed back above it; `malloc_trim` does not shrink those tops,
+//!   only the main arena's;
+//! - in the daemon, `malloc_trim` after each run, for the free pages between blocks still in use, and again
 //!   once the run's blocking threads have exited (each hands its cache of small blocks back to
 //!   its arena as it exits).
 //!
