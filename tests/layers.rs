@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("journal", &["files", "text"]),
     ("engine", &["config", "journal", "text"]),
     ("logging", &["engine"]),
+    ("memory", &[]),
     ("protocol", &["engine", "files", "journal", "text"]),
     (
         "plans",
@@ -29,15 +30,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "config", "engine", "files", "host", "journal", "logging", "ops", "plans", "protocol",
-            "text",
+            "config", "engine", "files", "host", "journal", "logging", "memory", "ops", "plans",
+            "protocol", "text",
         ],
     ),
     (
         "cli",
         &[
-            "config", "engine", "files", "host", "journal", "logging", "ops", "plans", "protocol",
-            "text",
+            "config", "engine", "files", "host", "journal", "logging", "memory", "ops", "plans",
+            "protocol", "text",
         ],
     ),
     // The fuzz targets' entry points reach the parsers wherever they are.
