@@ -8,9 +8,9 @@
 //!   time a large block is freed (the 1 MiB copy buffers), and the free space at the top of a
 //!   thread's arena is only handed back above it; `malloc_trim` does not shrink those tops,
 //!   only the main arena's;
-//! - in the daemon, `malloc_trim` after each run, for the free pages between blocks still in use, and again
-//!   once the run's blocking threads have exited (each hands its cache of small blocks back to
-//!   its arena as it exits).
+//! - in the daemon, `malloc_trim` after each run, for the free pages between blocks still in
+//!   use, and again once the run's blocking threads have exited (each hands its cache of small
+//!   blocks back to its arena as it exits).
 //!
 //! Written by hand: neither call has a safe wrapper in a maintained crate, and another
 //! allocator (jemalloc, mimalloc) would be a larger binary and a new build dependency for the

@@ -227,7 +227,7 @@ mod xattr_hex {
 
     impl Serialize for Name<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            super::super::bytetext::serialize_bytes(self.0, s)
+            crate::files::bytetext::serialize_bytes(self.0, s)
         }
     }
 
