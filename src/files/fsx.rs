@@ -100,10 +100,18 @@ pub(crate) fn try_lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Opti
 }
 
 /// The names in a directory (without `.` and `..`), sorted bytewise.
+///
+/// Read with `getdents64` on the descriptor itself (rustix's `RawDir`), from its start: a
+/// `Dir` would open the directory a second time (`openat(fd, ".")`, then `close`), two calls
+/// more for every directory of a walk.
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
+    // From the first entry, whoever read this descriptor before.
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    // Room for a few hundred names a call; the longest name (255 bytes) fits many times.
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut d = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
     let mut names = Vec::new();
-    while let Some(entry) = d.read() {
+    while let Some(entry) = d.next() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
