@@ -193,7 +193,10 @@ impl ManagerIface {
         require_root(&hdr, conn, "Verify").await?;
         let ops = self.manager.ops.clone();
         let report = tokio::task::spawn_blocking(move || {
-            ops.verify((!generation.is_empty()).then_some(generation.as_str()))
+            let r = ops.verify((!generation.is_empty()).then_some(generation.as_str()));
+            // Nothing after it reads that manifest again.
+            crate::files::parsed::release();
+            r
         })
         .await
         .map_err(|e| ApiError::Failed(e.to_string()))??;

@@ -64,6 +64,15 @@ impl RunManager {
 
     /// Start or continue a run as `request` asks (status and cancel have their own calls).
     pub(crate) fn start(&self, request: &Request) -> Result<Started, ApiError> {
+        let started = self.start_run(request);
+        // The manifest its checks read is kept for the run; no run, nothing to keep it for.
+        if !matches!(started, Ok(Started::Run { .. })) {
+            crate::files::parsed::release();
+        }
+        started
+    }
+
+    fn start_run(&self, request: &Request) -> Result<Started, ApiError> {
         let run = |(run, kind)| Started::Run { run, kind };
         match request {
             Request::Backup { .. } => {

@@ -105,6 +105,7 @@ impl Slot {
             }
             drop(slot);
             *me.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
+            crate::files::parsed::release();
             crate::memory::release_free_heap();
             tokio::spawn(crate::memory::release_once_threads_exit());
             let _ = me.events.send(protocol::Event::Idle);

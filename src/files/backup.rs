@@ -7,7 +7,7 @@
 //! already exists). Content is stored without the node's metadata (mode, owner, xattrs live in
 //! the manifest), so sharing depends on content alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
 use super::entry::{content_owner, owns_content};
 use super::fsx;
-use super::manifest::Manifest;
+use super::previous::Previous;
 use super::store::{Store, stored_rel};
 
 /// How many bytes between two progress reports of a copy.
@@ -64,25 +64,11 @@ pub(crate) struct CopyStats {
     pub new_objects: Vec<String>,
 }
 
-/// The previous generation's entry for a path, if the file may be unchanged.
-fn unchanged<'a>(prev: &HashMap<&'a [u8], &'a Entry>, e: &Entry) -> Option<&'a Entry> {
-    prev.get(e.path_bytes()).copied().filter(|p| {
-        p.kind == Kind::File
-            && p.size == e.size
-            && p.mtime == e.mtime
-            && p.hash.is_some()
-            && p.source == e.source
-    })
-}
-
 /// Bytes the copy will need to write (files that cannot be shared), for the space pre-flight.
-pub(crate) fn bytes_to_copy(entries: &[Entry], previous: Option<&Manifest>) -> u64 {
-    let prev: HashMap<&[u8], &Entry> = previous
-        .map(|m| m.entries.iter().map(|e| (e.path_bytes(), e)).collect())
-        .unwrap_or_default();
+pub(crate) fn bytes_to_copy(entries: &[Entry], previous: &Previous<'_>) -> u64 {
     (0..entries.len())
         .filter(|&i| owns_content(entries, i))
-        .filter(|&i| unchanged(&prev, &entries[i]).is_none())
+        .filter(|&i| previous.unchanged_file(&entries[i]).is_none())
         // Whole blocks: a thousand small files take a thousand blocks.
         .map(|i| entries[i].size.div_ceil(4096) * 4096)
         .sum()
@@ -93,15 +79,12 @@ pub(crate) fn copy_files(
     root: &Path,
     entries: &mut [Entry],
     store: &Store,
-    previous: Option<&Manifest>,
+    previous: &Previous<'_>,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
     store.ensure()?;
     let present: HashSet<String> = store.present_objects()?;
-    let prev_index: HashMap<&[u8], &Entry> = previous
-        .map(|m| m.entries.iter().map(|e| (e.path_bytes(), e)).collect())
-        .unwrap_or_default();
 
     let mut stats = CopyStats::default();
     let mut jobs: Vec<usize> = Vec::new();
@@ -109,7 +92,7 @@ pub(crate) fn copy_files(
         if !owns_content(entries, i) {
             continue;
         }
-        match unchanged(&prev_index, &entries[i]) {
+        match previous.unchanged_file(&entries[i]) {
             Some(p) if p.hash.as_ref().is_some_and(|h| present.contains(h)) => {
                 let e = &mut entries[i];
                 e.hash = p.hash.clone();

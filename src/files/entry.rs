@@ -52,7 +52,9 @@ pub(crate) struct Time(pub i64, pub u32);
 
 /// Identity of the source inode at backup time. A live file whose device, inode, ctime, size
 /// and mtime all still match was not touched since the backup (ctime cannot be set from user
-/// space), so its content need not be hashed again.
+/// space), so its content need not be hashed again, nor its xattrs or link target read again:
+/// every change of content, owner, mode, xattrs or link count moves ctime, and so does every
+/// name added to or removed from a directory. See [`Entry::untouched`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Source {
     pub dev: u64,
@@ -96,6 +98,29 @@ pub(crate) struct Entry {
     #[serde(default, skip_serializing_if = "is_false")]
     pub implicit: bool,
     pub source: Source,
+}
+
+/// How long before the walk that recorded an entry its last change must be for its identity to
+/// be trusted later. File systems stamp ctime from a clock that ticks (every few milliseconds
+/// on Linux before 6.13, every second on ext4 with small inodes, every two on FAT), so a file
+/// changed again within the tick of a change the walk just read keeps its ctime: the walk
+/// read one state and the inode holds another under the same identity (git's "racy" entries).
+/// An entry changed this close to its walk, or during it, is therefore read again next time.
+/// A clock stepped back by more than this during a walk defeats it; nothing else does.
+pub(crate) const RACY_NANOS: i128 = 2_000_000_000;
+
+impl Time {
+    fn nanos(self) -> i128 {
+        i128::from(self.0) * 1_000_000_000 + i128::from(self.1)
+    }
+
+    /// The time of a `SystemTime` (the start of a walk).
+    pub(crate) fn of(t: std::time::SystemTime) -> Time {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Time(d.as_secs() as i64, d.subsec_nanos()),
+            Err(_) => Time(0, 0),
+        }
+    }
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -161,6 +186,25 @@ impl Entry {
                 nlink: st.st_nlink,
             },
         }
+    }
+
+    /// Whether the live inode `st` is the one this entry recorded, untouched since: the same
+    /// device, inode number and ctime, and the entry's last change long enough before
+    /// `walked`, when the walk that recorded it began, not to be racy (see [`RACY_NANOS`]; a
+    /// manifest that does not say when its walk began trusts the identity alone). Its xattrs
+    /// and link target are then the recorded ones; its content too when size and mtime also
+    /// match.
+    pub(crate) fn untouched(&self, st: &Stat, walked: Option<Time>) -> bool {
+        st.st_dev == self.source.dev
+            && st.st_ino == self.source.ino
+            && Time(st.st_ctime, st.st_ctime_nsec as u32) == self.source.ctime
+            && !self.racy(walked)
+    }
+
+    /// Whether the entry's last change was too close to `walked` (or after it) for its
+    /// identity to say it is unchanged ([`RACY_NANOS`]).
+    pub(crate) fn racy(&self, walked: Option<Time>) -> bool {
+        walked.is_some_and(|w| self.source.ctime.nanos() + RACY_NANOS >= w.nanos())
     }
 
     pub(crate) fn path_bytes(&self) -> &[u8] {

@@ -7,11 +7,12 @@
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::bytetext::ByteText;
-use super::entry::Entry;
+use super::entry::{Entry, Time};
 
 pub(crate) const FORMAT: &str = "recoveryd-manifest";
 pub(crate) const VERSION: u32 = 1;
@@ -49,6 +50,11 @@ pub(crate) struct Header {
     /// the trees and extras above are theirs, and the store's metadata for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<super::containers::ImagesSection>,
+    /// When the walk that recorded the entries began: an entry changed shortly before it (or
+    /// during it) is not recognized later by its inode alone ([`Entry::untouched`]). Absent
+    /// from manifests written before it was recorded, which trust the identity alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub walked: Option<Time>,
 }
 
 /// A file produced by a program into the generation (`cluster/snapshot_*.db`, `images/*.tar`).
@@ -182,6 +188,68 @@ impl Manifest {
         Manifest::read_bytes(&bytes, &p, expected_hash)
     }
 
+    /// [`Self::read_file`] against `expected_hash`, the parse shared with the last read or
+    /// write of the same bytes ([`super::parsed`]): the file is read and hashed every time.
+    pub(crate) fn read_shared(
+        path: &Path,
+        expected_hash: &str,
+    ) -> Result<Arc<Manifest>, ManifestError> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let found = content_hash(&bytes);
+        if found != expected_hash {
+            return Err(ManifestError::HashMismatch {
+                path: p,
+                expected: expected_hash.to_string(),
+                found,
+            });
+        }
+        if let Some(m) = super::parsed::get(&found) {
+            return Ok(m);
+        }
+        let m = Arc::new(Manifest::read_bytes(&bytes, &p, None)?);
+        super::parsed::keep(&found, m.clone());
+        Ok(m)
+    }
+
+    /// A manifest file whose hash nothing records yet (a backup's `files.partial`), to own,
+    /// with its hash: the parse of the last write of the same bytes when there is one.
+    pub(crate) fn read_owned(path: &Path) -> Result<(Manifest, String), ManifestError> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let hash = content_hash(&bytes);
+        let m = match super::parsed::take(&hash) {
+            Some(m) => m,
+            None => Manifest::read_bytes(&bytes, &p, None)?,
+        };
+        Ok((m, hash))
+    }
+
+    /// Write the manifest to `path` as [`Self::write_file`] does, checked by
+    /// [`super::validate`] first, and keep its parse for the next read of those bytes.
+    pub(crate) fn write_shared(
+        self,
+        path: &Path,
+    ) -> Result<(Arc<Manifest>, String), ManifestError> {
+        let name = path.display().to_string();
+        super::validate::validate(&self).map_err(|violation| ManifestError::Invalid {
+            path: name.clone(),
+            violation,
+        })?;
+        let hash = self
+            .write_file(path)
+            .map_err(|source| ManifestError::Io { path: name, source })?;
+        let m = Arc::new(self);
+        super::parsed::keep(&hash, m.clone());
+        Ok((m, hash))
+    }
+
     /// Parse and check a manifest's bytes (`name` for messages), refusing them if
     /// `expected_hash` is given and does not match.
     pub(crate) fn read_bytes(
@@ -218,7 +286,20 @@ impl Manifest {
             path: name.clone(),
             source,
         })?;
-        let (header, lines) = checked_lines(&bytes, &name, Some(expected_hash))?;
+        let found = content_hash(&bytes);
+        if found != expected_hash {
+            return Err(ManifestError::HashMismatch {
+                path: name,
+                expected: expected_hash.to_string(),
+                found,
+            });
+        }
+        if let Some(m) = super::parsed::get(&found) {
+            let files = m.entries.iter().filter_map(|e| e.hash.clone());
+            let artifacts = m.artifacts.iter().map(|a| a.hash.clone());
+            return Ok((m.header.clone(), files.chain(artifacts).collect()));
+        }
+        let (header, lines) = checked_lines(&bytes, &name, None)?;
         /// A line with nothing but its hash (serde skips the other fields).
         #[derive(Deserialize)]
         struct HashOnly<'a> {
@@ -250,6 +331,17 @@ impl Manifest {
     }
 }
 
+/// The BLAKE3 hash (hex) of a manifest's bytes, on every core for a large one.
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    if bytes.len() >= 1 << 20 {
+        h.update_rayon(bytes);
+    } else {
+        h.update(bytes);
+    }
+    h.finalize().to_hex().to_string()
+}
+
 fn parse_error(name: &str, line: usize, message: String) -> ManifestError {
     ManifestError::Parse {
         path: name.to_string(),
@@ -267,7 +359,7 @@ fn checked_lines<'a>(
     expected_hash: Option<&str>,
 ) -> Result<(Header, impl Iterator<Item = (usize, &'a str)>), ManifestError> {
     if let Some(expected) = expected_hash {
-        let found = blake3::hash(bytes).to_hex().to_string();
+        let found = content_hash(bytes);
         if found != expected {
             return Err(ManifestError::HashMismatch {
                 path: name.to_string(),

@@ -14,6 +14,8 @@ pub(crate) mod identity;
 pub(crate) mod manifest;
 pub(crate) mod marks;
 pub(crate) mod neighbours;
+pub(crate) mod parsed;
+pub(crate) mod previous;
 pub(crate) mod restore;
 pub(crate) mod stats_cache;
 pub(crate) mod store;

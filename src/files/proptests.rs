@@ -163,6 +163,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     exclude: vec!["/etc/*.tmp".into()],
                     skipped_mounts: vec![],
                     images: None,
+                    walked: metas.first().map(|m| Time(m.mtime.0, m.mtime.1)),
                 },
                 entries,
                 artifacts: artifacts
@@ -273,6 +274,7 @@ proptest! {
             excludes: &excludes,
             checkpoint: &|| Ok(()),
             sizes_only: false,
+            previous: None,
         }
         .scan(&[PathBuf::from("/etc")], &[])
         .unwrap();

@@ -118,6 +118,7 @@ mod tests {
             exclude: Vec::new(),
             skipped_mounts: Vec::new(),
             images: None,
+            walked: None,
         })
         .write_file(&dir.join(crate::files::store::MANIFEST_FILE))
         .unwrap();

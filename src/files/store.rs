@@ -104,8 +104,8 @@ impl Generation {
 
     /// Read the manifest, checking it against the hash in `generation.json` and every rule of
     /// [`super::validate`].
-    pub(crate) fn manifest(&self) -> Result<Manifest> {
-        let m = Manifest::read_file(&self.manifest_path(), Some(&self.info.manifest_hash))?;
+    pub(crate) fn manifest(&self) -> Result<std::sync::Arc<Manifest>> {
+        let m = Manifest::read_shared(&self.manifest_path(), &self.info.manifest_hash)?;
         self.check_names_this(&m.header)?;
         Ok(m)
     }

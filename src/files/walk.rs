@@ -18,6 +18,7 @@ use super::entry::{Entry, Kind};
 use super::exclude::Excludes;
 use super::fsx;
 use super::manifest::TreeInfo;
+use super::previous::Previous;
 
 /// What a walk found.
 #[derive(Debug, Default)]
@@ -27,6 +28,8 @@ pub(crate) struct Scan {
     pub extras: Vec<Vec<u8>>,
     pub extras_absent: Vec<Vec<u8>>,
     pub skipped_mounts: Vec<Vec<u8>>,
+    /// When the walk began (see [`Entry::untouched`]).
+    pub walked: Option<super::entry::Time>,
 }
 
 /// Threads listing directories at once during a walk.
@@ -70,11 +73,17 @@ pub(crate) struct Walker<'a> {
     pub checkpoint: &'a (dyn Fn() -> Result<()> + Sync),
     /// Only `lstat` each entry (no xattrs, no link targets): enough to measure a backup.
     pub sizes_only: bool,
+    /// The previous generation: an entry whose inode it recorded untouched since takes its
+    /// xattrs and link target from there instead of reading them again.
+    pub previous: Option<&'a Previous<'a>>,
 }
 
 impl Walker<'_> {
     pub(crate) fn scan(&self, trees: &[PathBuf], extras: &[PathBuf]) -> Result<Scan> {
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            walked: Some(super::entry::Time::of(std::time::SystemTime::now())),
+            ..Scan::default()
+        };
         for tree in trees {
             let resolved = self
                 .walk_tree(tree, &mut scan)
@@ -218,6 +227,15 @@ impl Walker<'_> {
             };
             let mut e = Entry::from_stat(&child, &st);
             let ctx = || format!("reading /{}", String::from_utf8_lossy(&child));
+            // What an untouched inode had is what it has: nothing more to read.
+            let known = match self.previous {
+                Some(p) if !self.sizes_only => p.untouched(&e),
+                _ => None,
+            };
+            if let Some(p) = known {
+                e.xattrs = p.xattrs.clone();
+                e.link = p.link.clone();
+            }
             match e.kind {
                 Kind::Dir => {
                     if st.st_dev != job.dev {
@@ -225,7 +243,7 @@ impl Walker<'_> {
                         continue;
                     }
                     let fd = fsx::open_child_dir(dir, &name).with_context(ctx)?;
-                    if !self.sizes_only {
+                    if !self.sizes_only && known.is_none() {
                         e.xattrs = fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?;
                     }
                     subdirs.push(DirJob {
@@ -236,7 +254,7 @@ impl Walker<'_> {
                     result.children.push(e);
                 }
                 kind => {
-                    if !self.sizes_only {
+                    if !self.sizes_only && known.is_none() {
                         if kind == Kind::Symlink {
                             e.link = Some(super::bytetext::ByteText(
                                 fsx::read_link_at(dir, &name).with_context(ctx)?,

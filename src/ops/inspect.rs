@@ -151,7 +151,9 @@ impl Ops {
         let mut m = crate::plans::restore::trusted_manifest(&g, Some(&self.journal))
             .map_err(|e| ApiError::from_anyhow(&e))?;
         if !paths.is_empty() {
-            m = crate::files::restore::narrow(&m, paths).map_err(invalid)?;
+            m = crate::files::restore::narrow(&m, paths)
+                .map_err(invalid)?
+                .into();
         }
         let root = match target {
             Some(t) => {
@@ -164,7 +166,7 @@ impl Ops {
                         t.display()
                     )));
                 }
-                m = crate::files::restore::for_target(m);
+                m = crate::files::restore::for_target(std::sync::Arc::unwrap_or_clone(m)).into();
                 // The directories above each tree: a target starts empty.
                 for tree in &m.header.trees {
                     let rel = tree.path.trim_start_matches('/');

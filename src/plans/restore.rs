@@ -139,7 +139,7 @@ pub(crate) fn summarize(r: &RestoreReport, done: bool) -> String {
 pub(crate) fn trusted_manifest(
     g: &Generation,
     journal: Option<&crate::journal::Journal>,
-) -> Result<crate::files::manifest::Manifest> {
+) -> Result<Arc<crate::files::manifest::Manifest>> {
     if let Some(j) = journal
         && let Some(h) = PlanContext::journal_hash(j, &g.info.id)
         && h != g.info.manifest_hash
@@ -196,7 +196,7 @@ impl Step for RestoreStep {
             let g = p.generation_for(&cx)?;
             let mut m = trusted_manifest(&g, Some(&cx.journal))?;
             if !cx.options.paths.is_empty() {
-                m = restore::narrow(&m, &cx.options.paths)?;
+                m = restore::narrow(&m, &cx.options.paths)?.into();
             }
             let names: Vec<String> = m.header.trees.iter().map(|t| t.path.clone()).collect();
             let selection = Selection {

@@ -12,8 +12,15 @@ use crate::files::fsx::Target;
 impl Restorer<'_> {
     /// Compare metadata and, when applying, fix it.
     pub(super) fn metadata(&mut self, target: Target<'_>, e: &Entry, st: &Stat) -> Result<()> {
-        let live_x = target.xattrs()?;
-        let diffs = metadata_diffs(e, st, &live_x);
+        // An inode untouched since the backup has the xattrs it had then.
+        let read;
+        let live_x = if e.untouched(st, self.manifest.header.walked) {
+            &e.xattrs
+        } else {
+            read = target.xattrs()?;
+            &read
+        };
+        let diffs = metadata_diffs(e, st, live_x);
         if diffs.is_empty() {
             return Ok(());
         }

@@ -184,8 +184,12 @@ impl Restorer<'_> {
             Kind::File => self.sync_file(dir, i, live),
             Kind::Symlink => {
                 let target = e.link.as_ref().map(|l| l.0.clone()).unwrap_or_default();
-                let same =
-                    live_kind == Some(Kind::Symlink) && fsx::read_link_at(dir, name)? == target;
+                // A symlink's target cannot change in place: an untouched one still has it.
+                let same = live_kind == Some(Kind::Symlink)
+                    && (live
+                        .as_ref()
+                        .is_some_and(|st| e.untouched(st, self.manifest.header.walked))
+                        || fsx::read_link_at(dir, name)? == target);
                 if same {
                     let st = live.expect("exists");
                     return self.metadata(Target::Child(dir, name), e, &st);
@@ -287,11 +291,7 @@ impl Restorer<'_> {
             return Ok(false);
         }
         let key = stat_key(st);
-        let unchanged_since_backup = key.0 == e.source.dev
-            && key.1 == e.source.ino
-            && key.3 == e.mtime
-            && key.4 == e.source.ctime;
-        if unchanged_since_backup {
+        if key.3 == e.mtime && e.untouched(st, self.manifest.header.walked) {
             return Ok(true);
         }
         if let Some((k, eq)) = self.content_cache.get(e.path_bytes())

@@ -52,7 +52,7 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
     // continue from the manifest, recomputing its artifacts.
     let partial = staging.join(PARTIAL);
     let mut m = if partial.exists() || !manifest_path.exists() {
-        Manifest::read_file(&partial, None)?
+        Manifest::read_owned(&partial)?.0
     } else {
         let mut m = Manifest::read_file(&manifest_path, None)?;
         m.artifacts.clear();
@@ -94,8 +94,9 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
         std::fs::remove_file(&manifest_path)
             .with_context(|| format!("removing {}", manifest_path.display()))?;
     }
-    let hash = m
-        .write_file(&manifest_path)
+    // Kept parsed for the verify step, which reads it next.
+    let (m, hash) = m
+        .write_shared(&manifest_path)
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     if partial.exists() {
         std::fs::remove_file(&partial)

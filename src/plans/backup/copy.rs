@@ -9,6 +9,7 @@ use crate::engine::{Outcome, Step, StepContext};
 use crate::files::backup::copy_files;
 use crate::files::bytetext::ByteText;
 use crate::files::manifest::{FORMAT, Header, Manifest, VERSION};
+use crate::files::previous::Previous;
 use crate::files::store::NEW_OBJECTS;
 use crate::files::walk::Walker;
 use crate::plans::blocking;
@@ -68,14 +69,6 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
 
     let excludes = p.excludes()?;
     let (trees, extras, images) = p.backup_sources(cx)?;
-    let checkpoint = || cx.checkpoint();
-    let mut scan = Walker {
-        root: &p.config.root,
-        excludes: &excludes,
-        checkpoint: &checkpoint,
-        sizes_only: false,
-    }
-    .scan(&trees, &extras)?;
     let prev_gen = p.store.latest()?;
     let prev_manifest = match &prev_gen {
         Some(g) => match g.manifest() {
@@ -90,12 +83,22 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         },
         None => None,
     };
+    let previous = Previous::of(prev_manifest.as_deref());
+    let checkpoint = || cx.checkpoint();
+    let mut scan = Walker {
+        root: &p.config.root,
+        excludes: &excludes,
+        checkpoint: &checkpoint,
+        sizes_only: false,
+        previous: Some(&previous),
+    }
+    .scan(&trees, &extras)?;
     let stats = with_step_hooks(cx, Some("files copied"), |hooks| {
         copy_files(
             &p.config.root,
             &mut scan.entries,
             &p.store,
-            prev_manifest.as_ref(),
+            &previous,
             p.config.backup.workers,
             hooks,
         )
@@ -114,10 +117,13 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         exclude: excludes.patterns().to_vec(),
         skipped_mounts: scan.skipped_mounts.into_iter().map(ByteText).collect(),
         images: images.clone(),
+        walked: scan.walked,
     });
     m.entries = scan.entries;
     let partial = staging.join(PARTIAL);
-    m.write_file(&partial)
+    // Kept parsed for the commit, which reads it next.
+    let (m, _) = m
+        .write_shared(&partial)
         .with_context(|| format!("writing {}", partial.display()))?;
     let mut detail = format!(
         "{} entries; {} files stored ({}), {} already stored ({}), {} hardlinks",

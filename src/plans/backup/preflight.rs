@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::engine::{Outcome, PreviewContext, Step, StepContext};
 use crate::files::backup::bytes_to_copy;
 use crate::files::fsx;
+use crate::files::previous::Previous;
 use crate::files::walk::Walker;
 use crate::journal::RunKind;
 use crate::plans::blocking;
@@ -136,10 +137,11 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         excludes: &excludes,
         checkpoint: &checkpoint,
         sizes_only: true,
+        previous: None,
     }
     .scan(&trees, &extras)?;
     let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
-    let files = bytes_to_copy(&scan.entries, previous.as_ref());
+    let files = bytes_to_copy(&scan.entries, &Previous::of(previous.as_deref()));
     let extra = if p.config.host.cluster {
         cluster_backup_size(&p.config.root)
     } else {

@@ -1,0 +1,157 @@
+//! The previous generation's entries by node path: what a backup can take from them for an
+//! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
+
+use std::collections::HashMap;
+
+use super::entry::{Entry, Kind, Time};
+use super::manifest::Manifest;
+
+pub(crate) struct Previous<'a> {
+    by_path: HashMap<&'a [u8], &'a Entry>,
+    walked: Option<Time>,
+}
+
+impl<'a> Previous<'a> {
+    pub(crate) fn new(m: &'a Manifest) -> Previous<'a> {
+        Previous {
+            by_path: m.entries.iter().map(|e| (e.path_bytes(), e)).collect(),
+            walked: m.header.walked,
+        }
+    }
+
+    /// None: the first backup.
+    pub(crate) fn of(m: Option<&'a Manifest>) -> Previous<'a> {
+        match m {
+            Some(m) => Previous::new(m),
+            None => Previous {
+                by_path: HashMap::new(),
+                walked: None,
+            },
+        }
+    }
+
+    /// The previous entry for `e`'s path when it recorded the same inode, of the same kind,
+    /// untouched since: `e` was just made from an `lstat` of the live entry.
+    pub(crate) fn untouched(&self, e: &Entry) -> Option<&'a Entry> {
+        let p = *self.by_path.get(e.path_bytes())?;
+        let same = p.kind == e.kind
+            && p.source.dev == e.source.dev
+            && p.source.ino == e.source.ino
+            && p.source.ctime == e.source.ctime
+            && !p.racy(self.walked);
+        same.then_some(p)
+    }
+
+    /// The previous entry of a regular file whose content is unchanged (same inode, ctime,
+    /// size, mtime and link count), and which has a content hash to share.
+    pub(crate) fn unchanged_file(&self, e: &Entry) -> Option<&'a Entry> {
+        self.untouched(e).filter(|p| {
+            p.kind == Kind::File
+                && p.size == e.size
+                && p.mtime == e.mtime
+                && p.source.nlink == e.source.nlink
+                && p.hash.is_some()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::entry::{RACY_NANOS, Source};
+    use crate::files::manifest::{FORMAT, Header, VERSION};
+
+    fn entry(path: &str, kind: Kind, ctime: Time) -> Entry {
+        Entry {
+            path: crate::files::bytetext::ByteText(path.as_bytes().to_vec()),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Time(100, 0),
+            size: 5,
+            hash: (kind == Kind::File).then(|| "ab".repeat(32)),
+            sparse: false,
+            link: None,
+            rdev: 0,
+            xattrs: vec![(b"security.selinux".to_vec(), b"etc_t".to_vec())],
+            hardlink: None,
+            implicit: false,
+            source: Source {
+                dev: 1,
+                ino: 7,
+                ctime,
+                nlink: 1,
+            },
+        }
+    }
+
+    fn manifest(entries: Vec<Entry>, walked: Option<Time>) -> Manifest {
+        let mut m = Manifest::new(Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            generation: "g".into(),
+            trees: vec![],
+            extras: vec![],
+            extras_absent: vec![],
+            exclude: vec![],
+            skipped_mounts: vec![],
+            images: None,
+            walked,
+        });
+        m.entries = entries;
+        m
+    }
+
+    #[test]
+    fn only_the_same_inode_with_the_same_ctime_long_before_the_walk_is_untouched() {
+        let ctime = Time(1_000, 500);
+        let walked = Time(1_000 + 3, 0);
+        let m = manifest(vec![entry("etc/a", Kind::File, ctime)], Some(walked));
+        let prev = Previous::new(&m);
+        let live = entry("etc/a", Kind::File, ctime);
+        assert!(prev.untouched(&live).is_some());
+        assert!(prev.unchanged_file(&live).is_some());
+
+        let mut other = live.clone();
+        other.source.ino = 8;
+        assert!(prev.untouched(&other).is_none(), "another inode");
+        let mut other = live.clone();
+        other.source.ctime = Time(1_000, 501);
+        assert!(prev.untouched(&other).is_none(), "changed since");
+        let mut other = live.clone();
+        other.source.dev = 2;
+        assert!(prev.untouched(&other).is_none(), "another file system");
+        let mut other = live.clone();
+        other.kind = Kind::Symlink;
+        assert!(prev.untouched(&other).is_none(), "another kind");
+        let mut other = live.clone();
+        other.size = 6;
+        assert!(prev.untouched(&other).is_some(), "metadata known");
+        assert!(prev.unchanged_file(&other).is_none(), "content not");
+        assert!(prev.untouched(&entry("etc/b", Kind::File, ctime)).is_none());
+    }
+
+    #[test]
+    fn an_entry_changed_within_the_margin_of_its_walk_is_never_untouched() {
+        let walked = Time(2_000, 0);
+        let margin_s = (RACY_NANOS / 1_000_000_000) as i64;
+        for (ctime, racy) in [
+            (Time(2_000 - margin_s - 1, 0), false),
+            (Time(2_000 - margin_s, 0), true),
+            (Time(2_000 - 1, 999_999_999), true),
+            (Time(2_000, 0), true),
+            (Time(2_005, 0), true),
+        ] {
+            let m = manifest(vec![entry("etc/a", Kind::Dir, ctime)], Some(walked));
+            let prev = Previous::new(&m);
+            let live = entry("etc/a", Kind::Dir, ctime);
+            assert_eq!(prev.untouched(&live).is_none(), racy, "{ctime:?}");
+            assert_eq!(m.entries[0].racy(Some(walked)), racy);
+        }
+        // A manifest that does not say when its walk began trusts the identity alone.
+        let m = manifest(vec![entry("etc/a", Kind::Dir, walked)], None);
+        assert!(Previous::new(&m).untouched(&m.entries[0].clone()).is_some());
+        assert!(Previous::of(None).untouched(&m.entries[0]).is_none());
+    }
+}
