@@ -7,7 +7,6 @@
 //! already exists). Content is stored without the node's metadata (mode, owner, xattrs live in
 //! the manifest), so sharing depends on content alone.
 
-use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
 use super::entry::{content_owner, owns_content};
 use super::fsx;
+use super::object_id::ObjectId;
 use super::previous::Previous;
 use super::store::{Store, stored_rel};
 
@@ -59,9 +59,15 @@ pub(crate) struct CopyStats {
     pub shared_bytes: u64,
     pub reflinked_files: u64,
     pub hardlinks: u64,
-    /// Objects written by this backup (to be verified before anything relies on them).
+    /// Objects written by this backup, and those it found stored that the previous
+    /// generation does not name (an interrupted attempt may have written them): the verify
+    /// step re-reads these before anything relies on them.
     #[serde(skip)]
     pub new_objects: Vec<String>,
+    /// Entries whose file was gone, or was no longer a regular file, when its turn came: the
+    /// walk is stale for them, and the entries cannot go into a manifest as they are.
+    #[serde(skip)]
+    pub stale: Vec<usize>,
 }
 
 /// Bytes the copy will need to write (files that cannot be shared), for the space pre-flight.
@@ -84,7 +90,7 @@ pub(crate) fn copy_files(
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
     store.ensure()?;
-    let present: HashSet<String> = store.present_objects()?;
+    let present = store.present_objects()?;
 
     let mut stats = CopyStats::default();
     let mut jobs: Vec<usize> = Vec::new();
@@ -93,7 +99,12 @@ pub(crate) fn copy_files(
             continue;
         }
         match previous.unchanged_file(&entries[i]) {
-            Some(p) if p.hash.as_ref().is_some_and(|h| present.contains(h)) => {
+            Some(p)
+                if p.hash
+                    .as_deref()
+                    .and_then(ObjectId::from_hex)
+                    .is_some_and(|id| present.contains(&id)) =>
+            {
                 let e = &mut entries[i];
                 e.hash = p.hash.clone();
                 e.sparse = p.sparse;
@@ -111,7 +122,8 @@ pub(crate) fn copy_files(
     let done = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let reflink = ReflinkState::new(true);
-    let results: Mutex<Vec<(usize, Result<Done>)>> = Mutex::new(Vec::with_capacity(jobs.len()));
+    let results: Mutex<Vec<(usize, Result<Option<Done>>)>> =
+        Mutex::new(Vec::with_capacity(jobs.len()));
     let entries_ro: &[Entry] = entries;
     let tmp_dir = store.objects_tmp();
 
@@ -162,7 +174,10 @@ pub(crate) fn copy_files(
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
-        let d = r?;
+        let Some(d) = r? else {
+            stats.stale.push(i);
+            continue;
+        };
         let e = &mut entries[i];
         if let Some(fresh) = d.refreshed {
             *e = fresh;
@@ -176,6 +191,11 @@ pub(crate) fn copy_files(
         } else {
             stats.shared_files += 1;
             stats.shared_bytes += d.size;
+            // Found stored, but not by a generation that verified it: an attempt that a
+            // crash or a failure interrupted may have written it, and nothing re-read it.
+            if !previous.names_object(&d.hash) {
+                stats.new_objects.push(d.hash);
+            }
         }
         if d.reflinked {
             stats.reflinked_files += 1;
@@ -231,6 +251,16 @@ impl DirCache {
 
 static TMP: AtomicU64 = AtomicU64::new(0);
 
+/// Whether opening a path failed because it is no longer what the walk found there: gone
+/// (`ENOENT`), a directory on the way gone or replaced (`ENOTDIR`), or a symlink now (`ELOOP`,
+/// `O_NOFOLLOW`).
+fn gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || e.kind() == std::io::ErrorKind::NotADirectory
+        || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// Store one file; `None` when it is gone or no longer a regular file (the walk is stale).
 fn one_file(
     root: &Path,
     e: &Entry,
@@ -239,17 +269,22 @@ fn one_file(
     reflink: &ReflinkState,
     dirs: &mut DirCache,
     meter: &dyn Fn(u64),
-) -> Result<Done> {
+) -> Result<Option<Done>> {
     let node_path = Path::new("/").join(stored_rel(e.path_bytes()));
     let parent = node_path.parent().unwrap_or(Path::new("/"));
     let name = node_path.file_name().context("entry has no file name")?;
-    let dir = dirs.open(root, parent)?;
-    let src = fsx::open_child_file(dir.as_fd(), name)?;
+    let dir = match dirs.open(root, parent) {
+        Err(err) if gone(&err) => return Ok(None),
+        r => r?,
+    };
+    let src = match fsx::open_child_file(dir.as_fd(), name) {
+        Err(err) if gone(&err) => return Ok(None),
+        r => r?,
+    };
     let st = fsx::fstat(src.as_fd())?;
-    anyhow::ensure!(
-        Kind::of(&st) == Kind::File,
-        "changed from a regular file while the backup ran; take the backup again"
-    );
+    if Kind::of(&st) != Kind::File {
+        return Ok(None);
+    }
     // Changed since the walk (an editor's atomic rename, an in-place write): record what is
     // actually copied, so that the manifest's metadata and hash describe the same content.
     let refreshed = if st.st_ino != e.source.ino
@@ -288,12 +323,12 @@ fn one_file(
     };
     drop(dst);
     let new_object = store.put_object(&tmp, &copied.hash)?;
-    Ok(Done {
+    Ok(Some(Done {
         hash: copied.hash,
         size: copied.size,
         sparse: copied.sparse,
         new_object,
         reflinked: copied.reflinked,
         refreshed,
-    })
+    }))
 }

@@ -14,6 +14,7 @@ pub(crate) mod identity;
 pub(crate) mod manifest;
 pub(crate) mod marks;
 pub(crate) mod neighbours;
+pub(crate) mod object_id;
 pub(crate) mod parsed;
 pub(crate) mod previous;
 pub(crate) mod restore;

@@ -1,52 +1,129 @@
-//! The last manifest parsed or written, kept by its content hash.
+//! The manifests a run has read or written, kept so that it reads each one once.
 //!
 //! One run reads one manifest several times: a restore's check before the run and its step; a
 //! backup's previous manifest in its pre-flight and its copy, and its new one in the copy, the
-//! commit and the verify. Parsing is the larger part of reading a manifest at node scale (tens
-//! of milliseconds per read at 15k entries), hashing it a small one. A read still reads and
-//! hashes the file every time and compares the hash with the one it expects: only the parse is
-//! taken from here, for exactly the bytes it was made from (the same bytes parse to the same
-//! manifest). One manifest is kept, the last one, so that a run holds no more than the
-//! manifests it is using; the daemon lets it go when a run ends ([`release`]).
+//! commit and the verify; and retention's collection reads what every kept generation names.
+//! Parsing is the larger part of reading a manifest at node scale (tens of milliseconds per
+//! read at 15k entries), hashing it a small one. A read still reads and hashes the file every
+//! time and compares the hash with the one it expects: only the parse is taken from here, for
+//! exactly the bytes it was made from (the same bytes parse to the same manifest).
+//!
+//! Kept: the last manifest whole, so that a run holds no more than the manifests it is using,
+//! and the object ids of the last few (what a collection needs of a generation, 32 bytes an
+//! object). The daemon lets them go when a run ends ([`release`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::manifest::Manifest;
+use super::object_id::ObjectId;
 
-static LAST: Mutex<Option<(String, Arc<Manifest>)>> = Mutex::new(None);
+/// What a collection needs of a manifest: the generation its header names, and the object ids
+/// it names (sorted, each once).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ObjectSet {
+    pub generation: String,
+    pub ids: Vec<ObjectId>,
+}
 
-fn last() -> MutexGuard<'static, Option<(String, Arc<Manifest>)>> {
-    LAST.lock().unwrap_or_else(|p| p.into_inner())
+impl ObjectSet {
+    /// The ids a whole manifest names (its files' and its artifacts' content).
+    pub(crate) fn of(m: &Manifest) -> ObjectSet {
+        let files = m.entries.iter().filter_map(|e| e.hash.as_deref());
+        let artifacts = m.artifacts.iter().map(|a| a.hash.as_str());
+        let mut ids: Vec<ObjectId> = files
+            .chain(artifacts)
+            .filter_map(ObjectId::from_hex)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ObjectSet {
+            generation: m.header.generation.clone(),
+            ids,
+        }
+    }
+}
+
+/// How many object sets are kept: a generation's, the previous ones', a few more.
+const SETS: usize = 4;
+
+#[derive(Default)]
+struct Kept {
+    last: Option<(String, Arc<Manifest>)>,
+    /// Most recent last.
+    sets: Vec<(String, Arc<ObjectSet>)>,
+}
+
+static KEPT: Mutex<Kept> = Mutex::new(Kept {
+    last: None,
+    sets: Vec::new(),
+});
+
+fn kept() -> MutexGuard<'static, Kept> {
+    KEPT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The manifest parsed from the bytes whose BLAKE3 hash (hex) is `hash`, if it is the last one.
 pub(crate) fn get(hash: &str) -> Option<Arc<Manifest>> {
-    last()
+    kept()
+        .last
         .as_ref()
         .filter(|(h, _)| h == hash)
         .map(|(_, m)| m.clone())
 }
 
 /// Keep `m`, the manifest of the bytes hashed `hash` (parsed from them, or written as them
-/// after [`super::validate::validate`] accepted it), in place of the last one.
+/// after [`super::validate::validate`] accepted it), in place of the last one, whose object
+/// ids are kept.
 pub(crate) fn keep(hash: &str, m: Arc<Manifest>) {
-    *last() = Some((hash.to_string(), m));
+    let before = kept().last.replace((hash.to_string(), m));
+    if let Some((h, old)) = before
+        && h != hash
+    {
+        keep_set(&h, Arc::new(ObjectSet::of(&old)));
+    }
 }
 
 /// The manifest of `hash` to own (a commit adding its artifacts): taken out, and cloned only
 /// when someone else still holds it.
 pub(crate) fn take(hash: &str) -> Option<Manifest> {
     let m = {
-        let mut last = last();
-        match last.as_ref() {
-            Some((h, _)) if h == hash => last.take().map(|(_, m)| m),
+        let mut k = kept();
+        match k.last.as_ref() {
+            Some((h, _)) if h == hash => k.last.take().map(|(_, m)| m),
             _ => None,
         }
     }?;
     Some(Arc::try_unwrap(m).unwrap_or_else(|shared| (*shared).clone()))
 }
 
-/// Forget the last manifest (its memory goes back with the run's).
+/// The object ids of the manifest hashed `hash`, if one read or written lately had them.
+pub(crate) fn object_set(hash: &str) -> Option<Arc<ObjectSet>> {
+    let last = {
+        let k = kept();
+        if let Some((_, s)) = k.sets.iter().find(|(h, _)| h == hash) {
+            return Some(s.clone());
+        }
+        k.last
+            .as_ref()
+            .filter(|(h, _)| h == hash)
+            .map(|(_, m)| m.clone())
+    }?;
+    let set = Arc::new(ObjectSet::of(&last));
+    keep_set(hash, set.clone());
+    Some(set)
+}
+
+/// Keep the object ids of the manifest hashed `hash`.
+pub(crate) fn keep_set(hash: &str, set: Arc<ObjectSet>) {
+    let mut k = kept();
+    k.sets.retain(|(h, _)| h != hash);
+    k.sets.push((hash.to_string(), set));
+    if k.sets.len() > SETS {
+        k.sets.remove(0);
+    }
+}
+
+/// Forget every manifest kept (their memory goes back with the run's).
 pub(crate) fn release() {
-    *last() = None;
+    *kept() = Kept::default();
 }

@@ -1,7 +1,7 @@
 //! The previous generation's entries by node path: what a backup can take from them for an
 //! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::entry::{Entry, Kind, Time};
 use super::manifest::Manifest;
@@ -9,6 +9,8 @@ use super::manifest::Manifest;
 pub(crate) struct Previous<'a> {
     by_path: HashMap<&'a [u8], &'a Entry>,
     walked: Option<Time>,
+    /// The content hashes it names.
+    objects: HashSet<&'a str>,
 }
 
 impl<'a> Previous<'a> {
@@ -16,6 +18,7 @@ impl<'a> Previous<'a> {
         Previous {
             by_path: m.entries.iter().map(|e| (e.path_bytes(), e)).collect(),
             walked: m.header.walked,
+            objects: m.entries.iter().filter_map(|e| e.hash.as_deref()).collect(),
         }
     }
 
@@ -26,6 +29,7 @@ impl<'a> Previous<'a> {
             None => Previous {
                 by_path: HashMap::new(),
                 walked: None,
+                objects: HashSet::new(),
             },
         }
     }
@@ -40,6 +44,11 @@ impl<'a> Previous<'a> {
             && p.source.ctime == e.source.ctime
             && !p.racy(self.walked);
         same.then_some(p)
+    }
+
+    /// Whether the previous generation names this content (and so verified it).
+    pub(crate) fn names_object(&self, hash: &str) -> bool {
+        self.objects.contains(hash)
     }
 
     /// The previous entry of a regular file whose content is unchanged (same inode, ctime,

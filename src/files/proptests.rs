@@ -203,26 +203,49 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 
+    /// A commit's manifest, the copy's entries file with the artifacts' lines after it, is
+    /// byte for byte the manifest written whole, and reads back as the manifest it was.
+    #[test]
+    fn a_manifest_written_after_its_entries_is_the_one_written_whole(m in manifest()) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries_only = m.clone();
+        entries_only.artifacts.clear();
+        let partial = dir.path().join("files.partial");
+        entries_only.write_file(&partial).unwrap();
+        let whole = dir.path().join("whole");
+        let h_whole = m.write_file(&whole).unwrap();
+        let after = dir.path().join("manifest");
+        let (kept, h_after) = m.clone().write_after(&partial, &after).unwrap();
+        prop_assert_eq!(&h_after, &h_whole);
+        prop_assert_eq!(std::fs::read(&after).unwrap(), std::fs::read(&whole).unwrap());
+        prop_assert_eq!(&*kept, &m);
+        let back = Manifest::read_file(&after, Some(&h_after)).unwrap();
+        prop_assert_eq!(back, m);
+    }
+
     /// A collection reads the same hashes a full read finds, and nothing but them (artifacts
     /// are kept too); a damaged file is refused by both.
     #[test]
     fn a_collection_sees_every_hash_a_full_read_sees(m in manifest(), at in any::<prop::sample::Index>(), xor in 1u8..=255) {
         let dir = tempfile::tempdir().unwrap();
         let (p, h) = write(dir.path(), &m);
-        let (header, mut hashes) = Manifest::object_hashes(&p, &h).unwrap();
-        prop_assert_eq!(&header, &m.header);
+        let set = Manifest::object_set(&p, &h).unwrap();
+        prop_assert_eq!(&set.generation, &m.header.generation);
         let mut want: Vec<String> = m.entries.iter().filter_map(|e| e.hash.clone())
             .chain(m.artifacts.iter().map(|a| a.hash.clone()))
             .collect();
-        hashes.sort();
         want.sort();
-        prop_assert_eq!(hashes, want);
+        want.dedup();
+        let found: Vec<String> = set.ids.iter().map(|id| id.to_string()).collect();
+        prop_assert_eq!(found, want);
+        // And the same ids from a whole manifest kept by a read of the same bytes.
+        prop_assert_eq!(&*set, &crate::files::parsed::ObjectSet::of(&m));
         let mut bytes = std::fs::read(&p).unwrap();
         let i = at.index(bytes.len());
         bytes[i] ^= xor;
         std::fs::write(&p, &bytes).unwrap();
         let refused = matches!(
-            Manifest::object_hashes(&p, &h),
+            Manifest::object_set(&p, &h),
             Err(ManifestError::HashMismatch { .. })
         );
         prop_assert!(refused);
@@ -256,7 +279,7 @@ proptest! {
         let bytes = lines.join(&b'\n');
         std::fs::write(&p, &bytes).unwrap();
         let _ = Manifest::read_file(&p, None);
-        let _ = Manifest::object_hashes(&p, &blake3::hash(&bytes).to_hex());
+        let _ = Manifest::object_set(&p, &blake3::hash(&bytes).to_hex());
     }
 
     /// Files named with any bytes are walked under exactly those names.
@@ -273,7 +296,6 @@ proptest! {
             root: root.path(),
             excludes: &excludes,
             checkpoint: &|| Ok(()),
-            sizes_only: false,
             previous: None,
         }
         .scan(&[PathBuf::from("/etc")], &[])

@@ -20,12 +20,13 @@
 //! complete and durable, and every object it refers to was flushed before it existed. The
 //! previous generation is never touched before the new one is committed.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use super::fsx;
 use super::manifest::{Manifest, TreeInfo};
 use super::marks::Marks;
+use super::object_id::{IdSet, ObjectId};
+use super::parsed::ObjectSet;
 
 pub(crate) const INFO_FILE: &str = "generation.json";
 /// Hashes of the objects a backup wrote (kept in the generation; verified after the commit).
@@ -41,6 +44,8 @@ pub(crate) const MANIFEST_FILE: &str = "manifest";
 /// Content objects, beside `generations/` in the state directory.
 pub(crate) const OBJECTS_DIR: &str = "objects";
 const STAGING_PREFIX: &str = ".staging-";
+/// Threads listing the store's fan-out directories at once ([`Store::par_fanout`]).
+const LIST_THREADS: usize = 4;
 const TRASH_PREFIX: &str = ".trash-";
 
 /// `generation.json`: what a generation is, readable without the journal.
@@ -110,25 +115,28 @@ impl Generation {
         Ok(m)
     }
 
-    /// The content hashes the manifest names, read with the same checks of its bytes and
-    /// header as [`Self::manifest`] and without building its entries (a collection of
-    /// objects needs nothing else).
-    pub(crate) fn object_hashes(&self) -> Result<Vec<String>> {
-        let (header, hashes) =
-            Manifest::object_hashes(&self.manifest_path(), &self.info.manifest_hash)?;
-        self.check_names_this(&header)?;
-        Ok(hashes)
+    /// The object ids the manifest names, read with the same checks of its bytes and header
+    /// as [`Self::manifest`] and without building its entries (a collection of objects needs
+    /// nothing else).
+    pub(crate) fn object_set(&self) -> Result<Arc<ObjectSet>> {
+        let set = Manifest::object_set(&self.manifest_path(), &self.info.manifest_hash)?;
+        self.check_generation(&set.generation)?;
+        Ok(set)
     }
 
     fn check_names_this(&self, header: &super::manifest::Header) -> Result<()> {
-        if header.generation != self.info.id {
+        self.check_generation(&header.generation)
+    }
+
+    fn check_generation(&self, named: &str) -> Result<()> {
+        if named != self.info.id {
             return Err(super::manifest::ManifestError::Invalid {
                 path: self.manifest_path().display().to_string(),
                 violation: super::validate::Violation {
                     what: "header.generation".into(),
                     why: format!(
-                        "names generation {}, but it is the manifest of {}",
-                        header.generation, self.info.id
+                        "names generation {named}, but it is the manifest of {}",
+                        self.info.id
                     ),
                 },
             }
@@ -256,55 +264,103 @@ impl Store {
         Ok(())
     }
 
-    /// Visit every stored object (one directory listing per fan-out directory).
-    fn for_each_object(&self, mut f: impl FnMut(std::fs::DirEntry) -> Result<()>) -> Result<()> {
-        for i in 0..=255u8 {
-            let d = self.objects.join(format!("{i:02x}"));
-            let rd = match std::fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", d.display())),
-            };
-            for e in rd {
-                f(e?)?;
+    /// Run `work` on every fan-out directory (`objects/00` .. `objects/ff`), from
+    /// [`LIST_THREADS`] threads, and return what it gave in directory order. Reading a
+    /// directory that is not cached is a disk read: a few in flight at once make a cold
+    /// listing of the store several times faster.
+    fn par_fanout<T: Send>(&self, work: impl Fn(&Path) -> Result<T> + Sync) -> Result<Vec<T>> {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(256));
+        std::thread::scope(|s| {
+            for _ in 0..LIST_THREADS {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i > 255 {
+                            return;
+                        }
+                        let r = work(&self.objects.join(format!("{i:02x}")));
+                        let failed = r.is_err();
+                        results
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, r));
+                        if failed {
+                            next.store(256, Ordering::Relaxed);
+                        }
+                    }
+                });
             }
-        }
-        Ok(())
+        });
+        let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// The hashes of every object present.
-    pub(crate) fn present_objects(&self) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        self.for_each_object(|e| {
-            out.insert(e.file_name().to_string_lossy().into_owned());
-            Ok(())
-        })?;
+    /// The names in one fan-out directory (none when it does not exist), each with the object
+    /// id it is, if it is one.
+    fn fanout_names(dir: &Path) -> Result<Vec<(std::ffi::OsString, Option<ObjectId>)>> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e
+                .with_context(|| format!("reading {}", dir.display()))?
+                .file_name();
+            let id = name.to_str().and_then(ObjectId::from_hex);
+            out.push((name, id));
+        }
         Ok(out)
     }
 
-    /// Every object hash a committed generation, or a staging generation's finished copy,
+    /// The ids of every object present.
+    pub(crate) fn present_objects(&self) -> Result<IdSet> {
+        let lists = self.par_fanout(Self::fanout_names)?;
+        Ok(lists
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| id)
+            .collect())
+    }
+
+    /// Every object id a committed generation, or a staging generation's finished copy,
     /// refers to. Strict: anything under `generations/` that is not a readable generation
     /// is an error, because its objects would otherwise look unreferenced.
-    pub(crate) fn referenced_objects(&self) -> Result<HashSet<String>> {
+    pub(crate) fn referenced_objects(&self) -> Result<IdSet> {
         self.referenced_by(&self.list_strict()?)
     }
 
-    /// What [`Self::referenced_objects`] says, for generations already listed (strictly).
-    fn referenced_by(&self, generations: &[Generation]) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        for g in generations {
-            let hashes = g.object_hashes().with_context(|| {
-                format!(
-                    "reading the manifest of generation {} to keep its objects",
-                    g.info.id
-                )
-            })?;
-            out.extend(hashes);
+    /// What [`Self::referenced_objects`] says, for generations already listed (strictly):
+    /// their manifests read on two threads, each only when no read of this run kept its ids.
+    fn referenced_by(&self, generations: &[Generation]) -> Result<IdSet> {
+        let next = AtomicUsize::new(0);
+        let sets: Mutex<Vec<Result<Arc<ObjectSet>>>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..2.min(generations.len()) {
+                s.spawn(|| {
+                    while let Some(g) = generations.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let set = g.object_set().with_context(|| {
+                            format!(
+                                "reading the manifest of generation {} to keep its objects",
+                                g.info.id
+                            )
+                        });
+                        sets.lock().unwrap_or_else(|p| p.into_inner()).push(set);
+                    }
+                });
+            }
+        });
+        let mut out = IdSet::default();
+        for set in sets.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            out.extend(set?.ids.iter().copied());
         }
         // A backup in progress (this process holds the run lock): what its copy recorded.
         for staging in self.staging_dirs()? {
             if let Ok(t) = std::fs::read_to_string(staging.join(NEW_OBJECTS)) {
-                out.extend(t.lines().map(str::to_string));
+                out.extend(t.lines().filter_map(ObjectId::from_hex));
             }
         }
         Ok(out)
@@ -314,15 +370,24 @@ impl Store {
     /// remove); an error while anything under `generations/` is unreadable.
     pub(crate) fn orphans(&self) -> Result<(Vec<String>, u64)> {
         let referenced = self.referenced_objects()?;
-        let (mut names, mut bytes) = (Vec::new(), 0);
-        self.for_each_object(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !referenced.contains(&name) {
-                bytes += e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
-                names.push(name);
+        let found = self.par_fanout(|d| {
+            let mut found = Vec::new();
+            for (name, id) in Self::fanout_names(d)? {
+                if id.is_some_and(|id| referenced.contains(&id)) {
+                    continue;
+                }
+                let len = std::fs::symlink_metadata(d.join(&name))
+                    .map(|m| disk_bytes(&m))
+                    .unwrap_or(0);
+                found.push((name.to_string_lossy().into_owned(), len));
             }
-            Ok(())
+            Ok(found)
         })?;
+        let (mut names, mut bytes) = (Vec::new(), 0);
+        for (name, len) in found.into_iter().flatten() {
+            bytes += len;
+            names.push(name);
+        }
         names.sort();
         Ok((names, bytes))
     }
@@ -374,31 +439,41 @@ impl Store {
     /// object. `checkpoint` is called before each removal (cancellation, failpoints).
     /// With no backup in progress, a collection that completes is recorded
     /// ([`super::collected`]) for [`Self::gc_unless_collected`].
-    pub(crate) fn gc(&self, checkpoint: &dyn Fn() -> Result<()>) -> Result<GcStats> {
+    pub(crate) fn gc(&self, checkpoint: &(dyn Fn() -> Result<()> + Sync)) -> Result<GcStats> {
         let generations = self.list_strict()?;
         let in_progress = !self.staging_dirs()?.is_empty();
         let referenced = self.referenced_by(&generations)?;
-        let mut stats = GcStats::default();
-        self.for_each_object(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if referenced.contains(&name) {
-                stats.kept += 1;
-                return Ok(());
-            }
-            checkpoint()?;
-            let len = e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(err) => {
-                    return Err(err)
-                        .with_context(|| format!("removing object {}", e.path().display()));
+        let parts = self.par_fanout(|d| {
+            let mut stats = GcStats::default();
+            for (name, id) in Self::fanout_names(d)? {
+                if id.is_some_and(|id| referenced.contains(&id)) {
+                    stats.kept += 1;
+                    continue;
                 }
+                checkpoint()?;
+                let path = d.join(&name);
+                let len = std::fs::symlink_metadata(&path)
+                    .map(|m| disk_bytes(&m))
+                    .unwrap_or(0);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("removing object {}", path.display()));
+                    }
+                }
+                stats.removed += 1;
+                stats.bytes += len;
             }
-            stats.removed += 1;
-            stats.bytes += len;
-            Ok(())
+            Ok(stats)
         })?;
+        let mut stats = GcStats::default();
+        for p in parts {
+            stats.removed += p.removed;
+            stats.bytes += p.bytes;
+            stats.kept += p.kept;
+        }
         // A staging directory's objects are kept but not named by any generation: if it is
         // abandoned they become orphans, so a collection that saw one is not recorded.
         // The record is a hint: a store it cannot be written to is collected every time.
@@ -415,7 +490,7 @@ impl Store {
     /// now and no backup has written objects since (`None`: nothing to collect).
     pub(crate) fn gc_unless_collected(
         &self,
-        checkpoint: &dyn Fn() -> Result<()>,
+        checkpoint: &(dyn Fn() -> Result<()> + Sync),
     ) -> Result<Option<GcStats>> {
         if self.staging_dirs()?.is_empty()
             && super::collected::stands_for(&self.objects, &self.list_strict()?)
@@ -428,21 +503,33 @@ impl Store {
     /// How much the store holds, and how much of it no generation refers to.
     pub(crate) fn stats(&self) -> Result<StoreStats> {
         let referenced = self.referenced_objects()?;
-        let mut s = StoreStats::default();
-        self.for_each_object(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let len = e.metadata().map(|m| disk_bytes(&m)).unwrap_or(0);
-            s.objects += 1;
-            s.bytes += len;
-            if referenced.contains(&name) {
-                s.referenced_objects += 1;
-                s.referenced_bytes += len;
-            } else {
-                s.unreferenced_objects += 1;
-                s.unreferenced_bytes += len;
+        let parts = self.par_fanout(|d| {
+            let mut s = StoreStats::default();
+            for (name, id) in Self::fanout_names(d)? {
+                let len = std::fs::symlink_metadata(d.join(&name))
+                    .map(|m| disk_bytes(&m))
+                    .unwrap_or(0);
+                s.objects += 1;
+                s.bytes += len;
+                if id.is_some_and(|id| referenced.contains(&id)) {
+                    s.referenced_objects += 1;
+                    s.referenced_bytes += len;
+                } else {
+                    s.unreferenced_objects += 1;
+                    s.unreferenced_bytes += len;
+                }
             }
-            Ok(())
+            Ok(s)
         })?;
+        let mut s = StoreStats::default();
+        for p in parts {
+            s.objects += p.objects;
+            s.bytes += p.bytes;
+            s.referenced_objects += p.referenced_objects;
+            s.referenced_bytes += p.referenced_bytes;
+            s.unreferenced_objects += p.unreferenced_objects;
+            s.unreferenced_bytes += p.unreferenced_bytes;
+        }
         s.tmp_files = self.tmp_files();
         s.generations = self.list()?.len() as u64;
         Ok(s)
@@ -532,7 +619,8 @@ impl Store {
     /// once, rename, and flush the parent directory.
     pub(crate) fn commit(&self, id: &str, info: &GenerationInfo) -> Result<Generation> {
         let staging = self.staging_path(id);
-        write_json_synced(&staging.join(INFO_FILE), info)?;
+        // Flushed with everything else by the syncfs below.
+        write_json(&staging.join(INFO_FILE), info)?;
         let staging_fd = rustix::fs::open(
             &staging,
             rustix::fs::OFlags::DIRECTORY
@@ -731,7 +819,8 @@ pub(crate) fn sync_dir(p: &Path) -> Result<()> {
     fsx::fsync(fd.as_fd()).with_context(|| format!("flushing {}", p.display()))
 }
 
-fn write_json_synced<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+/// Write a JSON file (not flushed: the caller flushes the file system).
+fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -740,9 +829,8 @@ fn write_json_synced<T: Serialize>(p: &Path, v: &T) -> Result<()> {
         .open(p)
         .with_context(|| format!("writing {}", p.display()))?;
     serde_json::to_writer_pretty(&mut f, v)?;
-    f.write_all(b"\n")?;
-    f.sync_all()
-        .with_context(|| format!("flushing {}", p.display()))
+    f.write_all(b"\n")
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 /// A node path (manifest form, no leading `/`) as a relative path.

@@ -32,6 +32,28 @@ pub(crate) struct Problem {
     pub detail: String,
 }
 
+/// The names of the objects stored in the generation's store (one listing of its fan-out
+/// directories, not a call per object).
+fn generation_objects(generation: &Generation) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for i in 0..=255u8 {
+        let d = generation.objects.join(format!("{i:02x}"));
+        let listing = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", d.display())),
+        };
+        for ent in listing {
+            let ent = ent.map_err(|e| anyhow::anyhow!("listing {}: {e}", d.display()))?;
+            // The directory entry's type, no stat (a symlink or a directory is no object).
+            if ent.file_type().is_ok_and(|t| t.is_file()) {
+                out.insert(ent.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Check one stored file against its manifest record: present, a regular file of the right
 /// size and, unless `presence_only`, the right content. Returns the problem, if any, and the
 /// bytes read.
@@ -115,21 +137,26 @@ impl VerifyReport {
 }
 
 /// One piece of content to check.
-struct Expect {
+struct Expect<'m> {
+    /// An object, or an artifact's file in the generation.
     file: PathBuf,
-    /// The node paths (or artifact name) that have this content.
-    shown: Vec<String>,
+    /// Who has this content: entries of the manifest, or an artifact's name.
+    shown: Shown<'m>,
     size: u64,
-    hash: String,
-    /// Check presence only.
-    presence_only: bool,
+    hash: &'m str,
+}
+
+enum Shown<'m> {
+    Entries(Vec<usize>),
+    Artifact(&'m str),
 }
 
 /// Verify `generation`; `journal_hash` is the manifest hash the journal recorded, if any.
 ///
 /// With `only_rehash`, only the objects in that set (those the backup just wrote) are
-/// re-hashed; the others, written and verified by earlier backups, are checked for presence.
-/// Without it (`recoveryctl verify`, the recovery's check) every byte is re-hashed.
+/// re-hashed; the others, written and verified by earlier backups, are checked for presence,
+/// against one listing of the store. Without it (`recoveryctl verify`, the recovery's check)
+/// every byte is re-hashed.
 pub(crate) fn verify(
     generation: &Generation,
     journal_hash: Option<&str>,
@@ -168,9 +195,13 @@ pub(crate) fn verify(
             return Ok(report);
         }
     };
-    let mut objects: BTreeMap<String, Expect> = BTreeMap::new();
-    for e in manifest.entries.iter().filter(|e| e.kind == Kind::File) {
-        let Some(hash) = e.hash.clone() else {
+    // Each distinct content once, in hash order.
+    let mut objects: BTreeMap<&str, Expect<'_>> = BTreeMap::new();
+    for (i, e) in manifest.entries.iter().enumerate() {
+        if e.kind != Kind::File {
+            continue;
+        }
+        let Some(hash) = e.hash.as_deref() else {
             report.problems.push(Problem {
                 path: e.display(),
                 problem: ProblemKind::Manifest,
@@ -178,39 +209,76 @@ pub(crate) fn verify(
             });
             continue;
         };
-        objects
-            .entry(hash.clone())
-            .or_insert_with(|| Expect {
-                file: generation.object(&hash),
-                shown: Vec::new(),
-                size: e.size,
-                presence_only: only_rehash.is_some_and(|n| !n.contains(&hash)),
-                hash,
-            })
-            .shown
-            .push(e.display());
+        match objects.entry(hash) {
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if let Shown::Entries(v) = &mut o.get_mut().shown {
+                    v.push(i);
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Expect {
+                    file: generation.object(hash),
+                    shown: Shown::Entries(vec![i]),
+                    size: e.size,
+                    hash,
+                });
+            }
+        }
     }
-    let mut expect: Vec<Expect> = objects.into_values().collect();
+    // Objects of earlier backups: present is enough (they were re-read when written).
+    let mut present_only: Vec<Expect<'_>> = Vec::new();
+    let mut expect: Vec<Expect<'_>> = Vec::new();
+    for x in objects.into_values() {
+        if only_rehash.is_some_and(|n| !n.contains(x.hash)) {
+            present_only.push(x);
+        } else {
+            expect.push(x);
+        }
+    }
     for a in &manifest.artifacts {
         expect.push(Expect {
             file: generation.dir.join(&a.artifact),
-            shown: vec![a.artifact.clone()],
+            shown: Shown::Artifact(&a.artifact),
             size: a.size,
-            hash: a.hash.clone(),
-            presence_only: false,
+            hash: &a.hash,
         });
+    }
+    let problem_of = |x: &Expect<'_>, problem: ProblemKind, detail: &str| -> Vec<Problem> {
+        let shown: Vec<String> = match &x.shown {
+            Shown::Entries(v) => v.iter().map(|&i| manifest.entries[i].display()).collect(),
+            Shown::Artifact(a) => vec![a.to_string()],
+        };
+        shown
+            .into_iter()
+            .map(|path| Problem {
+                path,
+                problem,
+                detail: detail.to_string(),
+            })
+            .collect()
+    };
+    let mut present = 0;
+    if !present_only.is_empty() {
+        (hooks.checkpoint)()?;
+        let stored = generation_objects(generation)?;
+        for x in &present_only {
+            if stored.contains(x.hash) {
+                present += 1;
+            } else {
+                report.problems.extend(problem_of(
+                    x,
+                    ProblemKind::Missing,
+                    "stored copy is missing (or not a regular file)",
+                ));
+            }
+        }
     }
 
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let presence = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let total = expect.len() as u64;
-    let bytes_total: u64 = expect
-        .iter()
-        .filter(|x| !x.presence_only)
-        .map(|x| x.size)
-        .sum();
+    let bytes_total: u64 = expect.iter().map(|x| x.size).sum();
     let problems = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -223,24 +291,18 @@ pub(crate) fn verify(
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
-                    let (problem, read) = check_stored(&x.file, x.size, &x.hash, x.presence_only);
-                    if x.presence_only && problem.is_none() {
-                        presence.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let (problem, read) = check_stored(&x.file, x.size, x.hash, false);
                     bytes.fetch_add(read, Ordering::Relaxed);
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_multiple_of(256) || n == total {
                         (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
                     }
                     if let Some((problem, detail)) = problem {
-                        let mut p = problems.lock().unwrap_or_else(|p| p.into_inner());
-                        for shown in &x.shown {
-                            p.push(Problem {
-                                path: shown.clone(),
-                                problem,
-                                detail: detail.clone(),
-                            });
-                        }
+                        let found = problem_of(x, problem, &detail);
+                        problems
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(found);
                     }
                 }
             });
@@ -293,9 +355,9 @@ pub(crate) fn verify(
         }
     }
     report.problems.sort_by(|a, b| a.path.cmp(&b.path));
-    report.files_checked = expect.len() as u64;
+    report.files_checked = (expect.len() + present_only.len()) as u64;
     report.bytes_checked = bytes.load(Ordering::Relaxed);
-    report.shared_unchanged = presence.load(Ordering::Relaxed);
+    report.shared_unchanged = present;
     report.ok = report.problems.is_empty();
     Ok(report)
 }

@@ -33,7 +33,7 @@ pub(crate) struct Scan {
 }
 
 /// Threads listing directories at once during a walk.
-const WALK_THREADS: usize = 4;
+const WALK_THREADS: usize = 8;
 
 struct DirJob {
     fd: OwnedFd,
@@ -71,8 +71,6 @@ pub(crate) struct Walker<'a> {
     pub excludes: &'a Excludes,
     /// Called once per directory; an error (cancellation) stops the walk.
     pub checkpoint: &'a (dyn Fn() -> Result<()> + Sync),
-    /// Only `lstat` each entry (no xattrs, no link targets): enough to measure a backup.
-    pub sizes_only: bool,
     /// The previous generation: an entry whose inode it recorded untouched since takes its
     /// xattrs and link target from there instead of reading them again.
     pub previous: Option<&'a Previous<'a>>,
@@ -228,10 +226,7 @@ impl Walker<'_> {
             let mut e = Entry::from_stat(&child, &st);
             let ctx = || format!("reading /{}", String::from_utf8_lossy(&child));
             // What an untouched inode had is what it has: nothing more to read.
-            let known = match self.previous {
-                Some(p) if !self.sizes_only => p.untouched(&e),
-                _ => None,
-            };
+            let known = self.previous.and_then(|p| p.untouched(&e));
             if let Some(p) = known {
                 e.xattrs = p.xattrs.clone();
                 e.link = p.link.clone();
@@ -243,7 +238,7 @@ impl Walker<'_> {
                         continue;
                     }
                     let fd = fsx::open_child_dir(dir, &name).with_context(ctx)?;
-                    if !self.sizes_only && known.is_none() {
+                    if known.is_none() {
                         e.xattrs = fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?;
                     }
                     subdirs.push(DirJob {
@@ -254,7 +249,7 @@ impl Walker<'_> {
                     result.children.push(e);
                 }
                 kind => {
-                    if !self.sizes_only && known.is_none() {
+                    if known.is_none() {
                         if kind == Kind::Symlink {
                             e.link = Some(super::bytetext::ByteText(
                                 fsx::read_link_at(dir, &name).with_context(ctx)?,

@@ -2,7 +2,7 @@
 
 use crate::files::identity::Identity;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context as _, Result};
 
@@ -12,6 +12,7 @@ use crate::engine::{Json, Progress, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
 use crate::files::store::{Generation, Store};
+use crate::files::walk::Scan;
 use crate::host::Host;
 use crate::host::transient::Invocation;
 use crate::journal::Journal;
@@ -21,6 +22,15 @@ pub(crate) struct PlanContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub host: Host,
+    /// The walk a backup's pre-flight made, for the copy step of the same run.
+    walked: Mutex<Option<Walked>>,
+}
+
+/// A walk of the trees, and the run and generation it was made for.
+struct Walked {
+    run: i64,
+    generation: String,
+    scan: Scan,
 }
 
 impl PlanContext {
@@ -45,7 +55,33 @@ impl PlanContext {
             config,
             store,
             host,
+            walked: Mutex::new(None),
         })
+    }
+
+    /// Keep the pre-flight's walk for the copy of the same run and generation, in place of
+    /// any walk kept before.
+    pub(crate) fn keep_walk(&self, run: i64, generation: &str, scan: Scan) {
+        *lock(&self.walked) = Some(Walked {
+            run,
+            generation: generation.to_string(),
+            scan,
+        });
+    }
+
+    /// The walk kept for this run and generation, if there is one (taken: the copy uses it
+    /// once; a retried copy walks again).
+    pub(crate) fn take_walk(&self, run: i64, generation: &str) -> Option<Scan> {
+        let mut w = lock(&self.walked);
+        match w.as_ref() {
+            Some(k) if k.run == run && k.generation == generation => w.take().map(|k| k.scan),
+            _ => None,
+        }
+    }
+
+    /// Let a kept walk go (a backup that ended before its copy).
+    pub(crate) fn forget_walk(&self) {
+        *lock(&self.walked) = None;
     }
 
     /// A small file of the host, trimmed; `None` when it is missing or empty.
@@ -163,6 +199,10 @@ impl PlanContext {
             .flatten()
             .map(|g| g.manifest_hash)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run `f` with the data path's hooks tied to the step: its failpoints and cancellation, and

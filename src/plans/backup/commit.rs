@@ -51,7 +51,8 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
     // An earlier attempt may have written the manifest and removed files.partial already:
     // continue from the manifest, recomputing its artifacts.
     let partial = staging.join(PARTIAL);
-    let mut m = if partial.exists() || !manifest_path.exists() {
+    let from_partial = partial.exists() || !manifest_path.exists();
+    let mut m = if from_partial {
         Manifest::read_owned(&partial)?.0
     } else {
         let mut m = Manifest::read_file(&manifest_path, None)?;
@@ -95,9 +96,13 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
             .with_context(|| format!("removing {}", manifest_path.display()))?;
     }
     // Kept parsed for the verify step, which reads it next.
-    let (m, hash) = m
-        .write_shared(&manifest_path)
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    let (m, hash) = if from_partial {
+        // The copy's entries as it wrote them, the artifacts after them.
+        m.write_after(&partial, &manifest_path)
+    } else {
+        m.write_shared(&manifest_path)
+    }
+    .with_context(|| format!("writing {}", manifest_path.display()))?;
     if partial.exists() {
         std::fs::remove_file(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;

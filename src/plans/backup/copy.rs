@@ -19,6 +19,9 @@ use crate::text::human_bytes;
 
 use super::{PARTIAL, generation_id};
 
+/// How many walks a copy makes before it gives up on a tree whose files keep disappearing.
+const MAX_WALKS: u32 = 3;
+
 /// Copy the trees and the machine-config files into the staging generation.
 pub(crate) struct CopyFiles(pub Arc<PlanContext>);
 
@@ -85,28 +88,68 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     };
     let previous = Previous::of(prev_manifest.as_deref());
     let checkpoint = || cx.checkpoint();
-    let mut scan = Walker {
-        root: &p.config.root,
-        excludes: &excludes,
-        checkpoint: &checkpoint,
-        sizes_only: false,
-        previous: Some(&previous),
-    }
-    .scan(&trees, &extras)?;
-    let stats = with_step_hooks(cx, Some("files copied"), |hooks| {
-        copy_files(
-            &p.config.root,
-            &mut scan.entries,
-            &p.store,
-            &previous,
-            p.config.backup.workers,
-            hooks,
-        )
-    })?;
+    let walk = || {
+        Walker {
+            root: &p.config.root,
+            excludes: &excludes,
+            checkpoint: &checkpoint,
+            previous: Some(&previous),
+        }
+        .scan(&trees, &extras)
+    };
+    // The pre-flight's walk when this process made it for this run, else a walk now.
+    let mut scan = match p.take_walk(cx.run, &id) {
+        Some(scan) => scan,
+        None => walk()?,
+    };
+    let mut new_objects: Vec<String> = Vec::new();
+    let mut walks = 1;
+    let stats = loop {
+        let stats = with_step_hooks(cx, Some("files copied"), |hooks| {
+            copy_files(
+                &p.config.root,
+                &mut scan.entries,
+                &p.store,
+                &previous,
+                p.config.backup.workers,
+                hooks,
+            )
+        })?;
+        // What an earlier round wrote is found stored by the next: still this backup's.
+        new_objects.extend(stats.new_objects.iter().cloned());
+        if stats.stale.is_empty() {
+            break stats;
+        }
+        // Files gone or replaced since the walk (pods come and go in /var/lib/kubelet while a
+        // cluster backup runs): walk again, so that the manifest says what is there now.
+        let shown: Vec<String> = stats
+            .stale
+            .iter()
+            .take(3)
+            .map(|&i| scan.entries[i].display())
+            .collect();
+        anyhow::ensure!(
+            walks < MAX_WALKS,
+            "files keep disappearing or changing kind while they are copied ({} in the last \
+             walk, among them {}); take the backup again when the node is quieter",
+            stats.stale.len(),
+            shown.join(", ")
+        );
+        tracing::info!(
+            recovery_run = cx.run,
+            "{} files were gone or had changed kind since the walk ({}); walking again",
+            stats.stale.len(),
+            shown.join(", ")
+        );
+        scan = walk()?;
+        walks += 1;
+    };
+    new_objects.sort();
+    new_objects.dedup();
     // The objects this backup wrote: the verify step re-reads exactly these.
-    let new_objects = staging.join(NEW_OBJECTS);
-    std::fs::write(&new_objects, stats.new_objects.join("\n"))
-        .with_context(|| format!("writing {}", new_objects.display()))?;
+    let new_objects_file = staging.join(NEW_OBJECTS);
+    std::fs::write(&new_objects_file, new_objects.join("\n"))
+        .with_context(|| format!("writing {}", new_objects_file.display()))?;
     let mut m = Manifest::new(Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -140,6 +183,11 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             "; of which {} images: {files} files, {}",
             images.images.len(),
             human_bytes(bytes)
+        ));
+    }
+    if walks > 1 {
+        detail.push_str(&format!(
+            "; walked {walks} times: files had gone or changed kind since the walk before"
         ));
     }
     if !m.header.skipped_mounts.is_empty() {

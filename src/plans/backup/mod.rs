@@ -29,7 +29,10 @@ pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
 /// Remove abandoned staging and trash directories, half-written objects, and objects no
 /// generation refers to (unless none can have appeared since the last collection). Returns
 /// what was removed, for the journal (empty: nothing).
-pub(super) fn clean_store(p: &PlanContext, checkpoint: &dyn Fn() -> Result<()>) -> Result<String> {
+pub(super) fn clean_store(
+    p: &PlanContext,
+    checkpoint: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<String> {
     let removed = p.store.clean_abandoned()?;
     let gc = p.store.gc_unless_collected(checkpoint)?.unwrap_or_default();
     let mut parts = removed;

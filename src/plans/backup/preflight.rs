@@ -131,17 +131,19 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     // with the previous generation, as unchanged files are).
     let (trees, extras, _) = p.backup_sources(cx)?;
     refuse_unrestorable(p, &trees, &extras)?;
+    // The walk the copy needs, made now and kept for it: one walk per backup (the copy walks
+    // again only when a file it lists has gone or changed kind by then).
+    let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
+    let previous = Previous::of(previous.as_deref());
     let checkpoint = || cx.checkpoint();
     let scan = Walker {
         root: &p.config.root,
         excludes: &excludes,
         checkpoint: &checkpoint,
-        sizes_only: true,
-        previous: None,
+        previous: Some(&previous),
     }
     .scan(&trees, &extras)?;
-    let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
-    let files = bytes_to_copy(&scan.entries, &Previous::of(previous.as_deref()));
+    let files = bytes_to_copy(&scan.entries, &previous);
     let extra = if p.config.host.cluster {
         cluster_backup_size(&p.config.root)
     } else {
@@ -178,6 +180,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             human_bytes(free)
         ),
     );
+    p.keep_walk(cx.run, &id, scan);
     Ok(Outcome::Done(notes.join("; ")))
 }
 

@@ -158,6 +158,8 @@ pub(crate) struct RemoveStaging(pub Arc<PlanContext>);
 impl Cleanup for RemoveStaging {
     async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<String> {
         let p = self.0.clone();
+        // A walk the pre-flight kept for a copy that will not come.
+        p.forget_walk();
         let id = cx.get(&GENERATION)?;
         blocking(move || {
             let mut parts = Vec::new();
