@@ -352,6 +352,23 @@ pub(crate) fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Re
     Ok(rustix::fs::renameat(dir, from, dir, to)?)
 }
 
+/// Put the new file `from` in the place of the existing entry `to` atomically, and remove what
+/// was there. The two names are exchanged (`RENAME_EXCHANGE`), then the old entry, now under
+/// `from`, is unlinked: at every moment `to` names one whole file, as with a plain rename. A
+/// plain rename over an existing file makes ext4 start writing the new file's data back there
+/// and then (`auto_da_alloc`, for programs that replace files without fsync), a request per
+/// file; a restore flushes everything it wrote with one `syncfs` at the end instead. Where
+/// the file system cannot exchange, a plain rename.
+pub(crate) fn replace_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    match rustix::fs::renameat_with(dir, from, dir, to, rustix::fs::RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(rustix::fs::unlinkat(dir, from, AtFlags::empty())?),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
+            rename_at(dir, from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
@@ -432,4 +449,41 @@ pub(crate) fn on_read_only_mount(path: &Path) -> io::Result<bool> {
 /// The file system id of a path (`st_dev`).
 pub(crate) fn dev_of(path: &Path) -> io::Result<u64> {
     Ok(rustix::fs::stat(path)?.st_dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn dir(p: &Path) -> OwnedFd {
+        rustix::fs::open(p, DIR_FLAGS, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn replacing_leaves_the_new_file_under_the_name_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), "old").unwrap();
+        std::fs::hard_link(t.path().join("f"), t.path().join("other-link")).unwrap();
+        let old_ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
+        std::fs::write(t.path().join("tmp"), "new").unwrap();
+        let d = dir(t.path());
+        replace_at(d.as_fd(), OsStr::new("tmp"), OsStr::new("f")).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("f")).unwrap(), "new");
+        assert!(
+            !t.path().join("tmp").exists(),
+            "the old file went with the name"
+        );
+        // Another name of the old inode keeps it, as after a plain rename over it.
+        let kept = std::fs::metadata(t.path().join("other-link")).unwrap();
+        assert_eq!((kept.ino(), kept.nlink()), (old_ino, 1));
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("other-link")).unwrap(),
+            "old"
+        );
+        // Nothing to replace: an error, the new file still under its own name.
+        assert!(replace_at(d.as_fd(), OsStr::new("f"), OsStr::new("missing")).is_err());
+        assert!(t.path().join("f").exists());
+    }
 }

@@ -357,7 +357,12 @@ impl Restorer<'_> {
             let st = fsx::fstat(dst.as_fd())?;
             self.apply_metadata(Target::Fd(dst.as_fd()), e, &st)?;
             drop(dst);
-            fsx::rename_at(dir, &tmp, name)?;
+            // Something still there to replace (a directory was removed above).
+            if live_kind.is_some_and(|k| k != Kind::Dir) {
+                fsx::replace_at(dir, &tmp, name)?;
+            } else {
+                fsx::rename_at(dir, &tmp, name)?;
+            }
             self.report.files_written += 1;
             self.report.bytes_written += copied.size;
             Ok(())
