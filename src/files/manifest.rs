@@ -257,7 +257,13 @@ impl Manifest {
         if let Some(m) = super::parsed::get(&found) {
             return Ok(m);
         }
+        let started = std::time::Instant::now();
         let m = Arc::new(Manifest::read_bytes(&bytes, &p, None)?);
+        tracing::debug!(
+            "{p}: {} entries parsed in {:?}",
+            m.entries.len(),
+            started.elapsed()
+        );
         super::parsed::keep(&found, m.clone());
         Ok(m)
     }

@@ -15,6 +15,7 @@ pub(crate) mod manifest;
 pub(crate) mod marks;
 pub(crate) mod neighbours;
 pub(crate) mod object_id;
+mod par_walk;
 pub(crate) mod parsed;
 pub(crate) mod previous;
 pub(crate) mod restore;

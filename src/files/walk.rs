@@ -10,7 +10,6 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
 
@@ -31,9 +30,6 @@ pub(crate) struct Scan {
     /// When the walk began (see [`Entry::untouched`]).
     pub walked: Option<super::entry::Time>,
 }
-
-/// Threads listing directories at once during a walk.
-const WALK_THREADS: usize = 8;
 
 struct DirJob {
     fd: OwnedFd,
@@ -140,69 +136,15 @@ impl Walker<'_> {
         Ok(Some(resolved))
     }
 
-    /// List directories on several threads: reading inodes that are not cached is I/O bound,
-    /// and a few requests in flight at once make a cold walk several times faster.
+    /// List directories on several threads ([`super::par_walk`]), each directory's result by
+    /// its path.
     fn walk_parallel(&self, top: DirJob) -> Result<HashMap<Vec<u8>, DirResult>> {
-        struct Queue {
-            jobs: Vec<DirJob>,
-            pending: usize,
-            failed: Option<anyhow::Error>,
-        }
-        let queue = Mutex::new(Queue {
-            jobs: vec![top],
-            pending: 1,
-            failed: None,
-        });
-        let wake = Condvar::new();
-        let results: Mutex<HashMap<Vec<u8>, DirResult>> = Mutex::new(HashMap::new());
-        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-            m.lock().unwrap_or_else(|p| p.into_inner())
-        }
-        std::thread::scope(|s| {
-            for _ in 0..WALK_THREADS {
-                s.spawn(|| {
-                    loop {
-                        let job = {
-                            let mut q = lock(&queue);
-                            loop {
-                                if q.failed.is_some() || (q.jobs.is_empty() && q.pending == 0) {
-                                    wake.notify_all();
-                                    return;
-                                }
-                                if let Some(j) = q.jobs.pop() {
-                                    break j;
-                                }
-                                q = wake.wait(q).unwrap_or_else(|p| p.into_inner());
-                            }
-                        };
-                        let rel = job.rel.clone();
-                        match self.read_dir(job) {
-                            Ok((result, subdirs)) => {
-                                results
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(rel, result);
-                                let mut q = lock(&queue);
-                                q.pending += subdirs.len();
-                                q.pending -= 1;
-                                q.jobs.extend(subdirs);
-                            }
-                            Err(e) => {
-                                let mut q = lock(&queue);
-                                q.failed.get_or_insert(e);
-                                q.pending -= 1;
-                            }
-                        }
-                        wake.notify_all();
-                    }
-                });
-            }
-        });
-        let q = queue.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = q.failed {
-            return Err(e);
-        }
-        Ok(results.into_inner().unwrap_or_else(|p| p.into_inner()))
+        let results = super::par_walk::visit_tree(top, |job| {
+            let rel = job.rel.clone();
+            let (result, subdirs) = self.read_dir(job)?;
+            Ok(((rel, result), subdirs))
+        })?;
+        Ok(results.into_iter().collect())
     }
 
     /// One directory: its children's entries, and the child directories to walk next.

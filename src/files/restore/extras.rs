@@ -5,6 +5,7 @@ use std::os::fd::AsFd;
 use anyhow::{Context, Result};
 
 use super::paths::{node, parent_of};
+use super::tree::Dir;
 use super::{ChangeKind, Restorer};
 use crate::files::fsx;
 
@@ -25,8 +26,6 @@ impl Restorer<'_> {
                 *slot = i;
             }
         }
-        // One flush per file system at the end, not one per file.
-        let mut to_flush: std::collections::HashMap<u64, std::os::fd::OwnedFd> = Default::default();
         for x in &manifest.header.extras {
             let x = &x.0[..];
             let i = index[x];
@@ -46,14 +45,12 @@ impl Restorer<'_> {
             let dev = fsx::fstat(pfd.as_fd())?.st_dev;
             self.tick()?;
             let changes_before = self.report.changes.len();
-            self.sync_child(pfd.as_fd(), i, dev)
+            self.sync_child(Dir::Fd(pfd.as_fd()), i, dev)
                 .with_context(|| format!("restoring {}", node(x)))?;
+            // One flush per file system when the restore ends, not one per file.
             if self.apply && self.report.changes.len() > changes_before {
-                to_flush.entry(dev).or_insert(pfd);
+                self.flush_later(dev, pfd);
             }
-        }
-        for fd in to_flush.values() {
-            fsx::syncfs(fd.as_fd()).context("flushing the machine-config files to disk")?;
         }
         Ok(())
     }

@@ -5,20 +5,35 @@ use std::collections::HashSet;
 use anyhow::{Context, Result};
 use rustix::fs::Stat;
 
+use super::scan::Live;
 use super::{ChangeKind, Restorer};
 use crate::files::entry::{Entry, Kind, Time};
 use crate::files::fsx::Target;
 
+/// Where an entry's metadata is: on the live entry (read and set there), or in what the
+/// comparison's scan read of it (`None`: the scan did not see it).
+pub(super) enum Meta<'a> {
+    Live(Target<'a>),
+    Scanned(Option<&'a Live>),
+}
+
 impl Restorer<'_> {
     /// Compare metadata and, when applying, fix it.
-    pub(super) fn metadata(&mut self, target: Target<'_>, e: &Entry, st: &Stat) -> Result<()> {
+    pub(super) fn metadata(&mut self, meta: Meta<'_>, e: &Entry, st: &Stat) -> Result<()> {
         // An inode untouched since the backup has the xattrs it had then.
         let read;
         let live_x = if e.untouched(st, self.manifest.header.walked) {
             &e.xattrs
         } else {
-            read = target.xattrs()?;
-            &read
+            match &meta {
+                Meta::Live(target) => {
+                    read = target.xattrs()?;
+                    &read
+                }
+                Meta::Scanned(live) => live
+                    .and_then(|l| l.xattrs.as_ref())
+                    .with_context(|| format!("the xattrs of {} were not read", e.display()))?,
+            }
         };
         let diffs = metadata_diffs(e, st, live_x);
         if diffs.is_empty() {
@@ -26,6 +41,9 @@ impl Restorer<'_> {
         }
         self.change(e.path_bytes(), ChangeKind::Metadata, diffs.join(", "));
         if self.apply {
+            let Meta::Live(target) = meta else {
+                anyhow::bail!("the comparison was about to change {}", e.display());
+            };
             self.apply_metadata(target, e, st)?;
         }
         Ok(())

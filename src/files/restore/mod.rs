@@ -22,9 +22,11 @@ mod narrow;
 mod paths;
 mod plan;
 mod reach;
+mod scan;
 mod tree;
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -35,6 +37,7 @@ use super::backup::Hooks;
 use super::copy::ReflinkState;
 use super::entry::{Entry, Time};
 use super::exclude::Excludes;
+use super::fsx;
 use super::manifest::Manifest;
 use super::store::Generation;
 pub(crate) use between::between;
@@ -147,26 +150,19 @@ pub(crate) fn restore(
     selection: &Selection<'_>,
     hooks: &Hooks<'_>,
 ) -> Result<RestoreReport> {
+    let started = std::time::Instant::now();
     // 1. What would change, and can the generation supply it?
     let mut dry = compare(root, generation, manifest, selection, hooks)?;
-    let mut problems = Vec::new();
-    let mut checked = std::collections::HashSet::new();
-    for &i in &dry.to_copy {
-        (hooks.check_cancel)()?;
-        let e = &manifest.entries[i];
-        if !checked.insert(e.hash.clone()) {
-            continue;
-        }
-        let Some(hash) = e.hash.as_deref() else {
-            problems.push(format!("{}: the manifest has no content hash", e.display()));
-            continue;
-        };
-        if let (Some((_, detail)), _) =
-            super::verify::check_stored(&generation.object(hash), e.size, hash, false)
-        {
-            problems.push(format!("{}: {detail}", e.display()));
-        }
-    }
+    let compared = started.elapsed();
+    let problems = check_sources(generation, manifest, &dry.to_copy, hooks)?;
+    tracing::debug!(
+        "restore: compared in {compared:?} ({} changes, {} live files hashed), {} sources \
+         checked in {:?}",
+        dry.report.changes.len(),
+        dry.report.hashed_live_files,
+        dry.to_copy.len(),
+        started.elapsed() - compared
+    );
     if !problems.is_empty() {
         return Err(Corrupted {
             generation: generation.info.id.clone(),
@@ -185,7 +181,9 @@ pub(crate) fn restore(
     let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
     apply.content_cache = std::mem::take(&mut dry.content_cache);
     apply.follow = Some(std::mem::take(&mut dry.plan));
+    let applying = std::time::Instant::now();
     apply.run(selection)?;
+    tracing::debug!("restore: applied in {:?}", applying.elapsed());
     let mut report = apply.report;
     report.hashed_live_files += dry.report.hashed_live_files;
     // Mount points in directories the apply pass did not visit again.
@@ -195,6 +193,62 @@ pub(crate) fn restore(
         }
     }
     Ok(report)
+}
+
+/// Re-hash every stored file the restore will copy (each content once, on every core):
+/// the problems, by node path, of those that are missing or do not match the manifest.
+fn check_sources(
+    generation: &Generation,
+    manifest: &Manifest,
+    to_copy: &[usize],
+    hooks: &Hooks<'_>,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    let mut unique = Vec::new();
+    for &i in to_copy {
+        let e = &manifest.entries[i];
+        match e.hash.as_deref() {
+            None => problems.push(format!("{}: the manifest has no content hash", e.display())),
+            Some(h) if seen.insert(h) => unique.push(i),
+            Some(_) => {}
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(unique.len()) {
+            s.spawn(|| -> Result<()> {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = unique.get(k) else {
+                        return Ok(());
+                    };
+                    (hooks.check_cancel)()?;
+                    let e = &manifest.entries[i];
+                    let hash = e.hash.as_deref().unwrap_or_default();
+                    if let (Some((_, detail)), _) =
+                        super::verify::check_stored(&generation.object(hash), e.size, hash, false)
+                    {
+                        found
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, detail));
+                    }
+                }
+            });
+        }
+    });
+    (hooks.check_cancel)()?;
+    let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    found.sort_by_key(|(i, _)| *i);
+    problems.extend(
+        found
+            .into_iter()
+            .map(|(i, detail)| format!("{}: {detail}", manifest.entries[i].display())),
+    );
+    Ok(problems)
 }
 
 type StatKey = (u64, u64, u64, Time, Time);
@@ -238,6 +292,8 @@ struct Restorer<'a> {
     plan: Plan,
     /// Apply: the dry run's plan, to visit only where it found changes.
     follow: Option<Plan>,
+    /// Apply: a directory of each file system written to, flushed once at the end.
+    to_flush: HashMap<u64, OwnedFd>,
 }
 
 impl<'a> Restorer<'a> {
@@ -291,7 +347,13 @@ impl<'a> Restorer<'a> {
             reported: HashSet::new(),
             plan: Plan::default(),
             follow: None,
+            to_flush: HashMap::new(),
         })
+    }
+
+    /// Flush the file system of `dev` (through `fd`, a directory on it) when the pass ends.
+    fn flush_later(&mut self, dev: u64, fd: OwnedFd) {
+        self.to_flush.entry(dev).or_insert(fd);
     }
 
     fn change(&mut self, path: &[u8], change: ChangeKind, detail: impl Into<String>) {
@@ -345,6 +407,10 @@ impl<'a> Restorer<'a> {
         if selection.extras {
             self.restore_extras()
                 .context("restoring machine-config files")?;
+        }
+        // Nothing is committed before it is on disk: one flush per file system written to.
+        for fd in std::mem::take(&mut self.to_flush).into_values() {
+            fsx::syncfs(fd.as_fd()).context("flushing the restored files to disk")?;
         }
         if self.apply {
             (self.hooks.progress)(self.done, self.total, self.report.bytes_written, 0);

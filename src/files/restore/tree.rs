@@ -9,8 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rustix::fs::Stat;
 
-use super::metadata::kind_name;
+use super::metadata::{Meta, kind_name};
 use super::paths::{base_of, join, node, parent_of, tmp_name};
+use super::scan::{LiveScan, ScanCx};
 use super::{ChangeKind, Restorer, stat_key};
 use crate::files::copy::{copy_and_hash, hash_file};
 use crate::files::entry::{Entry, Kind};
@@ -18,6 +19,59 @@ use crate::files::entry::{content_owner, owns_content};
 use crate::files::fsx::{self, Target};
 use crate::files::manifest::TreeInfo;
 use crate::files::store::stored_rel;
+
+/// Where a directory's entries are read: the live directory itself (the apply pass, and the
+/// machine-config files outside the trees), or what the comparison's scan read of it.
+#[derive(Clone, Copy)]
+pub(super) enum Dir<'a> {
+    Fd(BorrowedFd<'a>),
+    Scanned(&'a LiveScan),
+}
+
+impl<'a> Dir<'a> {
+    /// The descriptor, to change something: the comparison never does.
+    fn fd(self) -> Result<BorrowedFd<'a>> {
+        match self {
+            Dir::Fd(fd) => Ok(fd),
+            Dir::Scanned(_) => bail!("the comparison was about to change the live tree"),
+        }
+    }
+
+    /// The names in the directory `rel`, sorted bytewise.
+    fn names(self, rel: &[u8]) -> Result<Vec<std::ffi::OsString>> {
+        match self {
+            Dir::Fd(fd) => fsx::list_dir(fd).with_context(|| format!("listing {}", node(rel))),
+            Dir::Scanned(scan) => Ok(scan.names(rel)?.to_vec()),
+        }
+    }
+
+    /// `lstat` of the child `name` (at `path`); `None` when it is not there.
+    fn lstat(self, name: &OsStr, path: &[u8]) -> Result<Option<Stat>> {
+        match self {
+            Dir::Fd(fd) => Ok(fsx::try_lstat_at(fd, name)?),
+            Dir::Scanned(scan) => Ok(scan.entry(path).map(|l| l.st)),
+        }
+    }
+
+    /// A symlink's target.
+    fn read_link(self, name: &OsStr, path: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Dir::Fd(fd) => Ok(fsx::read_link_at(fd, name)?),
+            Dir::Scanned(scan) => scan
+                .entry(path)
+                .and_then(|l| l.link.clone())
+                .with_context(|| format!("the target of {} was not read", node(path))),
+        }
+    }
+
+    /// Where the metadata of the child `name` (at `path`) is read and set.
+    fn meta(self, name: &'a OsStr, path: &[u8]) -> Meta<'a> {
+        match self {
+            Dir::Fd(fd) => Meta::Live(Target::Child(fd, name)),
+            Dir::Scanned(scan) => Meta::Scanned(scan.entry(path)),
+        }
+    }
+}
 
 impl Restorer<'_> {
     pub(super) fn restore_tree(&mut self, info: &TreeInfo) -> Result<()> {
@@ -32,12 +86,31 @@ impl Restorer<'_> {
         };
         let dev = fsx::fstat(fd.as_fd())?.st_dev;
         let changes_before = self.report.changes.len();
-        self.sync_dir(fd.as_fd(), rel, dev)?;
+        if self.apply {
+            self.sync_dir(Dir::Fd(fd.as_fd()), rel, dev)?;
+        } else {
+            // The comparison: everything it will look at read first, on several threads.
+            let scan = ScanCx {
+                entries: self.entries,
+                children: &self.children,
+                excludes: &self.excludes,
+                skipped_mounts: &self.skipped_mounts,
+                walked: self.manifest.header.walked,
+                check_cancel: self.hooks.check_cancel,
+            }
+            .scan(fd.try_clone()?, rel, dev)?;
+            self.report.hashed_live_files += scan.hashed;
+            self.sync_dir(Dir::Scanned(&scan), rel, dev)?;
+        }
         let root_entry = &self.entries[root_idx];
-        self.metadata(Target::Fd(fd.as_fd()), root_entry, &fsx::fstat(fd.as_fd())?)?;
-        // Flushed only when something in this tree was written.
+        self.metadata(
+            Meta::Live(Target::Fd(fd.as_fd())),
+            root_entry,
+            &fsx::fstat(fd.as_fd())?,
+        )?;
+        // Flushed, once per file system, when something in this tree was written.
         if self.apply && self.report.changes.len() > changes_before {
-            fsx::syncfs(fd.as_fd()).context("flushing the restored tree to disk")?;
+            self.flush_later(dev, fd);
         }
         Ok(())
     }
@@ -65,7 +138,7 @@ impl Restorer<'_> {
         self.excludes.excludes(&n)
     }
 
-    pub(super) fn sync_dir(&mut self, dir: BorrowedFd<'_>, rel: &[u8], dev: u64) -> Result<()> {
+    pub(super) fn sync_dir(&mut self, dir: Dir<'_>, rel: &[u8], dev: u64) -> Result<()> {
         if self.follow.as_ref().is_some_and(|plan| !plan.below(rel)) {
             return self.tick_unchanged(rel);
         }
@@ -75,7 +148,7 @@ impl Restorer<'_> {
             .map(|&i| base_of(self.entries[i].path_bytes()).as_bytes())
             .collect();
         // Remove what the generation does not have.
-        for name in fsx::list_dir(dir).with_context(|| format!("listing {}", node(rel)))? {
+        for name in dir.names(rel)? {
             if wanted_names.contains(name.as_bytes()) {
                 continue;
             }
@@ -83,7 +156,7 @@ impl Restorer<'_> {
             if self.excluded(&child) || self.skipped_mounts.contains(&child[..]) {
                 continue;
             }
-            let Some(st) = fsx::try_lstat_at(dir, &name)? else {
+            let Some(st) = dir.lstat(&name, &child)? else {
                 continue;
             };
             if Kind::of(&st) == Kind::Dir && st.st_dev != dev {
@@ -93,7 +166,7 @@ impl Restorer<'_> {
             self.change(&child, ChangeKind::Remove, kind_name(Kind::of(&st)));
             if self.apply {
                 let mut mounts = Vec::new();
-                fsx::remove_tree_at(dir, &name, dev, &mut mounts, Path::new(&node(rel)))
+                fsx::remove_tree_at(dir.fd()?, &name, dev, &mut mounts, Path::new(&node(rel)))
                     .with_context(|| format!("removing {}", node(&child)))?;
                 self.report
                     .mounts_left
@@ -137,11 +210,11 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    pub(super) fn sync_child(&mut self, dir: BorrowedFd<'_>, i: usize, dev: u64) -> Result<()> {
+    pub(super) fn sync_child(&mut self, dir: Dir<'_>, i: usize, dev: u64) -> Result<()> {
         let e = &self.entries[i];
         let path = e.path_bytes();
         let name = base_of(path);
-        let live = fsx::try_lstat_at(dir, name)?;
+        let live = dir.lstat(name, path)?;
         let live_kind = live.as_ref().map(Kind::of);
         match e.kind {
             Kind::Dir => {
@@ -159,7 +232,7 @@ impl Restorer<'_> {
                             self.count_missing(path);
                             return Ok(());
                         }
-                        fsx::mkdir_at(dir, name, 0o700)?;
+                        fsx::mkdir_at(dir.fd()?, name, 0o700)?;
                     }
                     Some(k) => {
                         self.change(
@@ -171,14 +244,23 @@ impl Restorer<'_> {
                             self.count_missing(path);
                             return Ok(());
                         }
-                        fsx::unlink_at(dir, name)?;
-                        fsx::mkdir_at(dir, name, 0o700)?;
+                        fsx::unlink_at(dir.fd()?, name)?;
+                        fsx::mkdir_at(dir.fd()?, name, 0o700)?;
                     }
                 }
-                let child = fsx::open_child_dir(dir, name)?;
-                self.sync_dir(child.as_fd(), path, dev)?;
-                let st = fsx::fstat(child.as_fd())?;
-                self.metadata(Target::Fd(child.as_fd()), e, &st)
+                match dir {
+                    Dir::Fd(fd) => {
+                        let child = fsx::open_child_dir(fd, name)?;
+                        self.sync_dir(Dir::Fd(child.as_fd()), path, dev)?;
+                        let st = fsx::fstat(child.as_fd())?;
+                        self.metadata(Meta::Live(Target::Fd(child.as_fd())), e, &st)
+                    }
+                    Dir::Scanned(scan) => {
+                        self.sync_dir(dir, path, dev)?;
+                        let st = live.expect("a directory the scan read");
+                        self.metadata(Meta::Scanned(scan.entry(path)), e, &st)
+                    }
+                }
             }
             Kind::File if content_owner(self.entries, i) != i => self.sync_hardlink(dir, i, live),
             Kind::File => self.sync_file(dir, i, live),
@@ -189,10 +271,10 @@ impl Restorer<'_> {
                     && (live
                         .as_ref()
                         .is_some_and(|st| e.untouched(st, self.manifest.header.walked))
-                        || fsx::read_link_at(dir, name)? == target);
+                        || dir.read_link(name, path)? == target);
                 if same {
                     let st = live.expect("exists");
-                    return self.metadata(Target::Child(dir, name), e, &st);
+                    return self.metadata(dir.meta(name, path), e, &st);
                 }
                 self.replace(dir, i, live_kind, "symlink", |d, tmp| {
                     fsx::symlink_at(&target, d, tmp).map_err(Into::into)
@@ -205,7 +287,7 @@ impl Restorer<'_> {
                     });
                 if same {
                     let st = live.expect("exists");
-                    return self.metadata(Target::Child(dir, name), e, &st);
+                    return self.metadata(dir.meta(name, path), e, &st);
                 }
                 let (bits, rdev) = (kind.type_bits() | (e.mode & 0o7777), e.rdev);
                 self.replace(dir, i, live_kind, kind_name(kind), |d, tmp| {
@@ -218,7 +300,7 @@ impl Restorer<'_> {
     /// Replace (or create) a non-file entry by making it under a temporary name and renaming.
     pub(super) fn replace(
         &mut self,
-        dir: BorrowedFd<'_>,
+        dir: Dir<'_>,
         i: usize,
         live_kind: Option<Kind>,
         what: &str,
@@ -241,6 +323,7 @@ impl Restorer<'_> {
         if !self.apply {
             return Ok(());
         }
+        let dir = dir.fd()?;
         if live_kind == Some(Kind::Dir) {
             self.remove_dir(dir, path)?;
         }
@@ -281,12 +364,7 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    pub(super) fn content_equal(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        e: &Entry,
-        st: &Stat,
-    ) -> Result<bool> {
+    pub(super) fn content_equal(&mut self, dir: Dir<'_>, e: &Entry, st: &Stat) -> Result<bool> {
         if st.st_size as u64 != e.size {
             return Ok(false);
         }
@@ -299,21 +377,25 @@ impl Restorer<'_> {
         {
             return Ok(*eq);
         }
-        let f = std::fs::File::from(fsx::open_child_file(dir, base_of(e.path_bytes()))?);
-        let (hash, _) = hash_file(&f)?;
-        self.report.hashed_live_files += 1;
-        let eq = Some(&hash) == e.hash.as_ref();
+        let eq = match dir {
+            Dir::Fd(fd) => {
+                let f = std::fs::File::from(fsx::open_child_file(fd, base_of(e.path_bytes()))?);
+                let (hash, _) = hash_file(&f)?;
+                self.report.hashed_live_files += 1;
+                Some(&hash) == e.hash.as_ref()
+            }
+            // Hashed by the scan (and counted there).
+            Dir::Scanned(scan) => scan
+                .entry(e.path_bytes())
+                .and_then(|l| l.same_content)
+                .with_context(|| format!("{} was not hashed by the scan", e.display()))?,
+        };
         self.content_cache
             .insert(e.path_bytes().to_vec(), (key, eq));
         Ok(eq)
     }
 
-    pub(super) fn sync_file(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        i: usize,
-        live: Option<Stat>,
-    ) -> Result<()> {
+    pub(super) fn sync_file(&mut self, dir: Dir<'_>, i: usize, live: Option<Stat>) -> Result<()> {
         let e = &self.entries[i];
         let path = e.path_bytes();
         let name = base_of(path);
@@ -321,9 +403,9 @@ impl Restorer<'_> {
         if let (Some(st), Some(Kind::File)) = (&live, live_kind)
             && self.content_equal(dir, e, st)?
         {
-            self.metadata(Target::Child(dir, name), e, st)?;
+            self.metadata(dir.meta(name, path), e, st)?;
+            // Metadata is set in place: the inode is the one stat'ed.
             if let Some(g) = e.hardlink {
-                let st = fsx::lstat_at(dir, name)?;
                 self.group_inode.insert(g, (st.st_dev, st.st_ino));
             }
             return Ok(());
@@ -340,6 +422,7 @@ impl Restorer<'_> {
             self.to_copy.push(i);
             return Ok(());
         }
+        let dir = dir.fd()?;
         if live_kind == Some(Kind::Dir) {
             self.remove_dir(dir, path)?;
         }
@@ -380,7 +463,7 @@ impl Restorer<'_> {
 
     pub(super) fn sync_hardlink(
         &mut self,
-        dir: BorrowedFd<'_>,
+        dir: Dir<'_>,
         i: usize,
         live: Option<Stat>,
     ) -> Result<()> {
@@ -418,6 +501,7 @@ impl Restorer<'_> {
         if !self.apply {
             return Ok(());
         }
+        let dir = dir.fd()?;
         if live.as_ref().map(Kind::of) == Some(Kind::Dir) {
             self.remove_dir(dir, path)?;
         }
