@@ -294,7 +294,7 @@ fn one_file(
         || st.st_mtime_nsec as u32 != e.mtime.1
     {
         let mut fresh = Entry::from_stat(e.path_bytes(), &st);
-        fresh.xattrs = fsx::xattrs_fd(src.as_fd())?;
+        fresh.xattrs = fsx::xattrs_fd(src.as_fd())?.into();
         fresh.hardlink = e.hardlink;
         Some(fresh)
     } else {

@@ -4,7 +4,7 @@ use rustix::fs::{FileType, Stat};
 use serde::{Deserialize, Serialize};
 
 use super::bytetext::ByteText;
-use super::fsx::Xattrs;
+use super::xattr_set::XattrSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,8 +88,8 @@ pub(crate) struct Entry {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rdev: u64,
     /// Extended attributes, values in hex, sorted by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "xattr_hex")]
-    pub xattrs: Xattrs,
+    #[serde(default, skip_serializing_if = "is_empty", with = "xattr_hex")]
+    pub xattrs: XattrSet,
     /// Hardlink group: entries with the same group were one inode in the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardlink: Option<u64>,
@@ -128,6 +128,9 @@ fn is_zero(v: &u64) -> bool {
 }
 fn is_false(v: &bool) -> bool {
     !*v
+}
+fn is_empty(v: &XattrSet) -> bool {
+    v.is_empty()
 }
 
 /// The position of the entry whose content entry `i` carries: itself, or the first member of
@@ -176,7 +179,7 @@ impl Entry {
             } else {
                 0
             },
-            xattrs: Vec::new(),
+            xattrs: XattrSet::default(),
             hardlink: None,
             implicit: false,
             source: Source {
@@ -307,10 +310,10 @@ mod xattr_hex {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<super::super::fsx::Xattrs, D::Error> {
+    ) -> Result<super::super::xattr_set::XattrSet, D::Error> {
         struct Pairs;
         impl<'de> Visitor<'de> for Pairs {
-            type Value = super::super::fsx::Xattrs;
+            type Value = super::super::xattr_set::XattrSet;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of [name, hex value] pairs")
             }
@@ -319,7 +322,7 @@ mod xattr_hex {
                 while let Some((n, v)) = seq.next_element::<(ByteText, HexValue)>()? {
                     out.push((n.0, v.0));
                 }
-                Ok(out)
+                Ok(super::super::xattr_set::parsed(out))
             }
         }
         d.deserialize_seq(Pairs)

@@ -228,11 +228,18 @@ impl Manifest {
         expected_hash: Option<&str>,
     ) -> Result<Manifest, ManifestError> {
         let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+        let file = std::fs::File::open(path).map_err(|source| ManifestError::Io {
             path: p.clone(),
             source,
         })?;
-        Manifest::read_bytes(&bytes, &p, expected_hash)
+        let started = std::time::Instant::now();
+        let m = Manifest::read_from(file, &p, expected_hash)?;
+        tracing::debug!(
+            "{p}: {} entries read in {:?}",
+            m.entries.len(),
+            started.elapsed()
+        );
+        Ok(m)
     }
 
     /// [`Self::read_file`] against `expected_hash`, the parse shared with the last read or
@@ -241,45 +248,22 @@ impl Manifest {
         path: &Path,
         expected_hash: &str,
     ) -> Result<Arc<Manifest>, ManifestError> {
-        let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        let found = content_hash(&bytes);
-        if found != expected_hash {
-            return Err(ManifestError::HashMismatch {
-                path: p,
-                expected: expected_hash.to_string(),
-                found,
-            });
-        }
-        if let Some(m) = super::parsed::get(&found) {
+        if let Some(m) = super::parsed::get(expected_hash) {
+            check_hash(path, expected_hash)?;
             return Ok(m);
         }
-        let started = std::time::Instant::now();
-        let m = Arc::new(Manifest::read_bytes(&bytes, &p, None)?);
-        tracing::debug!(
-            "{p}: {} entries parsed in {:?}",
-            m.entries.len(),
-            started.elapsed()
-        );
-        super::parsed::keep(&found, m.clone());
+        let m = Arc::new(Manifest::read_file(path, Some(expected_hash))?);
+        super::parsed::keep(expected_hash, m.clone());
         Ok(m)
     }
 
     /// A manifest file whose hash nothing records yet (a backup's `files.partial`), to own,
     /// with its hash: the parse of the last write of the same bytes when there is one.
     pub(crate) fn read_owned(path: &Path) -> Result<(Manifest, String), ManifestError> {
-        let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        let hash = content_hash(&bytes);
+        let hash = file_hash(path)?;
         let m = match super::parsed::take(&hash) {
             Some(m) => m,
-            None => Manifest::read_bytes(&bytes, &p, None)?,
+            None => Manifest::read_file(path, Some(&hash))?,
         };
         Ok((m, hash))
     }
@@ -310,13 +294,31 @@ impl Manifest {
         name: &str,
         expected_hash: Option<&str>,
     ) -> Result<Manifest, ManifestError> {
-        let (header, lines) = checked_lines(bytes, name, expected_hash)?;
-        let mut m = Manifest::new(header);
-        for (n, line) in lines {
-            match Line::parse(line).map_err(|e| parse_error(name, n, e.to_string()))? {
-                Line::Entry(e) => m.entries.push(e),
-                Line::Artifact(a) => m.artifacts.push(a),
+        Manifest::read_from(bytes, name, expected_hash)
+    }
+
+    /// Read, parse (on [`PARSE_THREADS`] threads) and check a manifest from `src`.
+    fn read_from(
+        src: impl io::Read,
+        name: &str,
+        expected_hash: Option<&str>,
+    ) -> Result<Manifest, ManifestError> {
+        let read = super::manifest_read::read(src, name, expected_hash, PARSE_THREADS, |t, n| {
+            let (mut entries, mut artifacts) = (Vec::new(), Vec::new());
+            for (n, line) in super::manifest_read::lines(t, n) {
+                match Line::parse(line).map_err(|e| parse_error(name, n, e.to_string()))? {
+                    Line::Entry(e) => entries.push(e),
+                    Line::Artifact(a) => artifacts.push(a),
+                }
             }
+            Ok((entries, artifacts))
+        })?;
+        let mut m = Manifest::new(read.header);
+        m.entries
+            .reserve_exact(read.blocks.iter().map(|(e, _)| e.len()).sum());
+        for (entries, artifacts) in read.blocks {
+            m.entries.extend(entries);
+            m.artifacts.extend(artifacts);
         }
         super::validate::validate(&m).map_err(|violation| ManifestError::Invalid {
             path: name.to_string(),
@@ -335,51 +337,47 @@ impl Manifest {
         path: &Path,
         expected_hash: &str,
     ) -> Result<Arc<ObjectSet>, ManifestError> {
+        if let Some(set) = super::parsed::object_set(expected_hash) {
+            check_hash(path, expected_hash)?;
+            return Ok(set);
+        }
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ManifestError::Io {
+        let file = std::fs::File::open(path).map_err(|source| ManifestError::Io {
             path: name.clone(),
             source,
         })?;
-        let found = content_hash(&bytes);
-        if found != expected_hash {
-            return Err(ManifestError::HashMismatch {
-                path: name,
-                expected: expected_hash.to_string(),
-                found,
-            });
-        }
-        if let Some(set) = super::parsed::object_set(&found) {
-            return Ok(set);
-        }
-        let (header, lines) = checked_lines(&bytes, &name, None)?;
         /// A line with nothing but its hash (serde skips the other fields).
         #[derive(Deserialize)]
         struct HashOnly<'a> {
             #[serde(borrow, default)]
             hash: Option<&'a str>,
         }
-        let mut ids = Vec::new();
-        for (n, line) in lines {
-            let l: HashOnly<'_> =
-                serde_json::from_str(line).map_err(|e| parse_error(&name, n, e.to_string()))?;
-            if let Some(h) = l.hash {
-                let Some(id) = ObjectId::from_hex(h) else {
-                    return Err(parse_error(
-                        &name,
-                        n,
-                        format!("{h:?} is not a content hash"),
-                    ));
-                };
-                ids.push(id);
+        let read = super::manifest_read::read(file, &name, Some(expected_hash), 1, |t, n| {
+            let mut ids = Vec::new();
+            for (n, line) in super::manifest_read::lines(t, n) {
+                let l: HashOnly<'_> =
+                    serde_json::from_str(line).map_err(|e| parse_error(&name, n, e.to_string()))?;
+                if let Some(h) = l.hash {
+                    let Some(id) = ObjectId::from_hex(h) else {
+                        return Err(parse_error(
+                            &name,
+                            n,
+                            format!("{h:?} is not a content hash"),
+                        ));
+                    };
+                    ids.push(id);
+                }
             }
-        }
+            Ok(ids)
+        })?;
+        let mut ids: Vec<ObjectId> = read.blocks.into_iter().flatten().collect();
         ids.sort_unstable();
         ids.dedup();
         let set = Arc::new(ObjectSet {
-            generation: header.generation,
+            generation: read.header.generation,
             ids,
         });
-        super::parsed::keep_set(&found, set.clone());
+        super::parsed::keep_set(expected_hash, set.clone());
         Ok(set)
     }
 
@@ -390,11 +388,34 @@ impl Manifest {
     }
 }
 
-/// The BLAKE3 hash (hex) of a manifest's bytes. On one core: ~3 GB/s, so 1.5 ms for a
-/// manifest of 15k entries, and rayon's workers would spin for milliseconds afterwards on
-/// the cores the rest of the step needs.
-pub(crate) fn content_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+/// Threads parsing one manifest (the reading and hashing thread apart).
+const PARSE_THREADS: usize = 2;
+
+/// The BLAKE3 hash (hex) of a file, read in blocks (not held whole). On one core: ~3 GB/s,
+/// and rayon's workers would spin for milliseconds afterwards on the cores the rest of the
+/// step needs.
+fn file_hash(path: &Path) -> Result<String, ManifestError> {
+    let io = |source| ManifestError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(file).map_err(io)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Refuse the file unless its hash is `expected`.
+fn check_hash(path: &Path, expected: &str) -> Result<(), ManifestError> {
+    let found = file_hash(path)?;
+    if found != expected {
+        return Err(ManifestError::HashMismatch {
+            path: path.display().to_string(),
+            expected: expected.to_string(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 fn parse_error(name: &str, line: usize, message: String) -> ManifestError {
@@ -403,50 +424,4 @@ fn parse_error(name: &str, line: usize, message: String) -> ManifestError {
         line,
         message,
     }
-}
-
-/// A manifest's bytes checked against `expected_hash` and as UTF-8, its header parsed and
-/// checked, and the lines after it with their numbers: cut as `BufRead::lines` cuts them (a
-/// final newline ends the last line, a `\r` before a newline is dropped), borrowed, not copied.
-fn checked_lines<'a>(
-    bytes: &'a [u8],
-    name: &str,
-    expected_hash: Option<&str>,
-) -> Result<(Header, impl Iterator<Item = (usize, &'a str)>), ManifestError> {
-    if let Some(expected) = expected_hash {
-        let found = content_hash(bytes);
-        if found != expected {
-            return Err(ManifestError::HashMismatch {
-                path: name.to_string(),
-                expected: expected.to_string(),
-                found,
-            });
-        }
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        parse_error(name, line, "stream did not contain valid UTF-8".into())
-    })?;
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    let mut lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let header: Header = match lines.next() {
-        Some(l) if !bytes.is_empty() => {
-            serde_json::from_str(l).map_err(|e| parse_error(name, 1, e.to_string()))?
-        }
-        _ => return Err(parse_error(name, 1, "empty manifest".into())),
-    };
-    if header.format != FORMAT || header.version != VERSION {
-        return Err(parse_error(
-            name,
-            1,
-            format!(
-                "unsupported format {} version {}",
-                header.format, header.version
-            ),
-        ));
-    }
-    Ok((header, lines.enumerate().map(|(i, l)| (i + 2, l))))
 }

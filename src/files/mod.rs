@@ -12,6 +12,7 @@ pub(crate) mod extras;
 pub mod fsx;
 pub(crate) mod identity;
 pub(crate) mod manifest;
+mod manifest_read;
 pub(crate) mod marks;
 pub(crate) mod neighbours;
 pub(crate) mod object_id;
@@ -24,6 +25,7 @@ pub(crate) mod store;
 pub(crate) mod validate;
 pub(crate) mod verify;
 pub(crate) mod walk;
+pub(crate) mod xattr_set;
 mod xattrat;
 
 /// Whether an error means that a generation cannot be trusted (a damaged or tampered manifest,

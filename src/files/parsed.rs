@@ -97,16 +97,18 @@ pub(crate) fn take(hash: &str) -> Option<Manifest> {
 }
 
 /// The object ids of the manifest hashed `hash`, if one read or written lately had them.
+/// Asked of the last manifest, its ids are kept in its place: whoever asks for ids (a
+/// collection) is done with its entries.
 pub(crate) fn object_set(hash: &str) -> Option<Arc<ObjectSet>> {
     let last = {
-        let k = kept();
+        let mut k = kept();
         if let Some((_, s)) = k.sets.iter().find(|(h, _)| h == hash) {
             return Some(s.clone());
         }
-        k.last
-            .as_ref()
-            .filter(|(h, _)| h == hash)
-            .map(|(_, m)| m.clone())
+        match k.last.as_ref() {
+            Some((h, _)) if h == hash => k.last.take().map(|(_, m)| m),
+            _ => None,
+        }
     }?;
     let set = Arc::new(ObjectSet::of(&last));
     keep_set(hash, set.clone());

@@ -83,7 +83,7 @@ mod tests {
             sparse: false,
             link: None,
             rdev: 0,
-            xattrs: vec![(b"security.selinux".to_vec(), b"etc_t".to_vec())],
+            xattrs: vec![(b"security.selinux".to_vec(), b"etc_t".to_vec())].into(),
             hardlink: None,
             implicit: false,
             source: Source {

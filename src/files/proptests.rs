@@ -136,7 +136,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                         sparse: kind == Kind::File && m.size % 2 == 1,
                         link: (kind == Kind::Symlink).then(|| ByteText(m.link.clone())),
                         rdev: if kind == Kind::Char { m.rdev } else { 0 },
-                        xattrs: m.xattrs.clone(),
+                        xattrs: m.xattrs.clone().into(),
                         hardlink: None,
                         implicit: false,
                         source: Source {

@@ -264,37 +264,8 @@ impl Store {
         Ok(())
     }
 
-    /// Run `work` on every fan-out directory (`objects/00` .. `objects/ff`), from
-    /// [`LIST_THREADS`] threads, and return what it gave in directory order. Reading a
-    /// directory that is not cached is a disk read: a few in flight at once make a cold
-    /// listing of the store several times faster.
     fn par_fanout<T: Send>(&self, work: impl Fn(&Path) -> Result<T> + Sync) -> Result<Vec<T>> {
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(256));
-        std::thread::scope(|s| {
-            for _ in 0..LIST_THREADS {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i > 255 {
-                            return;
-                        }
-                        let r = work(&self.objects.join(format!("{i:02x}")));
-                        let failed = r.is_err();
-                        results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((i, r));
-                        if failed {
-                            next.store(256, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-        results.sort_by_key(|(i, _)| *i);
-        results.into_iter().map(|(_, r)| r).collect()
+        par_fanout(&self.objects, work)
     }
 
     /// The names in one fan-out directory (none when it does not exist), each with the object
@@ -318,12 +289,7 @@ impl Store {
 
     /// The ids of every object present.
     pub(crate) fn present_objects(&self) -> Result<IdSet> {
-        let lists = self.par_fanout(Self::fanout_names)?;
-        Ok(lists
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, id)| id)
-            .collect())
+        present_objects_in(&self.objects)
     }
 
     /// Every object id a committed generation, or a staging generation's finished copy,
@@ -788,6 +754,49 @@ impl Store {
         sync_dir(&self.dir)?;
         remove_dir_all(&to)
     }
+}
+
+/// Run `work` on every fan-out directory of `objects` (`00` .. `ff`), from [`LIST_THREADS`]
+/// threads, and return what it gave in directory order. Reading a directory that is not
+/// cached is a disk read: a few in flight at once make a cold listing of the store several
+/// times faster.
+fn par_fanout<T: Send>(objects: &Path, work: impl Fn(&Path) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(256));
+    std::thread::scope(|s| {
+        for _ in 0..LIST_THREADS {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i > 255 {
+                        return;
+                    }
+                    let r = work(&objects.join(format!("{i:02x}")));
+                    let failed = r.is_err();
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, r));
+                    if failed {
+                        next.store(256, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The ids of every object in the store's object directory `objects`.
+pub(crate) fn present_objects_in(objects: &Path) -> Result<IdSet> {
+    let lists = par_fanout(objects, Store::fanout_names)?;
+    Ok(lists
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, id)| id)
+        .collect())
 }
 
 /// The order of generation ids: by their time, then by their `-N` suffix (`…Z` is 1), so that

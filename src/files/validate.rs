@@ -258,7 +258,7 @@ fn check_entry(
             format!("mode {:o} has bits beyond 07777", e.mode),
         ));
     }
-    for (name, _) in &e.xattrs {
+    for (name, _) in e.xattrs.iter() {
         if name.is_empty() || name.contains(&0) {
             return Err(violation(
                 what,

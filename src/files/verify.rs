@@ -1,7 +1,7 @@
 //! Verifying a generation against its manifest: every stored object re-hashed, every missing,
 //! extra or changed file reported by node path.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
 use super::marks::{MARKS_FILE, MARKS_TMP};
+use super::object_id::ObjectId;
 use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,28 +31,6 @@ pub(crate) struct Problem {
     pub path: String,
     pub problem: ProblemKind,
     pub detail: String,
-}
-
-/// The names of the objects stored in the generation's store (one listing of its fan-out
-/// directories, not a call per object).
-fn generation_objects(generation: &Generation) -> Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for i in 0..=255u8 {
-        let d = generation.objects.join(format!("{i:02x}"));
-        let listing = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", d.display())),
-        };
-        for ent in listing {
-            let ent = ent.map_err(|e| anyhow::anyhow!("listing {}: {e}", d.display()))?;
-            // The directory entry's type, no stat (a symlink or a directory is no object).
-            if ent.file_type().is_ok_and(|t| t.is_file()) {
-                out.insert(ent.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Check one stored file against its manifest record: present, a regular file of the right
@@ -147,7 +126,8 @@ struct Expect<'m> {
 }
 
 enum Shown<'m> {
-    Entries(Vec<usize>),
+    /// The files with this content: (hash, entry index).
+    Files(&'m [(&'m str, usize)]),
     Artifact(&'m str),
 }
 
@@ -195,44 +175,37 @@ pub(crate) fn verify(
             return Ok(report);
         }
     };
-    // Each distinct content once, in hash order.
-    let mut objects: BTreeMap<&str, Expect<'_>> = BTreeMap::new();
+    // Every regular file by content: each distinct content is one run of this list.
+    let mut files: Vec<(&str, usize)> = Vec::new();
     for (i, e) in manifest.entries.iter().enumerate() {
         if e.kind != Kind::File {
             continue;
         }
-        let Some(hash) = e.hash.as_deref() else {
-            report.problems.push(Problem {
+        match e.hash.as_deref() {
+            Some(hash) => files.push((hash, i)),
+            None => report.problems.push(Problem {
                 path: e.display(),
                 problem: ProblemKind::Manifest,
                 detail: "regular file without a content hash".into(),
-            });
-            continue;
-        };
-        match objects.entry(hash) {
-            std::collections::btree_map::Entry::Occupied(mut o) => {
-                if let Shown::Entries(v) = &mut o.get_mut().shown {
-                    v.push(i);
-                }
-            }
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(Expect {
-                    file: generation.object(hash),
-                    shown: Shown::Entries(vec![i]),
-                    size: e.size,
-                    hash,
-                });
-            }
+            }),
         }
     }
-    // Objects of earlier backups: present is enough (they were re-read when written).
-    let mut present_only: Vec<Expect<'_>> = Vec::new();
+    files.sort_unstable();
+    // Objects of earlier backups: present is enough (they were re-read when written); the
+    // others are re-hashed.
+    let mut present_only: Vec<&[(&str, usize)]> = Vec::new();
     let mut expect: Vec<Expect<'_>> = Vec::new();
-    for x in objects.into_values() {
-        if only_rehash.is_some_and(|n| !n.contains(x.hash)) {
-            present_only.push(x);
+    for same in files.chunk_by(|a, b| a.0 == b.0) {
+        let (hash, i) = same[0];
+        if only_rehash.is_some_and(|n| !n.contains(hash)) {
+            present_only.push(same);
         } else {
-            expect.push(x);
+            expect.push(Expect {
+                file: generation.object(hash),
+                shown: Shown::Files(same),
+                size: manifest.entries[i].size,
+                hash,
+            });
         }
     }
     for a in &manifest.artifacts {
@@ -243,12 +216,15 @@ pub(crate) fn verify(
             hash: &a.hash,
         });
     }
-    let problem_of = |x: &Expect<'_>, problem: ProblemKind, detail: &str| -> Vec<Problem> {
-        let shown: Vec<String> = match &x.shown {
-            Shown::Entries(v) => v.iter().map(|&i| manifest.entries[i].display()).collect(),
+    let problems_of = |shown: &Shown<'_>, problem: ProblemKind, detail: &str| -> Vec<Problem> {
+        let paths: Vec<String> = match shown {
+            Shown::Files(v) => v
+                .iter()
+                .map(|&(_, i)| manifest.entries[i].display())
+                .collect(),
             Shown::Artifact(a) => vec![a.to_string()],
         };
-        shown
+        paths
             .into_iter()
             .map(|path| Problem {
                 path,
@@ -260,13 +236,13 @@ pub(crate) fn verify(
     let mut present = 0;
     if !present_only.is_empty() {
         (hooks.checkpoint)()?;
-        let stored = generation_objects(generation)?;
-        for x in &present_only {
-            if stored.contains(x.hash) {
+        let stored = super::store::present_objects_in(&generation.objects)?;
+        for same in &present_only {
+            if ObjectId::from_hex(same[0].0).is_some_and(|id| stored.contains(&id)) {
                 present += 1;
             } else {
-                report.problems.extend(problem_of(
-                    x,
+                report.problems.extend(problems_of(
+                    &Shown::Files(same),
                     ProblemKind::Missing,
                     "stored copy is missing (or not a regular file)",
                 ));
@@ -298,7 +274,7 @@ pub(crate) fn verify(
                         (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
                     }
                     if let Some((problem, detail)) = problem {
-                        let found = problem_of(x, problem, &detail);
+                        let found = problems_of(&x.shown, problem, &detail);
                         problems
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

@@ -18,6 +18,7 @@ use super::exclude::Excludes;
 use super::fsx;
 use super::manifest::TreeInfo;
 use super::previous::Previous;
+use super::xattr_set::Interner;
 
 /// What a walk found.
 #[derive(Debug, Default)]
@@ -78,9 +79,11 @@ impl Walker<'_> {
             walked: Some(super::entry::Time::of(std::time::SystemTime::now())),
             ..Scan::default()
         };
+        // One copy of each distinct set of xattrs for the whole walk.
+        let interner = Interner::default();
         for tree in trees {
             let resolved = self
-                .walk_tree(tree, &mut scan)
+                .walk_tree(tree, &mut scan, &interner)
                 .with_context(|| format!("walking {}", tree.display()))?;
             scan.trees.push(TreeInfo {
                 path: tree.display().to_string(),
@@ -97,7 +100,12 @@ impl Walker<'_> {
     }
 
     /// Walk one tree; `None` when it does not exist, else where it resolved to.
-    fn walk_tree(&self, tree: &Path, scan: &mut Scan) -> Result<Option<String>> {
+    fn walk_tree(
+        &self,
+        tree: &Path,
+        scan: &mut Scan,
+        interner: &Interner,
+    ) -> Result<Option<String>> {
         let fd = match fsx::open_dir_in_root(self.root, tree) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -112,13 +120,16 @@ impl Walker<'_> {
             .to_vec();
         let st = fsx::fstat(fd.as_fd())?;
         let mut e = Entry::from_stat(&rel, &st);
-        e.xattrs = fsx::xattrs_fd(fd.as_fd())?;
+        e.xattrs = interner.intern(fsx::xattrs_fd(fd.as_fd())?);
         scan.entries.push(e);
-        let mut dirs = self.walk_parallel(DirJob {
-            fd,
-            rel: rel.clone(),
-            dev: st.st_dev,
-        })?;
+        let mut dirs = self.walk_parallel(
+            DirJob {
+                fd,
+                rel: rel.clone(),
+                dev: st.st_dev,
+            },
+            interner,
+        )?;
         // Depth first, children sorted by name: the same order on every walk.
         fn emit(rel: &[u8], dirs: &mut HashMap<Vec<u8>, DirResult>, scan: &mut Scan) {
             let Some(r) = dirs.remove(rel) else { return };
@@ -138,17 +149,21 @@ impl Walker<'_> {
 
     /// List directories on several threads ([`super::par_walk`]), each directory's result by
     /// its path.
-    fn walk_parallel(&self, top: DirJob) -> Result<HashMap<Vec<u8>, DirResult>> {
+    fn walk_parallel(
+        &self,
+        top: DirJob,
+        interner: &Interner,
+    ) -> Result<HashMap<Vec<u8>, DirResult>> {
         let results = super::par_walk::visit_tree(top, |job| {
             let rel = job.rel.clone();
-            let (result, subdirs) = self.read_dir(job)?;
+            let (result, subdirs) = self.read_dir(job, interner)?;
             Ok(((rel, result), subdirs))
         })?;
         Ok(results.into_iter().collect())
     }
 
     /// One directory: its children's entries, and the child directories to walk next.
-    fn read_dir(&self, job: DirJob) -> Result<(DirResult, Vec<DirJob>)> {
+    fn read_dir(&self, job: DirJob, interner: &Interner) -> Result<(DirResult, Vec<DirJob>)> {
         let dir = job.fd.as_fd();
         let rel = &job.rel;
         let mut result = DirResult::default();
@@ -181,7 +196,7 @@ impl Walker<'_> {
                     }
                     let fd = fsx::open_child_dir(dir, &name).with_context(ctx)?;
                     if known.is_none() {
-                        e.xattrs = fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?;
+                        e.xattrs = interner.intern(fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?);
                     }
                     subdirs.push(DirJob {
                         fd,
@@ -197,7 +212,7 @@ impl Walker<'_> {
                                 fsx::read_link_at(dir, &name).with_context(ctx)?,
                             ));
                         }
-                        e.xattrs = fsx::xattrs_at(dir, &name).with_context(ctx)?;
+                        e.xattrs = interner.intern(fsx::xattrs_at(dir, &name).with_context(ctx)?);
                     }
                     result.children.push(e);
                 }
@@ -267,7 +282,7 @@ impl Walker<'_> {
                         pfd.as_fd(),
                         an,
                     )?));
-                    ae.xattrs = fsx::xattrs_at(pfd.as_fd(), an)?;
+                    ae.xattrs = fsx::xattrs_at(pfd.as_fd(), an)?.into();
                     ae.implicit = true;
                     scan.entries.push(ae);
                     continue;
@@ -276,7 +291,7 @@ impl Walker<'_> {
             let afd = fsx::open_dir_in_root(self.root, a)?;
             let ast = fsx::fstat(afd.as_fd())?;
             let mut ae = Entry::from_stat(&arel, &ast);
-            ae.xattrs = fsx::xattrs_fd(afd.as_fd())?;
+            ae.xattrs = fsx::xattrs_fd(afd.as_fd())?.into();
             ae.implicit = true;
             scan.entries.push(ae);
         }
@@ -286,7 +301,7 @@ impl Walker<'_> {
                 name,
             )?));
         }
-        e.xattrs = fsx::xattrs_at(dir.as_fd(), name)?;
+        e.xattrs = fsx::xattrs_at(dir.as_fd(), name)?.into();
         scan.extras.push(rel);
         scan.entries.push(e);
         Ok(())

@@ -22,7 +22,7 @@ impl Restorer<'_> {
     pub(super) fn metadata(&mut self, meta: Meta<'_>, e: &Entry, st: &Stat) -> Result<()> {
         // An inode untouched since the backup has the xattrs it had then.
         let read;
-        let live_x = if e.untouched(st, self.manifest.header.walked) {
+        let live_x: &[(Vec<u8>, Vec<u8>)] = if e.untouched(st, self.manifest.header.walked) {
             &e.xattrs
         } else {
             match &meta {
@@ -55,7 +55,7 @@ impl Restorer<'_> {
             target.chown(e.uid, e.gid).context("chown")?;
         }
         let live_x = target.xattrs()?;
-        for (n, v) in &e.xattrs {
+        for (n, v) in e.xattrs.iter() {
             if live_x.iter().any(|(ln, lv)| ln == n && lv == v) {
                 continue;
             }
