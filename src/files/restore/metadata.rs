@@ -44,42 +44,42 @@ impl Restorer<'_> {
             let Meta::Live(target) = meta else {
                 anyhow::bail!("the comparison was about to change {}", e.display());
             };
-            self.apply_metadata(target, e, st)?;
+            apply_metadata(target, e, st)?;
         }
         Ok(())
     }
+}
 
-    /// Owner, xattrs (ACLs among them), mode, then mtime, in the order that keeps each one.
-    pub(super) fn apply_metadata(&self, target: Target<'_>, e: &Entry, st: &Stat) -> Result<()> {
-        if st.st_uid != e.uid || st.st_gid != e.gid {
-            target.chown(e.uid, e.gid).context("chown")?;
-        }
-        let live_x = target.xattrs()?;
-        for (n, v) in e.xattrs.iter() {
-            if live_x.iter().any(|(ln, lv)| ln == n && lv == v) {
-                continue;
-            }
-            target
-                .set_xattr(n, v)
-                .with_context(|| format!("setting xattr {}", String::from_utf8_lossy(n)))?;
-        }
-        for (n, _) in &live_x {
-            if e.xattrs.iter().any(|(en, _)| en == n) || n.as_slice() == b"security.selinux" {
-                continue;
-            }
-            target
-                .remove_xattr(n)
-                .with_context(|| format!("removing xattr {}", String::from_utf8_lossy(n)))?;
-        }
-        if e.kind != Kind::Symlink {
-            // chown clears setuid/setgid, and an ACL sets the group bits: mode comes after both.
-            target.chmod(e.mode).context("chmod")?;
+/// Owner, xattrs (ACLs among them), mode, then mtime, in the order that keeps each one.
+pub(super) fn apply_metadata(target: Target<'_>, e: &Entry, st: &Stat) -> Result<()> {
+    if st.st_uid != e.uid || st.st_gid != e.gid {
+        target.chown(e.uid, e.gid).context("chown")?;
+    }
+    let live_x = target.xattrs()?;
+    for (n, v) in e.xattrs.iter() {
+        if live_x.iter().any(|(ln, lv)| ln == n && lv == v) {
+            continue;
         }
         target
-            .set_mtime(e.mtime.0, e.mtime.1)
-            .context("setting mtime")?;
-        Ok(())
+            .set_xattr(n, v)
+            .with_context(|| format!("setting xattr {}", String::from_utf8_lossy(n)))?;
     }
+    for (n, _) in &live_x {
+        if e.xattrs.iter().any(|(en, _)| en == n) || n.as_slice() == b"security.selinux" {
+            continue;
+        }
+        target
+            .remove_xattr(n)
+            .with_context(|| format!("removing xattr {}", String::from_utf8_lossy(n)))?;
+    }
+    if e.kind != Kind::Symlink {
+        // chown clears setuid/setgid, and an ACL sets the group bits: mode comes after both.
+        target.chmod(e.mode).context("chmod")?;
+    }
+    target
+        .set_mtime(e.mtime.0, e.mtime.1)
+        .context("setting mtime")?;
+    Ok(())
 }
 
 pub(super) fn kind_name(k: Kind) -> &'static str {

@@ -21,6 +21,7 @@ mod metadata;
 mod narrow;
 mod paths;
 mod plan;
+mod prewrite;
 mod reach;
 mod scan;
 mod tree;
@@ -181,6 +182,7 @@ pub(crate) fn restore(
     let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
     apply.content_cache = std::mem::take(&mut dry.content_cache);
     apply.follow = Some(std::mem::take(&mut dry.plan));
+    apply.pending = std::mem::take(&mut dry.to_copy);
     let applying = std::time::Instant::now();
     apply.run(selection)?;
     tracing::debug!("restore: applied in {:?}", applying.elapsed());
@@ -294,6 +296,10 @@ struct Restorer<'a> {
     follow: Option<Plan>,
     /// Apply: a directory of each file system written to, flushed once at the end.
     to_flush: HashMap<u64, OwnedFd>,
+    /// Apply: the files the comparison found to be copied, for [`Self::prewrite`].
+    pending: Vec<usize>,
+    /// Apply: the files written ahead of the walk, recorded by it in its order.
+    prewritten: prewrite::Prewritten,
 }
 
 impl<'a> Restorer<'a> {
@@ -348,6 +354,8 @@ impl<'a> Restorer<'a> {
             plan: Plan::default(),
             follow: None,
             to_flush: HashMap::new(),
+            pending: Vec::new(),
+            prewritten: HashMap::new(),
         })
     }
 
@@ -407,6 +415,15 @@ impl<'a> Restorer<'a> {
         if selection.extras {
             self.restore_extras()
                 .context("restoring machine-config files")?;
+        }
+        // A file written ahead that the walk did not come to (it always does): in the report
+        // all the same.
+        let mut left: Vec<_> = std::mem::take(&mut self.prewritten).into_iter().collect();
+        left.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, w) in left {
+            self.change(&path, w.change, w.detail);
+            self.report.files_written += 1;
+            self.report.bytes_written += w.bytes;
         }
         // Nothing is committed before it is on disk: one flush per file system written to.
         for fd in std::mem::take(&mut self.to_flush).into_values() {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use super::metadata::kind_name;
+use super::metadata::{apply_metadata, kind_name};
 use super::paths::node;
 use super::{ChangeKind, Restorer};
 use crate::files::entry::Kind;
@@ -231,6 +231,6 @@ impl Restorer<'_> {
     fn repaired_dir(&self, parent: BorrowedFd<'_>, name: &std::ffi::OsStr, i: usize) -> Result<()> {
         let d = fsx::open_child_dir(parent, name)?;
         let st = fsx::fstat(d.as_fd())?;
-        self.apply_metadata(Target::Fd(d.as_fd()), &self.entries[i], &st)
+        apply_metadata(Target::Fd(d.as_fd()), &self.entries[i], &st)
     }
 }

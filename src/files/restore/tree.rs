@@ -9,16 +9,16 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rustix::fs::Stat;
 
-use super::metadata::{Meta, kind_name};
+use super::metadata::{Meta, apply_metadata, kind_name};
 use super::paths::{base_of, join, node, parent_of, tmp_name};
 use super::scan::{LiveScan, ScanCx};
 use super::{ChangeKind, Restorer, stat_key};
-use crate::files::copy::{copy_and_hash, hash_file};
+use crate::files::copy::{ReflinkState, copy_and_hash, hash_file};
 use crate::files::entry::{Entry, Kind};
 use crate::files::entry::{content_owner, owns_content};
 use crate::files::fsx::{self, Target};
 use crate::files::manifest::TreeInfo;
-use crate::files::store::stored_rel;
+use crate::files::store::{Generation, stored_rel};
 
 /// Where a directory's entries are read: the live directory itself (the apply pass, and the
 /// machine-config files outside the trees), or what the comparison's scan read of it.
@@ -87,6 +87,8 @@ impl Restorer<'_> {
         let dev = fsx::fstat(fd.as_fd())?.st_dev;
         let changes_before = self.report.changes.len();
         if self.apply {
+            // The changed files first, on several threads; then the walk, in order.
+            self.prewrite(fd.as_fd(), rel, dev)?;
             self.sync_dir(Dir::Fd(fd.as_fd()), rel, dev)?;
         } else {
             // The comparison: everything it will look at read first, on several threads.
@@ -331,7 +333,7 @@ impl Restorer<'_> {
         make(dir, &tmp)?;
         let r = (|| {
             let st = fsx::lstat_at(dir, &tmp)?;
-            self.apply_metadata(Target::Child(dir, &tmp), e, &st)?;
+            apply_metadata(Target::Child(dir, &tmp), e, &st)?;
             fsx::rename_at(dir, &tmp, name)?;
             Ok(())
         })();
@@ -399,6 +401,18 @@ impl Restorer<'_> {
         let e = &self.entries[i];
         let path = e.path_bytes();
         let name = base_of(path);
+        // Written ahead of the walk ([`Self::prewrite`]): recorded here, in its place.
+        if let Some(w) = self.prewritten.remove(path) {
+            self.change(path, w.change, w.detail);
+            self.report.files_written += 1;
+            self.report.bytes_written += w.bytes;
+            if let Some(g) = e.hardlink {
+                self.group_changes.insert(g);
+                let st = fsx::lstat_at(dir.fd()?, name)?;
+                self.group_inode.insert(g, (st.st_dev, st.st_ino));
+            }
+            return Ok(());
+        }
         let live_kind = live.as_ref().map(Kind::of);
         if let (Some(st), Some(Kind::File)) = (&live, live_kind)
             && self.content_equal(dir, e, st)?
@@ -426,34 +440,11 @@ impl Restorer<'_> {
         if live_kind == Some(Kind::Dir) {
             self.remove_dir(dir, path)?;
         }
-        let tmp = tmp_name();
-        let r = (|| -> Result<()> {
-            let stored = self
-                .generation
-                .object(e.hash.as_deref().unwrap_or_default());
-            let src: OwnedFd = std::fs::File::open(&stored)
-                .with_context(|| format!("opening {}", stored.display()))?
-                .into();
-            let dst = fsx::create_child_file(dir, &tmp, 0o600)?;
-            let copied = copy_and_hash(src, &dst, &self.reflink, e.hash.as_deref(), &|_| {})
-                .with_context(|| format!("copying from {}", stored.display()))?;
-            let st = fsx::fstat(dst.as_fd())?;
-            self.apply_metadata(Target::Fd(dst.as_fd()), e, &st)?;
-            drop(dst);
-            // Something still there to replace (a directory was removed above).
-            if live_kind.is_some_and(|k| k != Kind::Dir) {
-                fsx::replace_at(dir, &tmp, name)?;
-            } else {
-                fsx::rename_at(dir, &tmp, name)?;
-            }
-            self.report.files_written += 1;
-            self.report.bytes_written += copied.size;
-            Ok(())
-        })();
-        if r.is_err() {
-            let _ = fsx::unlink_at(dir, &tmp);
-        }
-        r?;
+        // Something still there to replace (a directory was removed above).
+        let replace = live_kind.is_some_and(|k| k != Kind::Dir);
+        let written = write_file(self.generation, &self.reflink, dir, e, replace)?;
+        self.report.files_written += 1;
+        self.report.bytes_written += written;
         if let Some(g) = e.hardlink {
             let st = fsx::lstat_at(dir, name)?;
             self.group_inode.insert(g, (st.st_dev, st.st_ino));
@@ -521,4 +512,41 @@ impl Restorer<'_> {
         let owner_node = Path::new("/").join(stored_rel(owner_path));
         fsx::open_dir_in_root(self.root, owner_node.parent().unwrap_or(Path::new("/")))
     }
+}
+
+/// Put entry `e`'s content, from the generation, in `dir` under its name, with its metadata:
+/// written under a temporary name, checked against the manifest's hash while it is copied, then
+/// exchanged with what is there (`replace`: a file, a symlink, a device) or renamed into place.
+/// Returns the bytes written.
+pub(super) fn write_file(
+    generation: &Generation,
+    reflink: &ReflinkState,
+    dir: BorrowedFd<'_>,
+    e: &Entry,
+    replace: bool,
+) -> Result<u64> {
+    let name = base_of(e.path_bytes());
+    let tmp = tmp_name();
+    let r = (|| -> Result<u64> {
+        let stored = generation.object(e.hash.as_deref().unwrap_or_default());
+        let src: OwnedFd = std::fs::File::open(&stored)
+            .with_context(|| format!("opening {}", stored.display()))?
+            .into();
+        let dst = fsx::create_child_file(dir, &tmp, 0o600)?;
+        let copied = copy_and_hash(src, &dst, reflink, e.hash.as_deref(), &|_| {})
+            .with_context(|| format!("copying from {}", stored.display()))?;
+        let st = fsx::fstat(dst.as_fd())?;
+        apply_metadata(Target::Fd(dst.as_fd()), e, &st)?;
+        drop(dst);
+        if replace {
+            fsx::replace_at(dir, &tmp, name)?;
+        } else {
+            fsx::rename_at(dir, &tmp, name)?;
+        }
+        Ok(copied.size)
+    })();
+    if r.is_err() {
+        let _ = fsx::unlink_at(dir, &tmp);
+    }
+    r
 }
