@@ -18,6 +18,7 @@ pub(crate) mod neighbours;
 pub(crate) mod object_id;
 mod par_walk;
 pub(crate) mod parsed;
+pub(crate) mod path_map;
 pub(crate) mod previous;
 pub(crate) mod restore;
 pub(crate) mod stats_cache;

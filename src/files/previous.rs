@@ -1,13 +1,14 @@
 //! The previous generation's entries by node path: what a backup can take from them for an
 //! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::entry::{Entry, Kind, Time};
 use super::manifest::Manifest;
+use super::path_map::PathMap;
 
 pub(crate) struct Previous<'a> {
-    by_path: HashMap<&'a [u8], &'a Entry>,
+    by_path: PathMap<&'a Entry, &'a [u8]>,
     walked: Option<Time>,
     /// The content hashes it names.
     objects: HashSet<&'a str>,
@@ -27,7 +28,7 @@ impl<'a> Previous<'a> {
         match m {
             Some(m) => Previous::new(m),
             None => Previous {
-                by_path: HashMap::new(),
+                by_path: PathMap::default(),
                 walked: None,
                 objects: HashSet::new(),
             },

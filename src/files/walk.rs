@@ -17,6 +17,7 @@ use super::entry::{Entry, Kind};
 use super::exclude::Excludes;
 use super::fsx;
 use super::manifest::TreeInfo;
+use super::path_map::PathMap;
 use super::previous::Previous;
 use super::xattr_set::Interner;
 
@@ -131,7 +132,7 @@ impl Walker<'_> {
             interner,
         )?;
         // Depth first, children sorted by name: the same order on every walk.
-        fn emit(rel: &[u8], dirs: &mut HashMap<Vec<u8>, DirResult>, scan: &mut Scan) {
+        fn emit(rel: &[u8], dirs: &mut PathMap<DirResult>, scan: &mut Scan) {
             let Some(r) = dirs.remove(rel) else { return };
             scan.skipped_mounts.extend(r.mounts);
             for e in r.children {
@@ -153,7 +154,7 @@ impl Walker<'_> {
         &self,
         top: DirJob,
         interner: &Interner,
-    ) -> Result<HashMap<Vec<u8>, DirResult>> {
+    ) -> Result<PathMap<DirResult>> {
         let results = super::par_walk::visit_tree(top, |job| {
             let rel = job.rel.clone();
             let (result, subdirs) = self.read_dir(job, interner)?;

@@ -39,6 +39,7 @@ use super::copy::ReflinkState;
 use super::entry::{Entry, Time};
 use super::exclude::Excludes;
 use super::fsx;
+use super::path_map::PathMap;
 use super::manifest::Manifest;
 use super::store::Generation;
 pub(crate) use between::between;
@@ -270,7 +271,7 @@ struct Restorer<'a> {
     generation: &'a Generation,
     entries: &'a [Entry],
     manifest: &'a Manifest,
-    children: HashMap<&'a [u8], Vec<usize>>,
+    children: PathMap<Vec<usize>, &'a [u8]>,
     excludes: Excludes,
     skipped_mounts: HashSet<&'a [u8]>,
     apply: bool,
@@ -278,7 +279,7 @@ struct Restorer<'a> {
     report: RestoreReport,
     /// Dry run: entries whose content would be copied from the generation.
     to_copy: Vec<usize>,
-    content_cache: HashMap<Vec<u8>, (StatKey, bool)>,
+    content_cache: PathMap<(StatKey, bool)>,
     /// Hardlink group id -> the live inode of its first member after it was restored.
     group_inode: HashMap<u64, (u64, u64)>,
     /// Dry run: hardlink groups whose first member would be replaced.
@@ -311,7 +312,7 @@ impl<'a> Restorer<'a> {
         hooks: &'a Hooks<'a>,
     ) -> Result<Restorer<'a>> {
         let entries = &manifest.entries[..];
-        let mut children: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        let mut children: PathMap<Vec<usize>, &[u8]> = PathMap::default();
         for (i, e) in entries.iter().enumerate() {
             children
                 .entry(parent_of(e.path_bytes()))
@@ -338,7 +339,7 @@ impl<'a> Restorer<'a> {
             hooks,
             report: RestoreReport::default(),
             to_copy: Vec::new(),
-            content_cache: HashMap::new(),
+            content_cache: PathMap::default(),
             group_inode: HashMap::new(),
             group_changes: HashSet::new(),
             reflink: ReflinkState::new(true),

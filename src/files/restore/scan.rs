@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use rustix::fs::Stat;
 
-use super::paths::{base_of, join, node};
+use super::paths::{base_of, join, node, parent_of};
+use crate::files::path_map::PathMap;
 use crate::files::copy::hash_file;
 use crate::files::entry::{Entry, Kind, Time, content_owner};
 use crate::files::exclude::Excludes;
@@ -37,14 +38,20 @@ pub(super) struct Live {
     pub same_content: Option<bool>,
 }
 
-/// What the scan read: each directory's names and each named entry.
+/// One directory the scan read.
+#[derive(Debug, Default)]
+struct ScannedDir {
+    /// Its names, sorted bytewise (as `fsx::list_dir` gives them).
+    names: Vec<OsString>,
+    /// What each name is, in the same order; `None` for an excluded path or a mount point
+    /// left alone, and for an entry gone between the listing and its stat.
+    lives: Vec<Option<Live>>,
+}
+
+/// What the scan read: each directory's names and what they are.
 #[derive(Debug, Default)]
 pub(super) struct LiveScan {
-    /// The names of every directory read, sorted bytewise (as `fsx::list_dir` gives them).
-    dirs: HashMap<Vec<u8>, Vec<OsString>>,
-    /// Every entry those directories named, excluded paths and mount points aside; absent:
-    /// it went away between the listing and its stat.
-    entries: HashMap<Vec<u8>, Live>,
+    dirs: PathMap<ScannedDir>,
     /// Live files hashed to compare their content.
     pub hashed: u64,
 }
@@ -53,12 +60,18 @@ impl LiveScan {
     pub(super) fn names(&self, rel: &[u8]) -> Result<&[OsString]> {
         self.dirs
             .get(rel)
-            .map(Vec::as_slice)
+            .map(|d| d.names.as_slice())
             .with_context(|| format!("{} was not read before the comparison", node(rel)))
     }
 
     pub(super) fn entry(&self, path: &[u8]) -> Option<&Live> {
-        self.entries.get(path)
+        let d = self.dirs.get(parent_of(path))?;
+        let name = base_of(path).as_bytes();
+        let i = d
+            .names
+            .binary_search_by(|n| n.as_bytes().cmp(name))
+            .ok()?;
+        d.lives[i].as_ref()
     }
 }
 
@@ -66,7 +79,7 @@ impl LiveScan {
 /// and when the manifest's walk began.
 pub(super) struct ScanCx<'a> {
     pub entries: &'a [Entry],
-    pub children: &'a HashMap<&'a [u8], Vec<usize>>,
+    pub children: &'a PathMap<Vec<usize>, &'a [u8]>,
     pub excludes: &'a Excludes,
     pub skipped_mounts: &'a HashSet<&'a [u8]>,
     pub walked: Option<Time>,
@@ -78,7 +91,7 @@ struct Job {
     rel: Vec<u8>,
 }
 
-type DirRead = (Vec<u8>, Vec<OsString>, Vec<(Vec<u8>, Live)>);
+type DirRead = (Vec<u8>, ScannedDir);
 
 impl ScanCx<'_> {
     fn excluded(&self, rel: &[u8]) -> bool {
@@ -102,10 +115,8 @@ impl ScanCx<'_> {
             hashed: hashed.into_inner(),
             ..LiveScan::default()
         };
-        for (rel, names, entries) in read {
-            scan.dirs.insert(rel, names);
-            scan.entries.extend(entries);
-        }
+        scan.dirs.reserve(read.len());
+        scan.dirs.extend(read);
         Ok(scan)
     }
 
@@ -125,14 +136,16 @@ impl ScanCx<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let mut entries = Vec::new();
+        let mut lives = Vec::with_capacity(names.len());
         let mut below = Vec::new();
         for name in &names {
             let path = join(&job.rel, name);
             if self.excluded(&path) || self.skipped_mounts.contains(&path[..]) {
+                lives.push(None);
                 continue;
             }
             let Some(st) = fsx::try_lstat_at(dir, name)? else {
+                lives.push(None);
                 continue;
             };
             let mut live = Live {
@@ -154,7 +167,7 @@ impl ScanCx<'_> {
                         }
                         below.push(Job {
                             fd: child,
-                            rel: path.clone(),
+                            rel: path,
                         });
                     }
                     Kind::Dir => {}
@@ -184,8 +197,8 @@ impl ScanCx<'_> {
                     _ => {}
                 }
             }
-            entries.push((path, live));
+            lives.push(Some(live));
         }
-        Ok(((job.rel, names, entries), below))
+        Ok(((job.rel, ScannedDir { names, lives }), below))
     }
 }

@@ -38,10 +38,12 @@ impl<'a> Dir<'a> {
     }
 
     /// The names in the directory `rel`, sorted bytewise.
-    fn names(self, rel: &[u8]) -> Result<Vec<std::ffi::OsString>> {
+    fn names(self, rel: &[u8]) -> Result<std::borrow::Cow<'a, [std::ffi::OsString]>> {
         match self {
-            Dir::Fd(fd) => fsx::list_dir(fd).with_context(|| format!("listing {}", node(rel))),
-            Dir::Scanned(scan) => Ok(scan.names(rel)?.to_vec()),
+            Dir::Fd(fd) => Ok(fsx::list_dir(fd)
+                .with_context(|| format!("listing {}", node(rel)))?
+                .into()),
+            Dir::Scanned(scan) => Ok(scan.names(rel)?.into()),
         }
     }
 
@@ -150,15 +152,15 @@ impl Restorer<'_> {
             .map(|&i| base_of(self.entries[i].path_bytes()).as_bytes())
             .collect();
         // Remove what the generation does not have.
-        for name in dir.names(rel)? {
+        for name in dir.names(rel)?.iter() {
             if wanted_names.contains(name.as_bytes()) {
                 continue;
             }
-            let child = join(rel, &name);
+            let child = join(rel, name);
             if self.excluded(&child) || self.skipped_mounts.contains(&child[..]) {
                 continue;
             }
-            let Some(st) = dir.lstat(&name, &child)? else {
+            let Some(st) = dir.lstat(name, &child)? else {
                 continue;
             };
             if Kind::of(&st) == Kind::Dir && st.st_dev != dev {
@@ -168,7 +170,7 @@ impl Restorer<'_> {
             self.change(&child, ChangeKind::Remove, kind_name(Kind::of(&st)));
             if self.apply {
                 let mut mounts = Vec::new();
-                fsx::remove_tree_at(dir.fd()?, &name, dev, &mut mounts, Path::new(&node(rel)))
+                fsx::remove_tree_at(dir.fd()?, name, dev, &mut mounts, Path::new(&node(rel)))
                     .with_context(|| format!("removing {}", node(&child)))?;
                 self.report
                     .mounts_left
