@@ -8,10 +8,11 @@
 //! BLAKE3 hex (they become object file names), and hardlink groups must point at an earlier
 //! regular file. A manifest that breaks a rule is corrupt: nothing of it is used.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::entry::{Entry, Kind};
 use super::manifest::{Header, Manifest};
+use super::path_map::PathMap;
 
 /// One rule a manifest broke, with the path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +216,7 @@ fn check_entry(
     trees: &[Vec<u8>],
     extras: &HashSet<&[u8]>,
     extra_ancestors: &HashSet<&[u8]>,
-    dirs: &HashMap<&[u8], usize>,
+    dirs: &PathMap<usize, &[u8]>,
 ) -> Result<(), Violation> {
     let p = e.path_bytes();
     let what = shown(p);
@@ -319,8 +320,9 @@ pub(crate) fn validate(m: &Manifest) -> Result<(), Violation> {
             p = parent_of(p);
         }
     }
-    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(m.entries.len());
-    let mut dirs: HashMap<&[u8], usize> = HashMap::new();
+    let mut seen: HashSet<&[u8], foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(m.entries.len(), Default::default());
+    let mut dirs: PathMap<usize, &[u8]> = PathMap::default();
     for (i, e) in m.entries.iter().enumerate() {
         if !trees.iter().any(|t| within(e.path_bytes(), t))
             && all_trees.iter().any(|t| within(e.path_bytes(), t))

@@ -60,7 +60,10 @@ impl From<Xattrs> for XattrSet {
 
 /// The sets made so far, to hand out the same one for equal contents.
 #[derive(Default)]
-pub(crate) struct Interner(Mutex<HashSet<Arc<Xattrs>>>);
+pub(crate) struct Interner(Mutex<Known>);
+
+/// The sets made so far (foldhash: a set is hashed once per entry read).
+type Known = HashSet<Arc<Xattrs>, foldhash::fast::RandomState>;
 
 impl Interner {
     pub(crate) fn intern(&self, v: Xattrs) -> XattrSet {
@@ -79,12 +82,12 @@ impl Interner {
 
 thread_local! {
     /// The interner of the manifest being parsed on this thread, if any ([`while_parsing`]).
-    static PARSING: RefCell<Option<HashSet<Arc<Xattrs>>>> = const { RefCell::new(None) };
+    static PARSING: RefCell<Option<Known>> = const { RefCell::new(None) };
 }
 
 /// Run `f` (the parse of a manifest) with the sets it reads interned, on this thread.
 pub(crate) fn while_parsing<T>(f: impl FnOnce() -> T) -> T {
-    let outer = PARSING.with(|p| p.borrow_mut().replace(HashSet::new()));
+    let outer = PARSING.with(|p| p.borrow_mut().replace(Known::default()));
     let r = f();
     PARSING.with(|p| *p.borrow_mut() = outer);
     r
