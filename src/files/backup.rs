@@ -71,7 +71,7 @@ pub(crate) struct CopyStats {
 }
 
 /// Bytes the copy will need to write (files that cannot be shared), for the space pre-flight.
-pub(crate) fn bytes_to_copy(entries: &[Entry], previous: &Previous<'_>) -> u64 {
+pub(crate) fn bytes_to_copy(entries: &[Entry], previous: &Previous) -> u64 {
     (0..entries.len())
         .filter(|&i| owns_content(entries, i))
         .filter(|&i| previous.unchanged_file(&entries[i]).is_none())
@@ -85,12 +85,14 @@ pub(crate) fn copy_files(
     root: &Path,
     entries: &mut [Entry],
     store: &Store,
-    previous: &Previous<'_>,
+    previous: &Previous,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
     store.ensure()?;
+    let started = std::time::Instant::now();
     let present = store.present_objects()?;
+    let listed = started.elapsed();
 
     let mut stats = CopyStats::default();
     let mut jobs: Vec<usize> = Vec::new();
@@ -220,6 +222,12 @@ pub(crate) fn copy_files(
         stats.hardlinks += 1;
     }
     stats.files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
+    tracing::debug!(
+        "copy: {} objects listed in {listed:?}, {} files copied in {:?}",
+        present.len(),
+        total,
+        started.elapsed() - listed
+    );
     Ok(stats)
 }
 

@@ -1,60 +1,88 @@
 //! The previous generation's entries by node path: what a backup can take from them for an
 //! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::entry::{Entry, Kind, Time};
 use super::manifest::Manifest;
-use super::path_map::PathMap;
+use super::object_id::{IdSet, ObjectId};
 
-pub(crate) struct Previous<'a> {
-    by_path: PathMap<&'a Entry, &'a [u8]>,
-    walked: Option<Time>,
-    /// The content hashes it names.
-    objects: HashSet<&'a str>,
+/// The previous generation's manifest, indexed by path. It owns the manifest (so that it can
+/// be made on one thread while a walk runs on others, and handed from the pre-flight to the
+/// copy): the index is the entries' positions sorted by path, searched by bisection.
+pub(crate) struct Previous {
+    manifest: Option<Arc<Manifest>>,
+    by_path: Vec<u32>,
+    /// The content it names.
+    objects: IdSet,
 }
 
-impl<'a> Previous<'a> {
-    pub(crate) fn new(m: &'a Manifest) -> Previous<'a> {
+impl Previous {
+    pub(crate) fn new(m: Arc<Manifest>) -> Previous {
+        let mut by_path: Vec<u32> = (0..m.entries.len() as u32).collect();
+        by_path.sort_unstable_by(|&a, &b| {
+            m.entries[a as usize]
+                .path_bytes()
+                .cmp(m.entries[b as usize].path_bytes())
+        });
+        let objects = m
+            .entries
+            .iter()
+            .filter_map(|e| e.hash.as_deref().and_then(ObjectId::from_hex))
+            .collect();
         Previous {
-            by_path: m.entries.iter().map(|e| (e.path_bytes(), e)).collect(),
-            walked: m.header.walked,
-            objects: m.entries.iter().filter_map(|e| e.hash.as_deref()).collect(),
+            manifest: Some(m),
+            by_path,
+            objects,
         }
     }
 
     /// None: the first backup.
-    pub(crate) fn of(m: Option<&'a Manifest>) -> Previous<'a> {
+    pub(crate) fn of(m: Option<Arc<Manifest>>) -> Previous {
         match m {
             Some(m) => Previous::new(m),
             None => Previous {
-                by_path: PathMap::default(),
-                walked: None,
-                objects: HashSet::new(),
+                manifest: None,
+                by_path: Vec::new(),
+                objects: IdSet::default(),
             },
         }
     }
 
+    fn walked(&self) -> Option<Time> {
+        self.manifest.as_ref().and_then(|m| m.header.walked)
+    }
+
+    /// The previous entry at this path.
+    fn at(&self, path: &[u8]) -> Option<&Entry> {
+        let entries = &self.manifest.as_ref()?.entries;
+        let i = self
+            .by_path
+            .binary_search_by(|&i| entries[i as usize].path_bytes().cmp(path))
+            .ok()?;
+        Some(&entries[self.by_path[i] as usize])
+    }
+
     /// The previous entry for `e`'s path when it recorded the same inode, of the same kind,
     /// untouched since: `e` was just made from an `lstat` of the live entry.
-    pub(crate) fn untouched(&self, e: &Entry) -> Option<&'a Entry> {
-        let p = *self.by_path.get(e.path_bytes())?;
+    pub(crate) fn untouched(&self, e: &Entry) -> Option<&Entry> {
+        let p = self.at(e.path_bytes())?;
         let same = p.kind == e.kind
             && p.source.dev == e.source.dev
             && p.source.ino == e.source.ino
             && p.source.ctime == e.source.ctime
-            && !p.racy(self.walked);
+            && !p.racy(self.walked());
         same.then_some(p)
     }
 
     /// Whether the previous generation names this content (and so verified it).
     pub(crate) fn names_object(&self, hash: &str) -> bool {
-        self.objects.contains(hash)
+        ObjectId::from_hex(hash).is_some_and(|id| self.objects.contains(&id))
     }
 
     /// The previous entry of a regular file whose content is unchanged (same inode, ctime,
     /// size, mtime and link count), and which has a content hash to share.
-    pub(crate) fn unchanged_file(&self, e: &Entry) -> Option<&'a Entry> {
+    pub(crate) fn unchanged_file(&self, e: &Entry) -> Option<&Entry> {
         self.untouched(e).filter(|p| {
             p.kind == Kind::File
                 && p.size == e.size
@@ -118,7 +146,7 @@ mod tests {
         let ctime = Time(1_000, 500);
         let walked = Time(1_000 + 3, 0);
         let m = manifest(vec![entry("etc/a", Kind::File, ctime)], Some(walked));
-        let prev = Previous::new(&m);
+        let prev = Previous::new(Arc::new(m.clone()));
         let live = entry("etc/a", Kind::File, ctime);
         assert!(prev.untouched(&live).is_some());
         assert!(prev.unchanged_file(&live).is_some());
@@ -154,14 +182,18 @@ mod tests {
             (Time(2_005, 0), true),
         ] {
             let m = manifest(vec![entry("etc/a", Kind::Dir, ctime)], Some(walked));
-            let prev = Previous::new(&m);
+            let prev = Previous::new(Arc::new(m.clone()));
             let live = entry("etc/a", Kind::Dir, ctime);
             assert_eq!(prev.untouched(&live).is_none(), racy, "{ctime:?}");
             assert_eq!(m.entries[0].racy(Some(walked)), racy);
         }
         // A manifest that does not say when its walk began trusts the identity alone.
         let m = manifest(vec![entry("etc/a", Kind::Dir, walked)], None);
-        assert!(Previous::new(&m).untouched(&m.entries[0].clone()).is_some());
+        assert!(
+            Previous::new(Arc::new(m.clone()))
+                .untouched(&m.entries[0])
+                .is_some()
+        );
         assert!(Previous::of(None).untouched(&m.entries[0]).is_none());
     }
 }

@@ -296,7 +296,7 @@ proptest! {
             root: root.path(),
             excludes: &excludes,
             checkpoint: &|| Ok(()),
-            previous: None,
+            previous: &std::sync::OnceLock::new(),
         }
         .scan(&[PathBuf::from("/etc")], &[])
         .unwrap();

@@ -408,7 +408,13 @@ impl Store {
     pub(crate) fn gc(&self, checkpoint: &(dyn Fn() -> Result<()> + Sync)) -> Result<GcStats> {
         let generations = self.list_strict()?;
         let in_progress = !self.staging_dirs()?.is_empty();
+        let started = std::time::Instant::now();
         let referenced = self.referenced_by(&generations)?;
+        tracing::debug!(
+            "collection: what {} generations name read in {:?}",
+            generations.len(),
+            started.elapsed()
+        );
         let parts = self.par_fanout(|d| {
             let mut stats = GcStats::default();
             for (name, id) in Self::fanout_names(d)? {

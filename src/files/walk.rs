@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 
@@ -69,9 +70,10 @@ pub(crate) struct Walker<'a> {
     pub excludes: &'a Excludes,
     /// Called once per directory; an error (cancellation) stops the walk.
     pub checkpoint: &'a (dyn Fn() -> Result<()> + Sync),
-    /// The previous generation: an entry whose inode it recorded untouched since takes its
-    /// xattrs and link target from there instead of reading them again.
-    pub previous: Option<&'a Previous<'a>>,
+    /// The previous generation, once it is read (a walk can begin before): an entry whose
+    /// inode it recorded untouched since takes its xattrs and link target from there instead
+    /// of reading them again.
+    pub previous: &'a OnceLock<Previous>,
 }
 
 impl Walker<'_> {
@@ -150,11 +152,7 @@ impl Walker<'_> {
 
     /// List directories on several threads ([`super::par_walk`]), each directory's result by
     /// its path.
-    fn walk_parallel(
-        &self,
-        top: DirJob,
-        interner: &Interner,
-    ) -> Result<PathMap<DirResult>> {
+    fn walk_parallel(&self, top: DirJob, interner: &Interner) -> Result<PathMap<DirResult>> {
         let results = super::par_walk::visit_tree(top, |job| {
             let rel = job.rel.clone();
             let (result, subdirs) = self.read_dir(job, interner)?;
@@ -184,7 +182,7 @@ impl Walker<'_> {
             let mut e = Entry::from_stat(&child, &st);
             let ctx = || format!("reading /{}", String::from_utf8_lossy(&child));
             // What an untouched inode had is what it has: nothing more to read.
-            let known = self.previous.and_then(|p| p.untouched(&e));
+            let known = self.previous.get().and_then(|p| p.untouched(&e));
             if let Some(p) = known {
                 e.xattrs = p.xattrs.clone();
                 e.link = p.link.clone();

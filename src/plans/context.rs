@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::{Json, Progress, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
+use crate::files::previous::Previous;
 use crate::files::store::{Generation, Store};
 use crate::files::walk::Scan;
 use crate::host::Host;
@@ -26,11 +27,13 @@ pub(crate) struct PlanContext {
     walked: Mutex<Option<Walked>>,
 }
 
-/// A walk of the trees, and the run and generation it was made for.
+/// A walk of the trees, with the previous generation it compared with, and the run and
+/// generation it was made for.
 struct Walked {
     run: i64,
     generation: String,
     scan: Scan,
+    previous: Previous,
 }
 
 impl PlanContext {
@@ -61,20 +64,23 @@ impl PlanContext {
 
     /// Keep the pre-flight's walk for the copy of the same run and generation, in place of
     /// any walk kept before.
-    pub(crate) fn keep_walk(&self, run: i64, generation: &str, scan: Scan) {
+    pub(crate) fn keep_walk(&self, run: i64, generation: &str, scan: Scan, previous: Previous) {
         *lock(&self.walked) = Some(Walked {
             run,
             generation: generation.to_string(),
             scan,
+            previous,
         });
     }
 
-    /// The walk kept for this run and generation, if there is one (taken: the copy uses it
-    /// once; a retried copy walks again).
-    pub(crate) fn take_walk(&self, run: i64, generation: &str) -> Option<Scan> {
+    /// The walk kept for this run and generation, and the previous generation it compared
+    /// with, if there is one (taken: the copy uses it once; a retried copy walks again).
+    pub(crate) fn take_walk(&self, run: i64, generation: &str) -> Option<(Scan, Previous)> {
         let mut w = lock(&self.walked);
         match w.as_ref() {
-            Some(k) if k.run == run && k.generation == generation => w.take().map(|k| k.scan),
+            Some(k) if k.run == run && k.generation == generation => {
+                w.take().map(|k| (k.scan, k.previous))
+            }
             _ => None,
         }
     }

@@ -18,11 +18,11 @@ use anyhow::{Context, Result};
 use rustix::fs::Stat;
 
 use super::paths::{base_of, join, node, parent_of};
-use crate::files::path_map::PathMap;
 use crate::files::copy::hash_file;
 use crate::files::entry::{Entry, Kind, Time, content_owner};
 use crate::files::exclude::Excludes;
 use crate::files::fsx::{self, Xattrs};
+use crate::files::path_map::PathMap;
 
 /// One live entry, as the comparison will look at it.
 #[derive(Debug)]
@@ -67,10 +67,7 @@ impl LiveScan {
     pub(super) fn entry(&self, path: &[u8]) -> Option<&Live> {
         let d = self.dirs.get(parent_of(path))?;
         let name = base_of(path).as_bytes();
-        let i = d
-            .names
-            .binary_search_by(|n| n.as_bytes().cmp(name))
-            .ok()?;
+        let i = d.names.binary_search_by(|n| n.as_bytes().cmp(name)).ok()?;
         d.lives[i].as_ref()
     }
 }

@@ -1,6 +1,6 @@
 //! Copy the trees and the machine-config files into the staging generation.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use crate::plans::context::PlanContext;
 use crate::plans::context::with_step_hooks;
 use crate::text::human_bytes;
 
-use super::{PARTIAL, generation_id};
+use super::{PARTIAL, generation_id, previous_manifest};
 
 /// How many walks a copy makes before it gives up on a tree whose files keep disappearing.
 const MAX_WALKS: u32 = 3;
@@ -72,36 +72,25 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
 
     let excludes = p.excludes()?;
     let (trees, extras, images) = p.backup_sources(cx)?;
-    let prev_gen = p.store.latest()?;
-    let prev_manifest = match &prev_gen {
-        Some(g) => match g.manifest() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(
-                    "previous generation {} is not usable for sharing: {e:#}",
-                    g.info.id
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    let previous = Previous::of(prev_manifest.as_deref());
     let checkpoint = || cx.checkpoint();
-    let walk = || {
+    let walk = |previous: &OnceLock<Previous>| {
         Walker {
             root: &p.config.root,
             excludes: &excludes,
             checkpoint: &checkpoint,
-            previous: Some(&previous),
+            previous,
         }
         .scan(&trees, &extras)
     };
     // The pre-flight's walk when this process made it for this run, else a walk now.
-    let mut scan = match p.take_walk(cx.run, &id) {
-        Some(scan) => scan,
-        None => walk()?,
+    let (mut scan, previous) = match p.take_walk(cx.run, &id) {
+        Some((scan, previous)) => (scan, OnceLock::from(previous)),
+        None => {
+            let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
+            (walk(&previous)?, previous)
+        }
     };
+    let previous_ref = previous.get().expect("set above");
     let mut new_objects: Vec<String> = Vec::new();
     let mut walks = 1;
     let stats = loop {
@@ -110,7 +99,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
                 &p.config.root,
                 &mut scan.entries,
                 &p.store,
-                &previous,
+                previous_ref,
                 p.config.backup.workers,
                 hooks,
             )
@@ -141,7 +130,7 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             stats.stale.len(),
             shown.join(", ")
         );
-        scan = walk()?;
+        scan = walk(&previous)?;
         walks += 1;
     };
     new_objects.sort();

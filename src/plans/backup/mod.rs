@@ -49,3 +49,23 @@ pub(super) fn clean_store(
         format!("removed {}", parts.join(", "))
     })
 }
+
+/// The previous generation, to share what did not change; one that cannot be read shares
+/// nothing (said in the log), the backup goes on.
+pub(super) fn previous_manifest(
+    p: &PlanContext,
+) -> Result<Option<std::sync::Arc<crate::files::manifest::Manifest>>> {
+    Ok(match p.store.latest()? {
+        Some(g) => match g.manifest() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    "previous generation {} is not usable for sharing: {e:#}",
+                    g.info.id
+                );
+                None
+            }
+        },
+        None => None,
+    })
+}

@@ -1,7 +1,7 @@
 //! Refuse a backup early, before anything changes, when it cannot succeed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use crate::plans::context::PlanContext;
 use crate::plans::vars::GENERATION;
 use crate::text::human_bytes;
 
-use super::clean_store;
+use super::{clean_store, previous_manifest};
 
 /// Refuse early (nothing changed) when the backup cannot succeed.
 pub(crate) struct Preflight(pub Arc<PlanContext>);
@@ -133,16 +133,23 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     refuse_unrestorable(p, &trees, &extras)?;
     // The walk the copy needs, made now and kept for it: one walk per backup (the copy walks
     // again only when a file it lists has gone or changed kind by then).
-    let previous = p.store.latest()?.and_then(|g| g.manifest().ok());
-    let previous = Previous::of(previous.as_deref());
+    let started = std::time::Instant::now();
+    let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
+    let read = started.elapsed();
     let checkpoint = || cx.checkpoint();
     let scan = Walker {
         root: &p.config.root,
         excludes: &excludes,
         checkpoint: &checkpoint,
-        previous: Some(&previous),
+        previous: &previous,
     }
     .scan(&trees, &extras)?;
+    tracing::debug!(
+        "preflight: the previous generation read in {read:?}, {} entries walked in {:?}",
+        scan.entries.len(),
+        started.elapsed() - read
+    );
+    let previous = previous.into_inner().unwrap_or_else(|| Previous::of(None));
     let files = bytes_to_copy(&scan.entries, &previous);
     let extra = if p.config.host.cluster {
         cluster_backup_size(&p.config.root)
@@ -180,7 +187,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             human_bytes(free)
         ),
     );
-    p.keep_walk(cx.run, &id, scan);
+    p.keep_walk(cx.run, &id, scan, previous);
     Ok(Outcome::Done(notes.join("; ")))
 }
 

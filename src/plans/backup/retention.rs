@@ -77,12 +77,19 @@ impl Step for Prune {
                     (Vec::new(), gens.len())
                 }
             };
+            let started = std::time::Instant::now();
             for id in &doomed {
                 p.store.remove(id)?;
                 cx.journal.mark_generation_pruned(id)?;
             }
+            let removed = started.elapsed();
             // Their content, and anything else no generation refers to any more.
             let gc = p.store.gc(&|| cx.checkpoint())?;
+            tracing::debug!(
+                "prune: {} generations removed in {removed:?}, objects collected in {:?}",
+                doomed.len(),
+                started.elapsed() - removed
+            );
             Ok((doomed, gc, kept))
         })
         .await?;
