@@ -91,89 +91,67 @@ pub(crate) fn copy_files(
 ) -> Result<CopyStats> {
     store.ensure()?;
     let started = std::time::Instant::now();
-    let present = store.present_objects()?;
-    let listed = started.elapsed();
-
     let mut stats = CopyStats::default();
+    // Files unchanged since the previous generation share its objects, once the store's
+    // listing says they are there; the others are copied meanwhile.
+    let mut unchanged: Vec<(usize, ObjectId)> = Vec::new();
     let mut jobs: Vec<usize> = Vec::new();
     for i in 0..entries.len() {
         if !owns_content(entries, i) {
             continue;
         }
-        match previous.unchanged_file(&entries[i]) {
-            Some(p)
-                if p.hash
-                    .as_deref()
-                    .and_then(ObjectId::from_hex)
-                    .is_some_and(|id| present.contains(&id)) =>
-            {
-                let e = &mut entries[i];
-                e.hash = p.hash.clone();
-                e.sparse = p.sparse;
-                stats.shared_files += 1;
-                stats.shared_bytes += e.size;
-            }
-            _ => jobs.push(i),
+        match previous
+            .unchanged_file(&entries[i])
+            .and_then(|p| p.hash.as_deref().and_then(ObjectId::from_hex))
+        {
+            Some(id) => unchanged.push((i, id)),
+            None => jobs.push(i),
         }
     }
-
-    let total = jobs.len() as u64;
-    let bytes_total: u64 = jobs.iter().map(|&i| entries[i].size).sum();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    let reflink = ReflinkState::new(true);
-    let results: Mutex<Vec<(usize, Result<Option<Done>>)>> =
-        Mutex::new(Vec::with_capacity(jobs.len()));
-    let entries_ro: &[Entry] = entries;
-    let tmp_dir = store.objects_tmp();
-
-    std::thread::scope(|s| {
-        for _ in 0..workers.max(1) {
-            s.spawn(|| {
-                let mut dirs = DirCache::default();
-                loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&i) = jobs.get(k) else { return };
-                    let e = &entries_ro[i];
-                    // Bytes as they are copied, with a report each PROGRESS_BYTES, so that
-                    // progress moves inside a large file (a deterministic count, no timer).
-                    let meter = |n: u64| {
-                        let before = bytes.fetch_add(n, Ordering::Relaxed);
-                        if before / PROGRESS_BYTES != (before + n) / PROGRESS_BYTES {
-                            (hooks.progress)(
-                                done.load(Ordering::Relaxed),
-                                total,
-                                before + n,
-                                bytes_total,
-                            );
-                        }
-                    };
-                    let r = (hooks.checkpoint)().and_then(|()| {
-                        one_file(root, e, store, &tmp_dir, &reflink, &mut dirs, &meter)
-                            .with_context(|| format!("backing up {}", e.display()))
-                    });
-                    if r.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_multiple_of(256) || n == total {
-                        (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
-                    }
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((i, r));
-                }
-            });
-        }
+    let job = Job {
+        root,
+        store,
+        workers,
+        hooks,
+        tmp_dir: store.objects_tmp(),
+        reflink: ReflinkState::new(true),
+    };
+    let (present, mut results) = std::thread::scope(|s| {
+        let listing = s.spawn(|| store.present_objects());
+        let results = job.copy(entries, &jobs);
+        let present = match listing.join() {
+            Ok(p) => p,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (present, results)
     });
+    let present = present?;
+    // An object the previous generation names that is not there: copied again.
+    let mut missing = Vec::new();
+    for &(i, id) in &unchanged {
+        if present.contains(&id) {
+            let p = previous
+                .unchanged_file(&entries[i])
+                .expect("unchanged above");
+            let (hash, sparse) = (p.hash.clone(), p.sparse);
+            let e = &mut entries[i];
+            e.hash = hash;
+            e.sparse = sparse;
+            stats.shared_files += 1;
+            stats.shared_bytes += e.size;
+        } else {
+            missing.push(i);
+        }
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "{} objects of the previous generation were missing from the store; copied again",
+            missing.len()
+        );
+        results.extend(job.copy(entries, &missing));
+    }
+    let total = jobs.len() + missing.len();
 
-    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
         let Some(d) = r? else {
@@ -223,12 +201,92 @@ pub(crate) fn copy_files(
     }
     stats.files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
     tracing::debug!(
-        "copy: {} objects listed in {listed:?}, {} files copied in {:?}",
-        present.len(),
+        "copy: {} files copied, beside a listing of {} objects, in {:?}",
         total,
-        started.elapsed() - listed
+        present.len(),
+        started.elapsed()
     );
     Ok(stats)
+}
+
+/// What copying files needs; [`Job::copy`] copies some of them.
+struct Job<'a> {
+    root: &'a Path,
+    store: &'a Store,
+    workers: usize,
+    hooks: &'a Hooks<'a>,
+    tmp_dir: PathBuf,
+    reflink: ReflinkState,
+}
+
+impl Job<'_> {
+    /// Copy the files of `entries` at these positions on `workers` threads; each one's
+    /// result, the first error stopping the others.
+    fn copy(&self, entries: &[Entry], jobs: &[usize]) -> Vec<(usize, Result<Option<Done>>)> {
+        let Job {
+            root, store, hooks, ..
+        } = *self;
+        let total = jobs.len() as u64;
+        let bytes_total: u64 = jobs.iter().map(|&i| entries[i].size).sum();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        let results: Mutex<Vec<(usize, Result<Option<Done>>)>> =
+            Mutex::new(Vec::with_capacity(jobs.len()));
+        std::thread::scope(|s| {
+            for _ in 0..self.workers.max(1).min(jobs.len()) {
+                s.spawn(|| {
+                    let mut dirs = DirCache::default();
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&i) = jobs.get(k) else { return };
+                        let e = &entries[i];
+                        // Bytes as they are copied, with a report each PROGRESS_BYTES, so that
+                        // progress moves inside a large file (a deterministic count, no timer).
+                        let meter = |n: u64| {
+                            let before = bytes.fetch_add(n, Ordering::Relaxed);
+                            if before / PROGRESS_BYTES != (before + n) / PROGRESS_BYTES {
+                                (hooks.progress)(
+                                    done.load(Ordering::Relaxed),
+                                    total,
+                                    before + n,
+                                    bytes_total,
+                                );
+                            }
+                        };
+                        let r = (hooks.checkpoint)().and_then(|()| {
+                            one_file(
+                                root,
+                                e,
+                                store,
+                                &self.tmp_dir,
+                                &self.reflink,
+                                &mut dirs,
+                                &meter,
+                            )
+                            .with_context(|| format!("backing up {}", e.display()))
+                        });
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_multiple_of(256) || n == total {
+                            (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
+                        }
+                        results
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, r));
+                    }
+                });
+            }
+        });
+        results.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Done {
