@@ -219,34 +219,35 @@ fn check_entry(
     dirs: &PathMap<usize, &[u8]>,
 ) -> Result<(), Violation> {
     let p = e.path_bytes();
-    let what = shown(p);
+    // Formatted only for a violation: this runs for every entry of every manifest read.
+    let what = || shown(p);
     if let Some(why) = relative_path_problem(p) {
-        return Err(violation(what, why));
+        return Err(violation(what(), why));
     }
     let is_tree_root = trees.iter().any(|t| t == p);
     let in_tree = trees.iter().any(|t| within(p, t));
     if e.implicit {
         if in_tree || !extra_ancestors.contains(p) || !matches!(e.kind, Kind::Dir | Kind::Symlink) {
             return Err(violation(
-                what,
+                what(),
                 "marked as a machine-config file's parent directory, but it is not one",
             ));
         }
     } else if !in_tree && !extras.contains(p) {
         return Err(violation(
-            what,
+            what(),
             "outside every tree and machine-config file of the generation",
         ));
     }
     if is_tree_root && e.kind != Kind::Dir {
-        return Err(violation(what, "a tree root that is not a directory"));
+        return Err(violation(what(), "a tree root that is not a directory"));
     }
     // Parents before children: a tree root and a top-level outside path have none to list.
     let parent = parent_of(p);
     let needs_parent = !is_tree_root && !parent.is_empty();
     if needs_parent && !dirs.contains_key(parent) {
         return Err(violation(
-            what,
+            what(),
             format!(
                 "its parent {} is not listed before it as a directory",
                 shown(parent)
@@ -255,14 +256,14 @@ fn check_entry(
     }
     if e.mode & !0o7777 != 0 {
         return Err(violation(
-            what,
+            what(),
             format!("mode {:o} has bits beyond 07777", e.mode),
         ));
     }
     for (name, _) in e.xattrs.iter() {
         if name.is_empty() || name.contains(&0) {
             return Err(violation(
-                what,
+                what(),
                 "an extended attribute with an empty or NUL name",
             ));
         }
@@ -270,23 +271,23 @@ fn check_entry(
     match e.kind {
         Kind::File => match &e.hash {
             Some(h) if is_hash(h) => {}
-            Some(h) => return Err(violation(what, format!("`{h}` is not a content hash"))),
-            None => return Err(violation(what, "a regular file without a content hash")),
+            Some(h) => return Err(violation(what(), format!("`{h}` is not a content hash"))),
+            None => return Err(violation(what(), "a regular file without a content hash")),
         },
         _ if e.hash.is_some() => {
             return Err(violation(
-                what,
+                what(),
                 "a content hash on something that is not a regular file",
             ));
         }
         Kind::Symlink if e.link.is_none() => {
-            return Err(violation(what, "a symlink without a target"));
+            return Err(violation(what(), "a symlink without a target"));
         }
         _ => {}
     }
     if e.link.is_some() && e.kind != Kind::Symlink {
         return Err(violation(
-            what,
+            what(),
             "a link target on something that is not a symlink",
         ));
     }
@@ -298,7 +299,7 @@ fn check_entry(
             });
         if !ok {
             return Err(violation(
-                what,
+                what(),
                 format!(
                     "hardlink group {g} does not name an earlier regular file of the same group"
                 ),

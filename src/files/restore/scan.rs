@@ -86,6 +86,12 @@ pub(super) struct ScanCx<'a> {
 struct Job {
     fd: OwnedFd,
     rel: Vec<u8>,
+    /// The directory is the inode the manifest recorded, untouched since: it holds the names
+    /// the generation lists (a name added, removed or renamed moves its ctime), and what it
+    /// holds beside them (excluded paths, mount points) is left alone anyway. Its names are
+    /// taken from the manifest instead of being read: on ext4 a listing builds a hash tree of
+    /// the directory's names every time, the largest part of a restore with nothing to do.
+    untouched: bool,
 }
 
 type DirRead = (Vec<u8>, ScannedDir);
@@ -98,13 +104,21 @@ impl ScanCx<'_> {
         self.excludes.excludes(&n)
     }
 
-    /// Read the tree below the directory `fd` (the tree root `rel`, on the device `dev`).
-    pub(super) fn scan(&self, fd: OwnedFd, rel: &[u8], dev: u64) -> Result<LiveScan> {
+    /// Read the tree below the directory `fd` (the tree root `rel`, on the device `dev`);
+    /// `untouched`: the root is the inode the manifest recorded, untouched since.
+    pub(super) fn scan(
+        &self,
+        fd: OwnedFd,
+        rel: &[u8],
+        dev: u64,
+        untouched: bool,
+    ) -> Result<LiveScan> {
         let hashed = AtomicU64::new(0);
         let read = crate::files::par_walk::visit_tree(
             Job {
                 fd,
                 rel: rel.to_vec(),
+                untouched,
             },
             |job| self.read_dir(job, dev, &hashed),
         )?;
@@ -123,16 +137,15 @@ impl ScanCx<'_> {
     fn read_dir(&self, job: Job, dev: u64, hashed: &AtomicU64) -> Result<(DirRead, Vec<Job>)> {
         (self.check_cancel)()?;
         let dir = job.fd.as_fd();
-        let names = fsx::list_dir(dir).with_context(|| format!("listing {}", node(&job.rel)))?;
-        let wanted: HashMap<&[u8], usize> = self
-            .children
-            .get(&job.rel[..])
-            .map(|kids| {
-                kids.iter()
-                    .map(|&i| (base_of(self.entries[i].path_bytes()).as_bytes(), i))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let kids: &[usize] = self.children.get(&job.rel[..]).map_or(&[], Vec::as_slice);
+        let base = |i: usize| base_of(self.entries[i].path_bytes());
+        let names = if job.untouched {
+            // Sorted by path, so by name: the order a listing gives.
+            kids.iter().map(|&i| base(i).to_os_string()).collect()
+        } else {
+            fsx::list_dir(dir).with_context(|| format!("listing {}", node(&job.rel)))?
+        };
+        let wanted: HashMap<&[u8], usize> = kids.iter().map(|&i| (base(i).as_bytes(), i)).collect();
         let mut lives = Vec::with_capacity(names.len());
         let mut below = Vec::new();
         for name in &names {
@@ -165,6 +178,7 @@ impl ScanCx<'_> {
                         below.push(Job {
                             fd: child,
                             rel: path,
+                            untouched,
                         });
                     }
                     Kind::Dir => {}

@@ -94,6 +94,8 @@ impl Restorer<'_> {
             self.sync_dir(Dir::Fd(fd.as_fd()), rel, dev)?;
         } else {
             // The comparison: everything it will look at read first, on several threads.
+            let untouched = self.entries[root_idx]
+                .untouched(&fsx::fstat(fd.as_fd())?, self.manifest.header.walked);
             let scan = ScanCx {
                 entries: self.entries,
                 children: &self.children,
@@ -102,7 +104,7 @@ impl Restorer<'_> {
                 walked: self.manifest.header.walked,
                 check_cancel: self.hooks.check_cancel,
             }
-            .scan(fd.try_clone()?, rel, dev)?;
+            .scan(fd.try_clone()?, rel, dev, untouched)?;
             self.report.hashed_live_files += scan.hashed;
             self.sync_dir(Dir::Scanned(&scan), rel, dev)?;
         }
