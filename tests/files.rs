@@ -446,6 +446,67 @@ rm etc/dangling; ln -s elsewhere etc/dangling
     assert_eq!(differences(&node, &reference), "");
 }
 
+#[test]
+#[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
+fn a_directory_untouched_since_the_last_backup_still_yields_what_it_holds_now() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let _u = Unmount(node.root());
+    populate(&node.root());
+    std::fs::write(node.path("/etc/ssh/skipme"), "excluded at first\n").unwrap();
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    let excluding = config.replace("[backup]\n", "[backup]\nexclude = [\"/etc/ssh/skipme\"]\n");
+    std::fs::write(&node.config, &excluding).unwrap();
+    settle();
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let first = latest_gen_dir(&node);
+    assert!(manifest_entry(&first, "etc/ssh/skipme").is_none());
+    assert!(manifest_entry(&first, "var/lib/kubelet/pods/p1/volumes/v").is_none());
+
+    // No name added to or removed from either directory: only a mount went away, then the
+    // exclusion. Each next backup still finds what they hold.
+    unmount_all(&node.root());
+    std::fs::write(
+        node.path("/var/lib/kubelet/pods/p1/volumes/v/under-the-mount"),
+        "was hidden\n",
+    )
+    .unwrap();
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    assert_eq!(
+        manifest_entry(
+            &latest_gen_dir(&node),
+            "var/lib/kubelet/pods/p1/volumes/v/under-the-mount"
+        )
+        .unwrap()["kind"],
+        "file",
+        "no longer a mount point"
+    );
+    std::fs::write(&node.config, &config).unwrap();
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let second = latest_gen_dir(&node);
+    assert_eq!(
+        manifest_entry(&second, "etc/ssh/skipme").unwrap()["kind"],
+        "file",
+        "no longer excluded"
+    );
+    // And one more, with nothing changed, lists the same as the one before.
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    let third = latest_gen_dir(&node);
+    let paths = |g: &Path| -> Vec<String> {
+        std::fs::read_to_string(g.join("manifest"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    assert_eq!(paths(&second), paths(&third));
+}
+
 fn latest_gen_dir(node: &Node) -> PathBuf {
     let (_, out, _) = ctl(node, &["generations", "--json"]);
     let gens = common::json_list(&out, "generations");

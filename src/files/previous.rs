@@ -1,11 +1,14 @@
 //! The previous generation's entries by node path: what a backup can take from them for an
 //! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::entry::{Entry, Kind, Time};
 use super::manifest::Manifest;
 use super::object_id::{IdSet, ObjectId};
+use super::path_map::PathMap;
 
 /// The previous generation's manifest, indexed by path. It owns the manifest (so that it can
 /// be made on one thread while a walk runs on others, and handed from the pre-flight to the
@@ -15,6 +18,9 @@ pub(crate) struct Previous {
     by_path: Vec<u32>,
     /// The content it names.
     objects: IdSet,
+    /// The names its walk found in each directory: its entries there, and the mount points it
+    /// left alone there.
+    names: PathMap<Vec<OsString>>,
 }
 
 impl Previous {
@@ -30,10 +36,23 @@ impl Previous {
             .iter()
             .filter_map(|e| e.hash.as_deref().and_then(ObjectId::from_hex))
             .collect();
+        let mut names: PathMap<Vec<OsString>> = PathMap::default();
+        let paths = m.entries.iter().map(|e| e.path_bytes());
+        for p in paths.chain(m.header.skipped_mounts.iter().map(|x| &x.0[..])) {
+            if let Some(slash) = p.iter().rposition(|&b| b == b'/') {
+                let name = OsStr::from_bytes(&p[slash + 1..]).to_os_string();
+                names.entry(p[..slash].to_vec()).or_default().push(name);
+            }
+        }
+        for v in names.values_mut() {
+            v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            v.dedup();
+        }
         Previous {
             manifest: Some(m),
             by_path,
             objects,
+            names,
         }
     }
 
@@ -45,6 +64,7 @@ impl Previous {
                 manifest: None,
                 by_path: Vec::new(),
                 objects: IdSet::default(),
+                names: PathMap::default(),
             },
         }
     }
@@ -73,6 +93,20 @@ impl Previous {
             && p.source.ctime == e.source.ctime
             && !p.racy(self.walked());
         same.then_some(p)
+    }
+
+    /// The names in the directory `dir`, when its previous entry is `e`'s inode untouched
+    /// since (see [`Self::untouched`]) and the walk excludes what the previous one excluded
+    /// (`excludes`): a name added, removed or renamed moves the directory's ctime, so it holds
+    /// the names the previous walk found there (its entries, and the mount points it left
+    /// alone, which may be mount points no longer). Sorted bytewise, as a listing is.
+    pub(crate) fn names_in(&self, e: &Entry, excludes: &[String]) -> Option<Vec<OsString>> {
+        let m = self.manifest.as_ref()?;
+        if e.kind != Kind::Dir || m.header.exclude != excludes {
+            return None;
+        }
+        self.untouched(e)?;
+        Some(self.names.get(e.path_bytes()).cloned().unwrap_or_default())
     }
 
     /// Whether the previous generation names this content (and so verified it).

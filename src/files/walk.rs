@@ -38,6 +38,9 @@ struct DirJob {
     fd: OwnedFd,
     rel: Vec<u8>,
     dev: u64,
+    /// Its names, when the previous generation knows them (an untouched directory,
+    /// [`Previous::names_in`]): no listing then.
+    names: Option<Vec<std::ffi::OsString>>,
 }
 
 #[derive(Default)]
@@ -124,12 +127,14 @@ impl Walker<'_> {
         let st = fsx::fstat(fd.as_fd())?;
         let mut e = Entry::from_stat(&rel, &st);
         e.xattrs = interner.intern(fsx::xattrs_fd(fd.as_fd())?);
+        let names = self.known_names(&e);
         scan.entries.push(e);
         let mut dirs = self.walk_parallel(
             DirJob {
                 fd,
                 rel: rel.clone(),
                 dev: st.st_dev,
+                names,
             },
             interner,
         )?;
@@ -161,6 +166,13 @@ impl Walker<'_> {
         Ok(results.into_iter().collect())
     }
 
+    /// The names of the directory `e` (just stat'ed) as the previous generation knows them.
+    fn known_names(&self, e: &Entry) -> Option<Vec<std::ffi::OsString>> {
+        self.previous
+            .get()
+            .and_then(|p| p.names_in(e, self.excludes.patterns()))
+    }
+
     /// One directory: its children's entries, and the child directories to walk next.
     fn read_dir(&self, job: DirJob, interner: &Interner) -> Result<(DirResult, Vec<DirJob>)> {
         let dir = job.fd.as_fd();
@@ -168,9 +180,12 @@ impl Walker<'_> {
         let mut result = DirResult::default();
         let mut subdirs = Vec::new();
         (self.checkpoint)()?;
-        for name in fsx::list_dir(dir)
-            .with_context(|| format!("listing /{}", String::from_utf8_lossy(rel)))?
-        {
+        let names = match job.names {
+            Some(names) => names,
+            None => fsx::list_dir(dir)
+                .with_context(|| format!("listing /{}", String::from_utf8_lossy(rel)))?,
+        };
+        for name in names {
             let child = join(rel, &name);
             if self.excludes.excludes(&node_path(&child)) {
                 continue;
@@ -201,6 +216,7 @@ impl Walker<'_> {
                         fd,
                         rel: child,
                         dev: job.dev,
+                        names: self.known_names(&e),
                     });
                     result.children.push(e);
                 }
