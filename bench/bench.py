@@ -165,10 +165,18 @@ class Results:
     def __init__(self):
         self.rows = []
         self.times = {}
+        self.rss = {}
 
     def figure(self, scale, name, seconds, rss):
         self.times[(scale, name)] = seconds
+        self.rss[(scale, name)] = rss
         print(f"  {name:<44} {seconds:8.2f}s  peak RSS {rss / 1024:7.1f} MiB", flush=True)
+
+    def limit(self, scale, name, value, target, unit):
+        """An absolute target: `value` (in `unit`) at most `target`."""
+        ok = "ok" if value <= target else "MISSED"
+        self.rows.append((scale, name, value, target, ok))
+        print(f"  {name:<62} {value:6.3f} {unit} (target <= {target}) {ok}", flush=True)
 
     def ratio(self, scale, name, ours, theirs, target):
         r = self.times[(scale, ours)] / self.times[(scale, theirs)]
@@ -284,8 +292,12 @@ def one_scale(args, scale, res):
         fig(f"rsync -aAXHc --delete 0% {temp}", rsync(cp_dst, node), cold=cold, shell=True)
     res.ratio(scale, "restore 0% / rsync -aAXHc --delete, warm", "recoveryd restore 0% warm",
               "rsync -aAXHc --delete 0% warm", None)
-    t0 = res.times[(scale, "recoveryd restore 0% warm")]
-    print(f"  restore with nothing to change, warm: {t0:.3f}s (target <= 0.1 s at x1)")
+    if scale == 1:
+        res.limit(scale, "restore with nothing to change, warm",
+                  res.times[(scale, "recoveryd restore 0% warm")], 0.1, "s")
+    if scale >= 4:
+        peak = max(r for (sc, n), r in res.rss.items() if sc == scale and n.startswith("recoveryd"))
+        res.limit(scale, "peak RSS of any recoveryd command", peak / 1024, 64, "MiB")
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -319,6 +331,8 @@ def main():
                 continue
             g = res.times[(hi, name)] / t if t else float("inf")
             mark = "" if not name.startswith("recoveryd") else ("ok" if g <= limit else "MISSED")
+            if mark:
+                res.rows.append((hi, f"growth of {name}", g, limit, mark))
             print(f"  {name:<44} {g:6.2f}x {mark}")
     missed = [r for r in res.rows if r[4] == "MISSED"]
     print("all targets met" if not missed else

@@ -177,51 +177,6 @@ impl Manifest {
         Ok(w.hasher.finalize().to_hex().to_string())
     }
 
-    /// Write this manifest to `path` given that `entries_file` holds its header and entries
-    /// exactly as [`Self::write_file`] writes them (a backup's `files.partial`, written from
-    /// it): those bytes are copied as they are and the artifacts' lines added after them, so
-    /// that the entries are not serialized a second time. Checked by [`super::validate`]
-    /// first, not flushed (as [`Self::write_file`]), kept parsed for the next read
-    /// ([`super::parsed`]); returns the hash.
-    pub(crate) fn write_after(
-        self,
-        entries_file: &Path,
-        path: &Path,
-    ) -> Result<(Arc<Manifest>, String), ManifestError> {
-        let name = path.display().to_string();
-        super::validate::validate(&self).map_err(|violation| ManifestError::Invalid {
-            path: name.clone(),
-            violation,
-        })?;
-        let io = |source| ManifestError::Io {
-            path: name.clone(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io)?;
-        let mut w = io::BufWriter::with_capacity(
-            1 << 20,
-            Hashing {
-                inner: file,
-                hasher: blake3::Hasher::new(),
-            },
-        );
-        let mut from = std::fs::File::open(entries_file).map_err(io)?;
-        io::copy(&mut from, &mut w).map_err(io)?;
-        for a in &self.artifacts {
-            serde_json::to_writer(&mut w, a).map_err(|e| io(e.into()))?;
-            w.write_all(b"\n").map_err(io)?;
-        }
-        let w = w.into_inner().map_err(|e| io(e.into_error()))?;
-        let hash = w.hasher.finalize().to_hex().to_string();
-        let m = Arc::new(self);
-        super::parsed::keep(&hash, m.clone());
-        Ok((m, hash))
-    }
-
     /// Read a manifest, refusing it if `expected_hash` is given and does not match.
     pub(crate) fn read_file(
         path: &Path,
@@ -232,6 +187,9 @@ impl Manifest {
             path: p.clone(),
             source,
         })?;
+        // All of it will be read: ask for it at once, not a window at a time (a cold
+        // manifest of 50k entries is 20 MB from disk). Only a hint.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
         let started = std::time::Instant::now();
         let m = Manifest::read_from(file, &p, expected_hash)?;
         tracing::debug!(
@@ -257,34 +215,16 @@ impl Manifest {
         Ok(m)
     }
 
-    /// A manifest file whose hash nothing records yet (a backup's `files.partial`), to own,
-    /// with its hash: the parse of the last write of the same bytes when there is one.
-    pub(crate) fn read_owned(path: &Path) -> Result<(Manifest, String), ManifestError> {
-        let hash = file_hash(path)?;
-        let m = match super::parsed::take(&hash) {
-            Some(m) => m,
-            None => Manifest::read_file(path, Some(&hash))?,
-        };
-        Ok((m, hash))
-    }
-
     /// Write the manifest to `path` as [`Self::write_file`] does, checked by
-    /// [`super::validate`] first, and keep its parse for the next read of those bytes.
-    pub(crate) fn write_shared(
-        self,
-        path: &Path,
-    ) -> Result<(Arc<Manifest>, String), ManifestError> {
+    /// [`super::validate`] first; returns its hash.
+    pub(crate) fn write_checked(&self, path: &Path) -> Result<String, ManifestError> {
         let name = path.display().to_string();
-        super::validate::validate(&self).map_err(|violation| ManifestError::Invalid {
+        super::validate::validate(self).map_err(|violation| ManifestError::Invalid {
             path: name.clone(),
             violation,
         })?;
-        let hash = self
-            .write_file(path)
-            .map_err(|source| ManifestError::Io { path: name, source })?;
-        let m = Arc::new(self);
-        super::parsed::keep(&hash, m.clone());
-        Ok((m, hash))
+        self.write_file(path)
+            .map_err(|source| ManifestError::Io { path: name, source })
     }
 
     /// Parse and check a manifest's bytes (`name` for messages), refusing them if

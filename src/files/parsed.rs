@@ -1,8 +1,8 @@
 //! The manifests a run has read or written, kept so that it reads each one once.
 //!
 //! One run reads one manifest several times: a restore's check before the run and its step; a
-//! backup's previous manifest in its pre-flight and its copy, and its new one in the copy, the
-//! commit and the verify; and retention's collection reads what every kept generation names.
+//! backup's previous manifest in its pre-flight, the new one its commit wrote in the verify,
+//! and retention's collection reads what every kept generation names.
 //! Parsing is the larger part of reading a manifest at node scale (tens of milliseconds per
 //! read at 15k entries), hashing it a small one. A read still reads and hashes the file every
 //! time and compares the hash with the one it expects: only the parse is taken from here, for
@@ -81,19 +81,6 @@ pub(crate) fn keep(hash: &str, m: Arc<Manifest>) {
     {
         keep_set(&h, Arc::new(ObjectSet::of(&old)));
     }
-}
-
-/// The manifest of `hash` to own (a commit adding its artifacts): taken out, and cloned only
-/// when someone else still holds it.
-pub(crate) fn take(hash: &str) -> Option<Manifest> {
-    let m = {
-        let mut k = kept();
-        match k.last.as_ref() {
-            Some((h, _)) if h == hash => k.last.take().map(|(_, m)| m),
-            _ => None,
-        }
-    }?;
-    Some(Arc::try_unwrap(m).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 /// The object ids of the manifest hashed `hash`, if one read or written lately had them.

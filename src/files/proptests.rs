@@ -203,26 +203,6 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 
-    /// A commit's manifest, the copy's entries file with the artifacts' lines after it, is
-    /// byte for byte the manifest written whole, and reads back as the manifest it was.
-    #[test]
-    fn a_manifest_written_after_its_entries_is_the_one_written_whole(m in manifest()) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut entries_only = m.clone();
-        entries_only.artifacts.clear();
-        let partial = dir.path().join("files.partial");
-        entries_only.write_file(&partial).unwrap();
-        let whole = dir.path().join("whole");
-        let h_whole = m.write_file(&whole).unwrap();
-        let after = dir.path().join("manifest");
-        let (kept, h_after) = m.clone().write_after(&partial, &after).unwrap();
-        prop_assert_eq!(&h_after, &h_whole);
-        prop_assert_eq!(std::fs::read(&after).unwrap(), std::fs::read(&whole).unwrap());
-        prop_assert_eq!(&*kept, &m);
-        let back = Manifest::read_file(&after, Some(&h_after)).unwrap();
-        prop_assert_eq!(back, m);
-    }
-
     /// A collection reads the same hashes a full read finds, and nothing but them (artifacts
     /// are kept too); a damaged file is refused by both.
     #[test]

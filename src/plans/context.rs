@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::{Json, Progress, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
+use crate::files::manifest::Manifest;
 use crate::files::previous::Previous;
 use crate::files::store::{Generation, Store};
 use crate::files::walk::Scan;
@@ -25,6 +26,8 @@ pub(crate) struct PlanContext {
     pub host: Host,
     /// The walk a backup's pre-flight made, for the copy step of the same run.
     walked: Mutex<Option<Walked>>,
+    /// The manifest a backup's copy made (entries, no artifacts), for its commit.
+    copied: Mutex<Option<(i64, String, Manifest)>>,
 }
 
 /// A walk of the trees, with the previous generation it compared with, and the run and
@@ -59,7 +62,24 @@ impl PlanContext {
             store,
             host,
             walked: Mutex::new(None),
+            copied: Mutex::new(None),
         })
+    }
+
+    /// Keep the manifest the copy made for the commit of the same run and generation (a
+    /// backup is never continued by another process, so it lives in memory only).
+    pub(crate) fn keep_copy(&self, run: i64, generation: &str, m: Manifest) {
+        *lock(&self.copied) = Some((run, generation.to_string(), m));
+    }
+
+    /// The manifest kept for this run and generation, taken (a commit that fails before it
+    /// wrote the manifest gives it back with [`Self::keep_copy`], for a retry).
+    pub(crate) fn take_copy(&self, run: i64, generation: &str) -> Option<Manifest> {
+        let mut c = lock(&self.copied);
+        match c.as_ref() {
+            Some((r, g, _)) if *r == run && g == generation => c.take().map(|(_, _, m)| m),
+            _ => None,
+        }
     }
 
     /// Keep the pre-flight's walk for the copy of the same run and generation, in place of
@@ -85,9 +105,10 @@ impl PlanContext {
         }
     }
 
-    /// Let a kept walk go (a backup that ended before its copy).
-    pub(crate) fn forget_walk(&self) {
+    /// Let what a backup kept for its next steps go (a backup that ended before them).
+    pub(crate) fn forget_backup(&self) {
         *lock(&self.walked) = None;
+        *lock(&self.copied) = None;
     }
 
     /// A small file of the host, trimmed; `None` when it is missing or empty.

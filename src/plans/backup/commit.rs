@@ -14,7 +14,7 @@ use crate::plans::context::{PlanContext, with_step_hooks};
 use crate::plans::vars::IDENTITY;
 use crate::text::human_bytes;
 
-use super::{PARTIAL, generation_id};
+use super::generation_id;
 
 /// Write the manifest and commit the generation (fsync, rename, journal record).
 pub(crate) struct Commit(pub Arc<PlanContext>);
@@ -48,65 +48,23 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
     }
     let staging = p.store.staging_path(&id);
     let manifest_path = staging.join(MANIFEST_FILE);
-    // An earlier attempt may have written the manifest and removed files.partial already:
-    // continue from the manifest, recomputing its artifacts.
-    let partial = staging.join(PARTIAL);
-    let from_partial = partial.exists() || !manifest_path.exists();
-    let mut m = if from_partial {
-        Manifest::read_owned(&partial)?.0
-    } else {
-        let mut m = Manifest::read_file(&manifest_path, None)?;
-        m.artifacts.clear();
-        m
+    let mut m = p.take_copy(cx.run, &id).with_context(|| {
+        format!(
+            "the list of what the copy stored for generation {id} is not in this process; \
+             take the backup again"
+        )
+    })?;
+    let hash = match write_manifest(&staging, &manifest_path, &mut m) {
+        Ok(hash) => hash,
+        Err(e) => {
+            // A retry of this step starts from the same list.
+            p.keep_copy(cx.run, &id, m);
+            return Err(e);
+        }
     };
-    for dir in ["cluster", "images"] {
-        let base = staging.join(dir);
-        if !base.is_dir() {
-            continue;
-        }
-        let mut files = Vec::new();
-        let mut stack = vec![base];
-        while let Some(d) = stack.pop() {
-            let listing =
-                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
-            for e in listing {
-                let e = e.with_context(|| format!("listing {}", d.display()))?;
-                if e.file_type()?.is_dir() {
-                    stack.push(e.path());
-                } else {
-                    files.push(e.path());
-                }
-            }
-        }
-        files.sort();
-        for f in files {
-            let (hash, size) = std::fs::File::open(&f)
-                .and_then(|file| hash_file(&file))
-                .with_context(|| format!("hashing {}", f.display()))?;
-            let rel = f.strip_prefix(&staging).unwrap_or(&f).display().to_string();
-            m.artifacts.push(Artifact {
-                artifact: rel,
-                size,
-                hash,
-            });
-        }
-    }
-    if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path)
-            .with_context(|| format!("removing {}", manifest_path.display()))?;
-    }
     // Kept parsed for the verify step, which reads it next.
-    let (m, hash) = if from_partial {
-        // The copy's entries as it wrote them, the artifacts after them.
-        m.write_after(&partial, &manifest_path)
-    } else {
-        m.write_shared(&manifest_path)
-    }
-    .with_context(|| format!("writing {}", manifest_path.display()))?;
-    if partial.exists() {
-        std::fs::remove_file(&partial)
-            .with_context(|| format!("removing {}", partial.display()))?;
-    }
+    let m = std::sync::Arc::new(m);
+    crate::files::parsed::keep(&hash, m.clone());
     let mut identity = p.identity(hostname);
     if let Some(Json(recorded)) = cx.get(&IDENTITY)? {
         identity = identity.merged(recorded);
@@ -151,6 +109,62 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
         human_bytes(info.bytes),
         &hash[..16]
     )))
+}
+
+/// Hash the artifacts the cluster backup (and the images) put in the staging directory into
+/// the manifest, and write it (validated first; not flushed: the commit flushes the file
+/// system once). Returns its hash; on an error the manifest is still the copy's.
+fn write_manifest(
+    staging: &std::path::Path,
+    manifest_path: &std::path::Path,
+    m: &mut Manifest,
+) -> Result<String> {
+    let mut artifacts = Vec::new();
+    for dir in ["cluster", "images"] {
+        let base = staging.join(dir);
+        if !base.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        let mut stack = vec![base];
+        while let Some(d) = stack.pop() {
+            let listing =
+                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
+            for e in listing {
+                let e = e.with_context(|| format!("listing {}", d.display()))?;
+                if e.file_type()?.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            let (hash, size) = std::fs::File::open(&f)
+                .and_then(|file| hash_file(&file))
+                .with_context(|| format!("hashing {}", f.display()))?;
+            let rel = f.strip_prefix(staging).unwrap_or(&f).display().to_string();
+            artifacts.push(Artifact {
+                artifact: rel,
+                size,
+                hash,
+            });
+        }
+    }
+    // What an earlier attempt left.
+    if manifest_path.exists() {
+        std::fs::remove_file(manifest_path)
+            .with_context(|| format!("removing {}", manifest_path.display()))?;
+    }
+    m.artifacts = artifacts;
+    let written = m
+        .write_checked(manifest_path)
+        .with_context(|| format!("writing {}", manifest_path.display()));
+    if written.is_err() {
+        m.artifacts.clear();
+    }
+    written
 }
 
 fn record(cx: &StepContext, info: &GenerationInfo) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::plans::context::PlanContext;
 use crate::plans::context::with_step_hooks;
 use crate::text::human_bytes;
 
-use super::{PARTIAL, generation_id, previous_manifest};
+use super::{generation_id, previous_manifest};
 
 /// How many walks a copy makes before it gives up on a tree whose files keep disappearing.
 const MAX_WALKS: u32 = 3;
@@ -63,11 +63,9 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         staging.display()
     );
     // A retried attempt starts the copy over (objects already written are reused).
-    for leftover in [PARTIAL, NEW_OBJECTS] {
-        let l = staging.join(leftover);
-        if l.exists() {
-            std::fs::remove_file(&l).with_context(|| format!("removing {}", l.display()))?;
-        }
+    let l = staging.join(NEW_OBJECTS);
+    if l.exists() {
+        std::fs::remove_file(&l).with_context(|| format!("removing {}", l.display()))?;
     }
 
     let excludes = p.excludes()?;
@@ -152,11 +150,6 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         walked: scan.walked,
     });
     m.entries = scan.entries;
-    let partial = staging.join(PARTIAL);
-    // Kept parsed for the commit, which reads it next.
-    let (m, _) = m
-        .write_shared(&partial)
-        .with_context(|| format!("writing {}", partial.display()))?;
     let mut detail = format!(
         "{} entries; {} files stored ({}), {} already stored ({}), {} hardlinks",
         m.entries.len(),
@@ -185,6 +178,8 @@ fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             m.header.skipped_mounts.len()
         ));
     }
+    // For the commit, which writes the manifest (one serialization of it per backup).
+    p.keep_copy(cx.run, &id, m);
     Ok(Outcome::Done(detail))
 }
 

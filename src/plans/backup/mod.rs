@@ -18,9 +18,6 @@ use crate::plans::context::PlanContext;
 use crate::plans::vars::GENERATION;
 use crate::text::human_bytes;
 
-/// The copy's record of what it wrote, kept beside the staging generation until the commit.
-const PARTIAL: &str = "files.partial";
-
 pub(super) fn generation_id(cx: &StepContext) -> Result<String> {
     cx.get(&GENERATION)?
         .context("the run has no generation yet (the preflight step did not finish)")

@@ -165,8 +165,8 @@ pub(crate) struct RemoveStaging(pub Arc<PlanContext>);
 impl Cleanup for RemoveStaging {
     async fn cleanup(&self, cx: &StepContext, state: RunState) -> Result<String> {
         let p = self.0.clone();
-        // A walk the pre-flight kept for a copy that will not come.
-        p.forget_walk();
+        // What the pre-flight and the copy kept for steps that will not come.
+        p.forget_backup();
         let id = cx.get(&GENERATION)?;
         blocking(move || {
             let mut parts = Vec::new();
