@@ -28,6 +28,23 @@ const TRIM_THRESHOLD: libc::c_int = 128 * 1024;
 /// [`release_once_threads_exit`] waits long enough).
 pub(crate) const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
+/// Allocator arenas the daemon uses at most. A run walks and copies on a dozen threads, and
+/// glibc gives each its own arena (up to eight per core), each keeping some of what its
+/// thread freed, in pieces `malloc_trim` cannot hand back: after a backup of 15k files the
+/// daemon at rest held 3.4 MiB of heap with as many arenas, 2.2 MiB with four.
+const DAEMON_ARENAS: libc::c_int = 4;
+
+/// In the daemon, at startup, before any thread is started: fewer arenas (see
+/// [`DAEMON_ARENAS`]).
+pub(crate) fn share_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and changes the allocator's parameters under its
+    // lock; M_ARENA_MAX is a parameter every glibc since 2.10 knows.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, DAEMON_ARENAS);
+    }
+}
+
 /// Set once at startup, before any thread is started.
 pub(crate) fn hand_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
     crate::logging::init("recoveryd", "info");
     crate::files::walk::raise_open_file_limit();
     crate::memory::hand_back_freed_memory();
+    crate::memory::share_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_keep_alive(crate::memory::BLOCKING_KEEP_ALIVE)
