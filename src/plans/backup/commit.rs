@@ -48,12 +48,20 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
     }
     let staging = p.store.staging_path(&id);
     let manifest_path = staging.join(MANIFEST_FILE);
-    let mut m = p.take_copy(cx.run, &id).with_context(|| {
-        format!(
-            "the list of what the copy stored for generation {id} is not in this process; \
-             take the backup again"
-        )
-    })?;
+    // The copy's list when this process made it for this run; after a restart in between
+    // (a resumed run), the copy again: it walks, and finds what it stored already stored.
+    let m = match p.take_copy(cx.run, &id) {
+        Some(m) => Some(m),
+        None => {
+            tracing::info!(
+                recovery_run = cx.run,
+                "the copy's list of generation {id} is not in this process: copying again"
+            );
+            super::copy::copy(p, cx)?;
+            p.take_copy(cx.run, &id)
+        }
+    };
+    let mut m = m.with_context(|| format!("the copy left no list for generation {id}"))?;
     let hash = match write_manifest(&staging, &manifest_path, &mut m) {
         Ok(hash) => hash,
         Err(e) => {

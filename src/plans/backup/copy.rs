@@ -54,7 +54,7 @@ impl Step for CopyFiles {
     }
 }
 
-fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
+pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     let id = generation_id(cx)?;
     let staging = p.store.staging_path(&id);
     anyhow::ensure!(
