@@ -137,11 +137,15 @@ enum Shown<'m> {
 /// re-hashed; the others, written and verified by earlier backups, are checked for presence,
 /// against one listing of the store. Without it (`recoveryctl verify`, the recovery's check)
 /// every byte is re-hashed.
-/// Objects read at once per configured worker. Reading the objects back is mostly waiting on
-/// the disk (small objects, in hash order, cold): at ×4 of the bench tree (48k files, cold
-/// cache) 2 readers took 6.7–6.8 s, 8 readers 4.0–4.1 s. A big object's hash runs on every
-/// core whatever the count.
+/// Small objects read at once per configured worker. Reading small objects back is mostly
+/// waiting on the disk (in hash order, cold): at ×4 of the bench tree (48k files, cold cache)
+/// 2 readers took 6.7–6.8 s, 8 readers 4.0–4.1 s. Big objects are read by `workers` of the
+/// readers only: each holds a buffer of up to 1 MiB, and a big object's hash runs on every
+/// core anyway (eight readers of any size raised the first backup's peak at ×4 by 6 MiB).
 const READERS_PER_WORKER: usize = 4;
+
+/// Above this size an object is big (see [`READERS_PER_WORKER`]).
+const SMALL_OBJECT: u64 = 128 << 10;
 
 pub(crate) fn verify(
     generation: &Generation,
@@ -256,38 +260,52 @@ pub(crate) fn verify(
         }
     }
 
-    let next = AtomicUsize::new(0);
+    // The big objects first, then the small ones: a reader takes the next of the queues it
+    // may read.
+    let (big, small): (Vec<usize>, Vec<usize>) =
+        (0..expect.len()).partition(|&k| expect[k].size > SMALL_OBJECT);
+    let (next_big, next_small) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let take = |may_read_big: bool| {
+        if may_read_big && let Some(&k) = big.get(next_big.fetch_add(1, Ordering::Relaxed)) {
+            return Some(k);
+        }
+        small
+            .get(next_small.fetch_add(1, Ordering::Relaxed))
+            .copied()
+    };
     let bytes = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let total = expect.len() as u64;
     let bytes_total: u64 = expect.iter().map(|x| x.size).sum();
     let problems = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
+    let read_all = |may_read_big: bool| {
+        while let Some(k) = take(may_read_big) {
+            let x = &expect[k];
+            if stop.load(Ordering::Relaxed) || (hooks.checkpoint)().is_err() {
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            let (problem, read) = check_stored(&x.file, x.size, x.hash, false);
+            bytes.fetch_add(read, Ordering::Relaxed);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(256) || n == total {
+                (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
+            }
+            if let Some((problem, detail)) = problem {
+                let found = problems_of(&x.shown, problem, &detail);
+                problems
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(found);
+            }
+        }
+    };
     std::thread::scope(|s| {
-        for _ in 0..(workers.max(1) * READERS_PER_WORKER).min(expect.len()) {
-            s.spawn(|| {
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(x) = expect.get(k) else { return };
-                    if stop.load(Ordering::Relaxed) || (hooks.checkpoint)().is_err() {
-                        stop.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    let (problem, read) = check_stored(&x.file, x.size, x.hash, false);
-                    bytes.fetch_add(read, Ordering::Relaxed);
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_multiple_of(256) || n == total {
-                        (hooks.progress)(n, total, bytes.load(Ordering::Relaxed), bytes_total);
-                    }
-                    if let Some((problem, detail)) = problem {
-                        let found = problems_of(&x.shown, problem, &detail);
-                        problems
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(found);
-                    }
-                }
-            });
+        let readers = (workers.max(1) * READERS_PER_WORKER).min(expect.len());
+        for r in 0..readers {
+            let read_all = &read_all;
+            s.spawn(move || read_all(r < workers.max(1)));
         }
     });
     if stop.load(Ordering::Relaxed) {
