@@ -8,7 +8,8 @@ Usage (as root, from the project root):  bench/run.sh [--files N] [--big-mib M] 
 Peers: cp -a, rsync -aAXH (and -c --delete for restores, --link-dest for a second backup),
 restic and borg (Debian packages; bench/run.sh installs them), each with its defaults. For
 every scale it prints each figure, its ratio to the peer and the target, cold (page cache
-dropped before the command) and, for restores, warm (the same command just ran); the peak RSS
+dropped before the command) and, for restores, warm (the same restore just ran, unmeasured,
+right before); the peak RSS
 of every command; and at the end how every time grew from the first scale to the last.
 
   first backup        recoveryctl --offline backup  vs  cp -a, rsync -aAXH, restic, borg (+ sync)
@@ -265,12 +266,26 @@ def one_scale(args, scale, res):
     # The cp -a copy follows the node, so that rsync restores from the same state.
     subprocess.run(["bash", "-c", rsync(node, cp_dst)], check=True)
 
+    restore = ctl + ["--offline", "restore-files", "--yes"]
+    restore_rsync = rsync(cp_dst, node)
+
+    def prime(cmd, shell, fraction):
+        """Warm: the same restore just ran (the tool's binary, manifest, store or copy in the
+        page cache). Without this, the cold run of the other tool, in between, would have
+        dropped the cache."""
+        if fraction:
+            change(node, fraction, seed=5)
+        subprocess.run(["bash", "-c", cmd] if shell else cmd, check=True, capture_output=True,
+                       env=env)
+
     # Restore after 5 % changed, cold then warm; the peers restore the same change.
     for temp, cold in (("cold", True), ("warm", False)):
-        changed = change(node, 0.05, seed=5)
-        fig(f"recoveryd restore 5% {temp}", ctl + ["--offline", "restore-files", "--yes"], cold=cold)
-        change(node, 0.05, seed=5)
-        fig(f"rsync -aAXHc --delete 5% {temp}", rsync(cp_dst, node), cold=cold, shell=True)
+        for tool, cmd, shell in (("recoveryd restore", restore, False),
+                                 ("rsync -aAXHc --delete", restore_rsync, True)):
+            if not cold:
+                prime(cmd, shell, 0.05)
+            changed = change(node, 0.05, seed=5)
+            fig(f"{tool} 5% {temp}", cmd, cold=cold, shell=shell)
     print(f"  ({changed} files changed)")
     res.ratio(scale, "restore 5% / rsync -aAXHc --delete, warm", "recoveryd restore 5% warm",
               "rsync -aAXHc --delete 5% warm", 0.25)
@@ -288,8 +303,11 @@ def one_scale(args, scale, res):
 
     # Restore with nothing to change.
     for temp, cold in (("cold", True), ("warm", False)):
-        fig(f"recoveryd restore 0% {temp}", ctl + ["--offline", "restore-files", "--yes"], cold=cold)
-        fig(f"rsync -aAXHc --delete 0% {temp}", rsync(cp_dst, node), cold=cold, shell=True)
+        for tool, cmd, shell in (("recoveryd restore", restore, False),
+                                 ("rsync -aAXHc --delete", restore_rsync, True)):
+            if not cold:
+                prime(cmd, shell, 0)
+            fig(f"{tool} 0% {temp}", cmd, cold=cold, shell=shell)
     res.ratio(scale, "restore 0% / rsync -aAXHc --delete, warm", "recoveryd restore 0% warm",
               "rsync -aAXHc --delete 0% warm", None)
     if scale == 1:
