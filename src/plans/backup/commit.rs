@@ -48,8 +48,9 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
     }
     let staging = p.store.staging_path(&id);
     let manifest_path = staging.join(MANIFEST_FILE);
-    // The copy's list when this process made it for this run; after a restart in between
-    // (a resumed run), the copy again: it walks, and finds what it stored already stored.
+    // The copy's list, kept in memory for this step. A retry of this step after an attempt
+    // that had written it out and then failed finds none: the copy again (it walks, and
+    // finds what it stored already stored).
     let m = match p.take_copy(cx.run, &id) {
         Some(m) => Some(m),
         None => {
