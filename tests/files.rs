@@ -376,6 +376,83 @@ fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
 }
 
+/// The live files a `restore-files` read and hashed to compare them (its step's detail).
+fn hashed_by_last_restore(node: &Node) -> u64 {
+    let (code, out, err) = ctl(node, &["journal", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let last = runs["runs"][0]["id"].as_i64().unwrap().to_string();
+    let (code, out, err) = ctl(node, &["journal", "--json", "--run", &last]);
+    assert_eq!(code, 0, "{out}{err}");
+    let detail = out
+        .lines()
+        .find(|l| l.contains("live files hashed"))
+        .unwrap_or_else(|| panic!("no restore detail in {out}"));
+    let words: Vec<&str> = detail.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "live").unwrap();
+    words[at - 1].trim_matches('"').parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
+fn a_file_found_equal_under_a_new_inode_is_hashed_once_not_at_every_restore() {
+    require_root();
+    let node = Node::new(HOST_OFF);
+    let _u = Unmount(node.root());
+    populate(&node.root());
+    settle();
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+    // Equal content and metadata under new inodes, as a package update or an editor leaves
+    // them (and as a restore leaves the files it rewrote).
+    let copied = [
+        "etc/hosts",
+        "etc/ssh/ssh_host_key",
+        "var/lib/kubelet/pods/p1/state",
+    ];
+    for p in copied {
+        sh(&format!(
+            "cd {} && cp -a {p} {p}.new && mv {p}.new {p}",
+            node.root().display()
+        ));
+    }
+    let restore = |node: &Node| {
+        let (code, out, err) = ctl(node, &["--offline", "restore-files", "--yes"]);
+        assert_eq!(code, 0, "{out}{err}");
+        eprintln!("{out}{err}");
+        hashed_by_last_restore(node)
+    };
+    // Changed within two seconds of the comparison: read each time, and not recorded.
+    assert_eq!(restore(&node), copied.len() as u64);
+    assert_eq!(restore(&node), copied.len() as u64);
+    settle();
+    assert_eq!(restore(&node), copied.len() as u64, "read, found equal");
+    assert_eq!(restore(&node), 0, "the live index knows them now");
+    let index = latest_gen_dir(&node).join("live-index");
+    assert!(index.is_file());
+    let (code, out, err) = ctl(&node, &["verify"]);
+    assert_eq!(code, 0, "the live index is not content: {out}{err}");
+
+    // Content changed in place, size and mtime kept: the ctime moved, so it is read again.
+    let reference = reference(&node);
+    sh(&format!(
+        "cd {} && cp -p etc/hosts /tmp/.mtime.$$ && printf '127.0.0.2 localhost\\n' > etc/hosts \
+         && touch -r /tmp/.mtime.$$ etc/hosts && rm /tmp/.mtime.$$",
+        node.root().display()
+    ));
+    assert_eq!(restore(&node), 1);
+    assert_eq!(differences(&node, &reference), "");
+
+    // A damaged index is not used: the files are read again, and nothing else happens.
+    settle();
+    restore(&node);
+    let mut bytes = std::fs::read(&index).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&index, bytes).unwrap();
+    assert_eq!(restore(&node), copied.len() as u64);
+    assert_eq!(differences(&node, &reference), "");
+}
+
 #[test]
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn a_second_backup_reads_again_only_the_entries_that_changed() {

@@ -114,6 +114,12 @@ impl Time {
         i128::from(self.0) * 1_000_000_000 + i128::from(self.1)
     }
 
+    /// Whether a change at this time (a ctime) is far enough before `walked`, when a walk
+    /// that read it began, for the identity it left to be trusted later ([`RACY_NANOS`]).
+    pub(crate) fn settled_before(self, walked: Time) -> bool {
+        self.nanos() + RACY_NANOS < walked.nanos()
+    }
+
     /// The time of a `SystemTime` (the start of a walk).
     pub(crate) fn of(t: std::time::SystemTime) -> Time {
         match t.duration_since(std::time::UNIX_EPOCH) {
@@ -207,7 +213,7 @@ impl Entry {
     /// Whether the entry's last change was too close to `walked` (or after it) for its
     /// identity to say it is unchanged ([`RACY_NANOS`]).
     pub(crate) fn racy(&self, walked: Option<Time>) -> bool {
-        walked.is_some_and(|w| self.source.ctime.nanos() + RACY_NANOS >= w.nanos())
+        walked.is_some_and(|w| !self.source.ctime.settled_before(w))
     }
 
     pub(crate) fn path_bytes(&self) -> &[u8] {

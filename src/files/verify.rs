@@ -14,6 +14,7 @@ use super::copy::hash_file;
 use super::entry::Kind;
 use super::marks::{MARKS_FILE, MARKS_TMP};
 use super::object_id::ObjectId;
+use super::restore::{LIVE_INDEX, LIVE_INDEX_TMP};
 use super::store::{Generation, INFO_FILE, MANIFEST_FILE, NEW_OBJECTS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,8 +324,16 @@ pub(crate) fn verify(
         .map(|a| generation.dir.join(&a.artifact))
         .collect();
     // The operator's marks are not content: protecting or labelling a generation must not make
-    // it fail verification (and so its recovery).
-    let top_level = [INFO_FILE, MANIFEST_FILE, NEW_OBJECTS, MARKS_FILE, MARKS_TMP];
+    // it fail verification (and so its recovery); nor is the live index a restore keeps there.
+    let top_level = [
+        INFO_FILE,
+        MANIFEST_FILE,
+        NEW_OBJECTS,
+        MARKS_FILE,
+        MARKS_TMP,
+        LIVE_INDEX,
+        LIVE_INDEX_TMP,
+    ];
     let mut stack = vec![generation.dir.clone()];
     while let Some(d) = stack.pop() {
         let listing = |e| format!("listing {}: {e}", d.display());

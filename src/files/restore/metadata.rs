@@ -22,7 +22,7 @@ impl Restorer<'_> {
     pub(super) fn metadata(&mut self, meta: Meta<'_>, e: &Entry, st: &Stat) -> Result<()> {
         // An inode untouched since the backup has the xattrs it had then.
         let read;
-        let live_x: &[(Vec<u8>, Vec<u8>)] = if e.untouched(st, self.manifest.header.walked) {
+        let live_x: &[(Vec<u8>, Vec<u8>)] = if self.untouched(e, st) {
             &e.xattrs
         } else {
             match &meta {

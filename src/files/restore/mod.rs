@@ -17,6 +17,7 @@
 
 mod between;
 mod extras;
+mod live_index;
 mod metadata;
 mod narrow;
 mod paths;
@@ -43,6 +44,8 @@ use super::manifest::Manifest;
 use super::path_map::PathMap;
 use super::store::Generation;
 pub(crate) use between::between;
+use live_index::LiveIndex;
+pub(crate) use live_index::{LIVE_INDEX, LIVE_INDEX_TMP};
 pub(crate) use narrow::{for_target, narrow};
 use paths::{node, parent_of};
 use plan::Plan;
@@ -155,6 +158,7 @@ pub(crate) fn restore(
     let started = std::time::Instant::now();
     // 1. What would change, and can the generation supply it?
     let mut dry = compare(root, generation, manifest, selection, hooks)?;
+    dry.update_live_index();
     let compared = started.elapsed();
     let problems = check_sources(generation, manifest, &dry.to_copy, hooks)?;
     tracing::debug!(
@@ -301,6 +305,12 @@ struct Restorer<'a> {
     pending: Vec<usize>,
     /// Apply: the files written ahead of the walk, recorded by it in its order.
     prewritten: prewrite::Prewritten,
+    /// The live inodes earlier comparisons found equal to the generation.
+    live_index: LiveIndex,
+    /// Dry run: when the comparison began, and the live inodes it found equal that neither
+    /// the manifest nor the live index knew (path, device, inode, ctime).
+    compared_at: Time,
+    found_equal: Vec<(Vec<u8>, u64, u64, Time)>,
 }
 
 impl<'a> Restorer<'a> {
@@ -357,7 +367,48 @@ impl<'a> Restorer<'a> {
             to_flush: HashMap::new(),
             pending: Vec::new(),
             prewritten: HashMap::new(),
+            live_index: LiveIndex::read(generation, live_index::root_identity(root)),
+            compared_at: Time::of(std::time::SystemTime::now()),
+            found_equal: Vec::new(),
         })
+    }
+
+    /// Whether the live inode `st` is untouched since the backup recorded `e`, or since an
+    /// earlier comparison found it equal to `e` ([`LiveIndex`]): its xattrs and link target
+    /// are then `e`'s, and its content too when size and mtime match.
+    fn untouched(&self, e: &Entry, st: &Stat) -> bool {
+        e.untouched(st, self.manifest.header.walked) || self.live_index.vouches(e, st)
+    }
+
+    /// Dry run: `e`'s live inode `st` was found equal to it, content and metadata. Recorded
+    /// for the live index unless the manifest or the index already knows it.
+    fn found_equal(&mut self, e: &Entry, st: &Stat) {
+        if !self.apply && live_index::eligible(e) && !self.untouched(e, st) {
+            self.found_equal.push((
+                e.path_bytes().to_vec(),
+                st.st_dev,
+                st.st_ino,
+                Time(st.st_ctime, st.st_ctime_nsec as u32),
+            ));
+        }
+    }
+
+    /// Dry run done: record what it found equal in the generation's live index (a cache: a
+    /// failure to write it is only said).
+    fn update_live_index(&mut self) {
+        let changed: HashSet<Vec<u8>> = self
+            .report
+            .changes
+            .iter()
+            .map(|c| c.path.as_bytes()[1..].to_vec())
+            .collect();
+        let found = std::mem::take(&mut self.found_equal);
+        if let Err(e) = self
+            .live_index
+            .update(self.generation, self.compared_at, found, &changed)
+        {
+            tracing::warn!("{e:#}");
+        }
     }
 
     /// Flush the file system of `dev` (through `fd`, a directory on it) when the pass ends.

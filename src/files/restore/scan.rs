@@ -80,6 +80,8 @@ pub(super) struct ScanCx<'a> {
     pub excludes: &'a Excludes,
     pub skipped_mounts: &'a HashSet<&'a [u8]>,
     pub walked: Option<Time>,
+    /// The live inodes earlier comparisons found equal: as good as untouched.
+    pub live_index: &'a super::live_index::LiveIndex,
     pub check_cancel: &'a (dyn Fn() -> Result<()> + Sync),
 }
 
@@ -168,7 +170,7 @@ impl ScanCx<'_> {
             if let Some(&i) = wanted.get(name.as_bytes()) {
                 let e = &self.entries[i];
                 let kind = Kind::of(&st);
-                let untouched = e.untouched(&st, self.walked);
+                let untouched = e.untouched(&st, self.walked) || self.live_index.vouches(e, &st);
                 match e.kind {
                     Kind::Dir if kind == Kind::Dir && st.st_dev == dev => {
                         let child = fsx::open_child_dir(dir, name).with_context(ctx)?;

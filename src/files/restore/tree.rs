@@ -102,6 +102,7 @@ impl Restorer<'_> {
                 excludes: &self.excludes,
                 skipped_mounts: &self.skipped_mounts,
                 walked: self.manifest.header.walked,
+                live_index: &self.live_index,
                 check_cancel: self.hooks.check_cancel,
             }
             .scan(fd.try_clone()?, rel, dev, untouched)?;
@@ -274,13 +275,16 @@ impl Restorer<'_> {
                 let target = e.link.as_ref().map(|l| l.0.clone()).unwrap_or_default();
                 // A symlink's target cannot change in place: an untouched one still has it.
                 let same = live_kind == Some(Kind::Symlink)
-                    && (live
-                        .as_ref()
-                        .is_some_and(|st| e.untouched(st, self.manifest.header.walked))
+                    && (live.as_ref().is_some_and(|st| self.untouched(e, st))
                         || dir.read_link(name, path)? == target);
                 if same {
                     let st = live.expect("exists");
-                    return self.metadata(dir.meta(name, path), e, &st);
+                    let before = self.report.changes.len();
+                    self.metadata(dir.meta(name, path), e, &st)?;
+                    if self.report.changes.len() == before {
+                        self.found_equal(e, &st);
+                    }
+                    return Ok(());
                 }
                 self.replace(dir, i, live_kind, "symlink", |d, tmp| {
                     fsx::symlink_at(&target, d, tmp).map_err(Into::into)
@@ -375,7 +379,7 @@ impl Restorer<'_> {
             return Ok(false);
         }
         let key = stat_key(st);
-        if key.3 == e.mtime && e.untouched(st, self.manifest.header.walked) {
+        if key.3 == e.mtime && self.untouched(e, st) {
             return Ok(true);
         }
         if let Some((k, eq)) = self.content_cache.get(e.path_bytes())
@@ -421,7 +425,11 @@ impl Restorer<'_> {
         if let (Some(st), Some(Kind::File)) = (&live, live_kind)
             && self.content_equal(dir, e, st)?
         {
+            let before = self.report.changes.len();
             self.metadata(dir.meta(name, path), e, st)?;
+            if self.report.changes.len() == before {
+                self.found_equal(e, st);
+            }
             // Metadata is set in place: the inode is the one stat'ed.
             if let Some(g) = e.hardlink {
                 self.group_inode.insert(g, (st.st_dev, st.st_ino));
