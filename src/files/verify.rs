@@ -132,12 +132,6 @@ enum Shown<'m> {
     Artifact(&'m str),
 }
 
-/// Verify `generation`; `journal_hash` is the manifest hash the journal recorded, if any.
-///
-/// With `only_rehash`, only the objects in that set (those the backup just wrote) are
-/// re-hashed; the others, written and verified by earlier backups, are checked for presence,
-/// against one listing of the store. Without it (`recoveryctl verify`, the recovery's check)
-/// every byte is re-hashed.
 /// Small objects read at once per configured worker. Reading small objects back is mostly
 /// waiting on the disk (in hash order, cold): at ×4 of the bench tree (48k files, cold cache)
 /// 2 readers took 6.7–6.8 s, 8 readers 4.0–4.1 s. Big objects are read by `workers` of the
@@ -148,6 +142,12 @@ const READERS_PER_WORKER: usize = 4;
 /// Above this size an object is big (see [`READERS_PER_WORKER`]).
 const SMALL_OBJECT: u64 = 128 << 10;
 
+/// Verify `generation`; `journal_hash` is the manifest hash the journal recorded, if any.
+///
+/// With `only_rehash`, only the objects in that set (those the backup just wrote) are
+/// re-hashed; the others, written and verified by earlier backups, are checked for presence,
+/// against one listing of the store. Without it (`recoveryctl verify`, the recovery's check)
+/// every byte is re-hashed.
 pub(crate) fn verify(
     generation: &Generation,
     journal_hash: Option<&str>,
