@@ -175,13 +175,9 @@ impl LiveIndex {
             return Ok(());
         };
         let mut next: PathMap<(u64, u64, Time)> = PathMap::default();
-        if let Some(old_walked) = self.walked {
-            // What the old index knew stays only while it is settled by the old comparison's
-            // start, as it was when recorded.
-            for (path, &(dev, ino, ctime)) in &self.known {
-                if !changed.contains(path) && ctime.settled_before(old_walked) {
-                    next.insert(path.clone(), (dev, ino, ctime));
-                }
+        for (path, &known) in &self.known {
+            if !changed.contains(path) {
+                next.insert(path.clone(), known);
             }
         }
         for (path, dev, ino, ctime) in found {

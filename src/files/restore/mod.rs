@@ -143,6 +143,7 @@ fn compare<'a>(
     hooks: &'a Hooks<'a>,
 ) -> Result<Restorer<'a>> {
     let mut r = Restorer::new(root, generation, manifest, false, hooks)?;
+    r.live_index = LiveIndex::read(generation, live_index::root_identity(root));
     r.run(selection)?;
     Ok(r)
 }
@@ -186,6 +187,7 @@ pub(crate) fn restore(
     // where the live file did not move.
     let mut apply = Restorer::new(root, generation, manifest, true, hooks)?;
     apply.content_cache = std::mem::take(&mut dry.content_cache);
+    apply.live_index = std::mem::take(&mut dry.live_index);
     apply.follow = Some(std::mem::take(&mut dry.plan));
     apply.pending = std::mem::take(&mut dry.to_copy);
     let applying = std::time::Instant::now();
@@ -367,7 +369,8 @@ impl<'a> Restorer<'a> {
             to_flush: HashMap::new(),
             pending: Vec::new(),
             prewritten: HashMap::new(),
-            live_index: LiveIndex::read(generation, live_index::root_identity(root)),
+            // Read by the comparison, handed on to the apply pass.
+            live_index: LiveIndex::default(),
             compared_at: Time::of(std::time::SystemTime::now()),
             found_equal: Vec::new(),
         })
