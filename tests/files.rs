@@ -113,6 +113,15 @@ impl Drop for Unmount {
     }
 }
 
+/// A node populated with every kind of entry ([`populate`]), its mounts undone when the guard
+/// (dropped before the node) goes.
+fn populated_node() -> (Node, Unmount) {
+    let node = Node::new(HOST_OFF);
+    let guard = Unmount(node.root());
+    populate(&node.root());
+    (node, guard)
+}
+
 const TREES: [&str; 3] = ["etc", "usr/local", "var/lib/kubelet"];
 
 /// A digest of the node's trees: content, names, modes, owners, mtimes and xattrs.
@@ -216,9 +225,7 @@ echo changed > var/lib/kubelet/pods/p1/volumes/v/secret
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn restore_brings_back_every_kind_of_entry_and_metadata() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     // Past the margin of a backup's walk: what the test does not change afterwards is
     // recognized by its inode (its xattrs and link target are not read again), as on a node.
     settle();
@@ -323,9 +330,7 @@ fn restore_brings_back_every_kind_of_entry_and_metadata() {
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn a_second_backup_shares_unchanged_files() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
     std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
     let (code, _, err) = ctl(&node, &["--offline", "backup", "--json"]);
@@ -397,9 +402,7 @@ fn hashed_by_last_restore(node: &Node) -> u64 {
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn a_file_found_equal_under_a_new_inode_is_hashed_once_not_at_every_restore() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     settle();
     assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
     // Equal content and metadata under new inodes, as a package update or an editor leaves
@@ -457,9 +460,7 @@ fn a_file_found_equal_under_a_new_inode_is_hashed_once_not_at_every_restore() {
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn a_second_backup_reads_again_only_the_entries_that_changed() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     settle();
     assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
     let first = latest_gen_dir(&node);
@@ -527,9 +528,7 @@ rm etc/dangling; ln -s elsewhere etc/dangling
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn a_directory_untouched_since_the_last_backup_still_yields_what_it_holds_now() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     std::fs::write(node.path("/etc/ssh/skipme"), "excluded at first\n").unwrap();
     let config = std::fs::read_to_string(&node.config).unwrap();
     let excluding = config.replace("[backup]\n", "[backup]\nexclude = [\"/etc/ssh/skipme\"]\n");
@@ -599,9 +598,7 @@ fn latest_gen_dir(node: &Node) -> PathBuf {
 fn a_corrupted_generation_is_refused_by_path_and_the_node_is_untouched() {
     require_root();
     for damage in ["flip", "truncate", "delete", "extra", "manifest"] {
-        let node = Node::new(HOST_OFF);
-        let _u = Unmount(node.root());
-        populate(&node.root());
+        let (node, _u) = populated_node();
         assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
         let g = latest_gen_dir(&node);
         let victim = object_of(&g, "etc/hosts");
@@ -737,9 +734,7 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_generation() {
 #[ignore = "needs root: file ownership and mounts (tests/run.sh runs it)"]
 fn restore_never_writes_through_a_symlink_out_of_the_tree() {
     require_root();
-    let node = Node::new(HOST_OFF);
-    let _u = Unmount(node.root());
-    populate(&node.root());
+    let (node, _u) = populated_node();
     sh(&format!(
         "mkdir -p {r}/etc/sub && echo inside > {r}/etc/sub/file && echo f > {r}/etc/plain",
         r = node.root().display()
@@ -825,9 +820,7 @@ fn a_crash_during_restore_is_finished_by_resume() {
         "restore-files:before",
         "restore-files:after",
     ] {
-        let node = Node::new(HOST_OFF);
-        let _u = Unmount(node.root());
-        populate(&node.root());
+        let (node, _u) = populated_node();
         let reference = reference(&node);
         assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
         mutate(&node.root());
@@ -856,9 +849,7 @@ fn a_crash_during_backup_leaves_the_previous_generation_and_is_cleaned_up() {
         "commit:after",
         "verify-generation:before",
     ] {
-        let node = Node::new(HOST_OFF);
-        let _u = Unmount(node.root());
-        populate(&node.root());
+        let (node, _u) = populated_node();
         assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
         let first = latest_gen_dir(&node);
         std::fs::write(node.path("/etc/hosts"), "changed\n").unwrap();
