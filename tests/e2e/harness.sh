@@ -33,6 +33,8 @@ else
   CGROUP_DIRS=(/sys/fs/cgroup/unified/$CGROUP /sys/fs/cgroup/systemd/$CGROUP)
 fi
 NSPAWN_PID=
+# How long a boot may take to reach running or degraded.
+BOOT_TIMEOUT=120
 BOOT=0
 export OSTREE_SYSROOT_DEBUG=mutable-deployments
 
@@ -244,7 +246,8 @@ boot() {
       --resolv-conf=off --timezone=off -D "$ROOT"
   ) >>"$WORK/console.log" 2>&1 &
   NSPAWN_PID=$!
-  local deadline=$((SECONDS + 60)) state=
+  # Four scenarios boot nodes at once on two cores: a boot has been seen to take over 60s.
+  local deadline=$((SECONDS + BOOT_TIMEOUT)) state=
   while [ $SECONDS -lt $deadline ]; do
     if ! kill -0 "$NSPAWN_PID" 2>/dev/null; then
       [ "$may_reboot" = 1 ] && { detail "the node went down again before its boot had finished"; return; }
@@ -254,7 +257,7 @@ boot() {
     case "$state" in running|degraded) break ;; esac
     sleep 0.2
   done
-  case "$state" in running|degraded) ;; *) fail "boot $BOOT did not finish within 60s (state: ${state:-unknown})" ;; esac
+  case "$state" in running|degraded) ;; *) fail "boot $BOOT did not finish within ${BOOT_TIMEOUT}s (state: ${state:-unknown})" ;; esac
   detail "systemd is $state; boot id $(in_node cat /proc/sys/kernel/random/boot_id)"
 }
 
