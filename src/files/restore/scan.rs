@@ -22,6 +22,7 @@ use crate::files::copy::hash_file;
 use crate::files::entry::{Entry, Kind, Time, content_owner};
 use crate::files::exclude::Excludes;
 use crate::files::fsx::{self, Xattrs};
+use crate::files::par_walk::Jobs;
 use crate::files::path_map::PathMap;
 
 /// One live entry, as the comparison will look at it.
@@ -117,12 +118,12 @@ impl ScanCx<'_> {
     ) -> Result<LiveScan> {
         let hashed = AtomicU64::new(0);
         let read = crate::files::par_walk::visit_tree(
-            Job {
+            vec![Job {
                 fd,
                 rel: rel.to_vec(),
                 untouched,
-            },
-            |job| self.read_dir(job, dev, &hashed),
+            }],
+            |job, jobs| self.read_dir(job, jobs, dev, &hashed),
         )?;
         let mut scan = LiveScan {
             hashed: hashed.into_inner(),
@@ -133,10 +134,16 @@ impl ScanCx<'_> {
         Ok(scan)
     }
 
-    /// One directory: its names, its entries, and the directories below it the comparison
+    /// One directory: its names and its entries; the directories below it the comparison
     /// will enter (a directory in the generation that is a directory on the same file system
-    /// now, not excluded, not a mount point left alone).
-    fn read_dir(&self, job: Job, dev: u64, hashed: &AtomicU64) -> Result<(DirRead, Vec<Job>)> {
+    /// now, not excluded, not a mount point left alone) are queued on `jobs`.
+    fn read_dir(
+        &self,
+        job: Job,
+        jobs: &Jobs<'_, Job>,
+        dev: u64,
+        hashed: &AtomicU64,
+    ) -> Result<DirRead> {
         (self.check_cancel)()?;
         let dir = job.fd.as_fd();
         let kids: &[usize] = self.children.get(&job.rel[..]).map_or(&[], Vec::as_slice);
@@ -149,7 +156,6 @@ impl ScanCx<'_> {
         };
         let wanted: HashMap<&[u8], usize> = kids.iter().map(|&i| (base(i).as_bytes(), i)).collect();
         let mut lives = Vec::with_capacity(names.len());
-        let mut below = Vec::new();
         for name in &names {
             let path = join(&job.rel, name);
             if self.excluded(&path) || self.skipped_mounts.contains(&path[..]) {
@@ -177,7 +183,7 @@ impl ScanCx<'_> {
                         if !untouched {
                             live.xattrs = Some(fsx::xattrs_fd(child.as_fd()).with_context(ctx)?);
                         }
-                        below.push(Job {
+                        jobs.push(Job {
                             fd: child,
                             rel: path,
                             untouched,
@@ -212,6 +218,6 @@ impl ScanCx<'_> {
             }
             lives.push(Some(live));
         }
-        Ok(((job.rel, ScannedDir { names, lives }), below))
+        Ok((job.rel, ScannedDir { names, lives }))
     }
 }
