@@ -2,8 +2,12 @@
 //! inode that was not touched since ([`Entry::untouched`]) instead of reading it again.
 
 use std::ffi::{OsStr, OsString};
+use std::hash::BuildHasher;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::entry::{Entry, Kind, Time};
 use super::manifest::Manifest;
@@ -12,10 +16,14 @@ use super::path_map::PathMap;
 
 /// The previous generation's manifest, indexed by path. It owns the manifest (so that it can
 /// be made on one thread while a walk runs on others, and handed from the pre-flight to the
-/// copy): the index is the entries' positions sorted by path, searched by bisection.
+/// copy): the index is a hash table of the entries' positions, hashed by their paths. A
+/// backup looks up every live entry at least twice (the walk, the copy); a bisection of the
+/// sorted paths compared long paths with a common prefix a dozen times each, a tenth of a
+/// warm walk's time.
 pub(crate) struct Previous {
     manifest: Option<Arc<Manifest>>,
-    by_path: Vec<u32>,
+    by_path: HashTable<u32>,
+    hasher: FixedState,
     /// The content it names.
     objects: IdSet,
     /// The names its walk found in each directory: its entries there, and the mount points it
@@ -25,12 +33,12 @@ pub(crate) struct Previous {
 
 impl Previous {
     pub(crate) fn new(m: Arc<Manifest>) -> Previous {
-        let mut by_path: Vec<u32> = (0..m.entries.len() as u32).collect();
-        by_path.sort_unstable_by(|&a, &b| {
-            m.entries[a as usize]
-                .path_bytes()
-                .cmp(m.entries[b as usize].path_bytes())
-        });
+        let hasher = FixedState::default();
+        let hash = |i: u32| hasher.hash_one(m.entries[i as usize].path_bytes());
+        let mut by_path = HashTable::with_capacity(m.entries.len());
+        for i in 0..m.entries.len() as u32 {
+            by_path.insert_unique(hash(i), i, |&j| hash(j));
+        }
         let objects = m
             .entries
             .iter()
@@ -51,6 +59,7 @@ impl Previous {
         Previous {
             manifest: Some(m),
             by_path,
+            hasher,
             objects,
             names,
         }
@@ -62,7 +71,8 @@ impl Previous {
             Some(m) => Previous::new(m),
             None => Previous {
                 manifest: None,
-                by_path: Vec::new(),
+                by_path: HashTable::new(),
+                hasher: FixedState::default(),
                 objects: IdSet::default(),
                 names: PathMap::default(),
             },
@@ -76,11 +86,10 @@ impl Previous {
     /// The previous entry at this path.
     fn at(&self, path: &[u8]) -> Option<&Entry> {
         let entries = &self.manifest.as_ref()?.entries;
-        let i = self
-            .by_path
-            .binary_search_by(|&i| entries[i as usize].path_bytes().cmp(path))
-            .ok()?;
-        Some(&entries[self.by_path[i] as usize])
+        let i = self.by_path.find(self.hasher.hash_one(path), |&i| {
+            entries[i as usize].path_bytes() == path
+        })?;
+        Some(&entries[*i as usize])
     }
 
     /// The previous entry for `e`'s path when it recorded the same inode, of the same kind,
