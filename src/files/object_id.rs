@@ -13,24 +13,38 @@ impl ObjectId {
     /// The id a store name stands for: exactly 64 lowercase hex digits (what
     /// [`super::validate::is_hash`] accepts), else `None`.
     pub(crate) fn from_hex(s: &str) -> Option<ObjectId> {
-        fn digit(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            }
-        }
         let b = s.as_bytes();
         if b.len() != 64 {
             return None;
         }
+        // A table and one check at the end: a store's listing parses every object's name
+        // (tens of thousands, three times per backup).
         let mut out = [0u8; 32];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+            let (hi, lo) = (DIGITS[pair[0] as usize], DIGITS[pair[1] as usize]);
+            bad |= (hi | lo) & 0xf0;
+            *o = hi << 4 | lo;
         }
-        Some(ObjectId(out))
+        (bad == 0).then_some(ObjectId(out))
     }
 }
+
+/// The value of each lowercase hex digit; 0xff for any other byte.
+const DIGITS: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,6 +99,15 @@ mod tests {
             "",
         ] {
             assert_eq!(ObjectId::from_hex(bad), None, "{bad}");
+        }
+        // Each byte next to a digit's range, at the start, in the middle and at the end.
+        for c in ['/', ':', '`', 'g', 'A', 'F', ' ', '\0'] {
+            for at in [0, 31, 63] {
+                let mut bad = h.clone().into_bytes();
+                bad[at] = c as u8;
+                let bad = String::from_utf8(bad).unwrap();
+                assert_eq!(ObjectId::from_hex(&bad), None, "{bad:?}");
+            }
         }
         let mut set = IdSet::default();
         set.insert(id);
