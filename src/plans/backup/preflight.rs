@@ -133,9 +133,10 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     refuse_unrestorable(p, &trees, &extras)?;
     // The walk the copy needs, made now and kept for it: one walk per backup (the copy walks
     // again only when a file it lists has gone or changed kind by then). The listing of the
-    // store it needs too, made meanwhile: it waits for the disk while the manifest is parsed
-    // and the walk waits for other reads. Nothing removes objects until the copy (the run
-    // lock is held, and the store was cleaned above), so the listing still holds then.
+    // store it needs too, made beside the walk: both mostly wait for the disk (begun during
+    // the manifest's parse, it slowed the parse, which has the two cores to itself). Nothing
+    // removes objects until the copy (the run lock is held, and the store was cleaned
+    // above), so the listing still holds then; the verify step lists again on its own.
     let started = std::time::Instant::now();
     let (previous, read, scan, present) = std::thread::scope(|s| {
         let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
