@@ -18,7 +18,6 @@ use super::entry::{Entry, Kind};
 use super::exclude::Excludes;
 use super::fsx;
 use super::manifest::TreeInfo;
-use super::par_walk::Jobs;
 use super::path_map::PathMap;
 use super::previous::Previous;
 use super::xattr_set::Interner;
@@ -182,12 +181,12 @@ impl Walker<'_> {
         trees: &[PathBuf],
         interner: &Interner,
     ) -> Result<PathMap<DirResult>> {
-        let results = super::par_walk::visit_tree(tops, |job, jobs| {
+        let results = super::par_walk::visit_tree(tops, |job| {
             let (rel, tree) = (job.rel.clone(), job.tree);
-            let result = self
-                .read_dir(job, jobs, interner)
+            let (result, subdirs) = self
+                .read_dir(job, interner)
                 .with_context(|| format!("walking {}", trees[tree].display()))?;
-            Ok((rel, result))
+            Ok(((rel, result), subdirs))
         })?;
         Ok(results.into_iter().collect())
     }
@@ -199,17 +198,12 @@ impl Walker<'_> {
             .and_then(|p| p.names_in(e, self.excludes.patterns()))
     }
 
-    /// One directory: its children's entries; the child directories to walk are queued on
-    /// `jobs`.
-    fn read_dir(
-        &self,
-        job: DirJob,
-        jobs: &Jobs<'_, DirJob>,
-        interner: &Interner,
-    ) -> Result<DirResult> {
+    /// One directory: its children's entries, and the child directories to walk next.
+    fn read_dir(&self, job: DirJob, interner: &Interner) -> Result<(DirResult, Vec<DirJob>)> {
         let dir = job.fd.as_fd();
         let rel = &job.rel;
         let mut result = DirResult::default();
+        let mut subdirs = Vec::new();
         (self.checkpoint)()?;
         let names = match job.names {
             Some(names) => names,
@@ -243,7 +237,7 @@ impl Walker<'_> {
                     if known.is_none() {
                         e.xattrs = interner.intern(fsx::xattrs_fd(fd.as_fd()).with_context(ctx)?);
                     }
-                    jobs.push(DirJob {
+                    subdirs.push(DirJob {
                         fd,
                         rel: child,
                         tree: job.tree,
@@ -265,7 +259,7 @@ impl Walker<'_> {
                 }
             }
         }
-        Ok(result)
+        Ok((result, subdirs))
     }
 
     fn add_extra(&self, path: &Path, trees: &[PathBuf], scan: &mut Scan) -> Result<()> {

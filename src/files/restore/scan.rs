@@ -22,7 +22,6 @@ use crate::files::copy::hash_file;
 use crate::files::entry::{Entry, Kind, Time, content_owner};
 use crate::files::exclude::Excludes;
 use crate::files::fsx::{self, Xattrs};
-use crate::files::par_walk::Jobs;
 use crate::files::path_map::PathMap;
 
 /// One live entry, as the comparison will look at it.
@@ -123,7 +122,7 @@ impl ScanCx<'_> {
                 rel: rel.to_vec(),
                 untouched,
             }],
-            |job, jobs| self.read_dir(job, jobs, dev, &hashed),
+            |job| self.read_dir(job, dev, &hashed),
         )?;
         let mut scan = LiveScan {
             hashed: hashed.into_inner(),
@@ -134,16 +133,10 @@ impl ScanCx<'_> {
         Ok(scan)
     }
 
-    /// One directory: its names and its entries; the directories below it the comparison
+    /// One directory: its names, its entries, and the directories below it the comparison
     /// will enter (a directory in the generation that is a directory on the same file system
-    /// now, not excluded, not a mount point left alone) are queued on `jobs`.
-    fn read_dir(
-        &self,
-        job: Job,
-        jobs: &Jobs<'_, Job>,
-        dev: u64,
-        hashed: &AtomicU64,
-    ) -> Result<DirRead> {
+    /// now, not excluded, not a mount point left alone).
+    fn read_dir(&self, job: Job, dev: u64, hashed: &AtomicU64) -> Result<(DirRead, Vec<Job>)> {
         (self.check_cancel)()?;
         let dir = job.fd.as_fd();
         let kids: &[usize] = self.children.get(&job.rel[..]).map_or(&[], Vec::as_slice);
@@ -156,6 +149,7 @@ impl ScanCx<'_> {
         };
         let wanted: HashMap<&[u8], usize> = kids.iter().map(|&i| (base(i).as_bytes(), i)).collect();
         let mut lives = Vec::with_capacity(names.len());
+        let mut below = Vec::new();
         for name in &names {
             let path = join(&job.rel, name);
             if self.excluded(&path) || self.skipped_mounts.contains(&path[..]) {
@@ -183,7 +177,7 @@ impl ScanCx<'_> {
                         if !untouched {
                             live.xattrs = Some(fsx::xattrs_fd(child.as_fd()).with_context(ctx)?);
                         }
-                        jobs.push(Job {
+                        below.push(Job {
                             fd: child,
                             rel: path,
                             untouched,
@@ -218,6 +212,6 @@ impl ScanCx<'_> {
             }
             lives.push(Some(live));
         }
-        Ok((job.rel, ScannedDir { names, lives }))
+        Ok(((job.rel, ScannedDir { names, lives }), below))
     }
 }
