@@ -15,10 +15,10 @@ use anyhow::Result;
 /// trees on two cores (the walk is mostly waiting for the disk then); more gained nothing.
 pub(crate) const THREADS: usize = 8;
 
-/// Visit `tops` and every directory job `visit` returns, on [`THREADS`] threads; the results
+/// Visit `top` and every directory job `visit` returns, on [`THREADS`] threads; the results
 /// in no particular order. The first error stops the walk and is returned.
 pub(crate) fn visit_tree<J: Send, R: Send>(
-    tops: Vec<J>,
+    top: J,
     visit: impl Fn(J) -> Result<(R, Vec<J>)> + Sync,
 ) -> Result<Vec<R>> {
     struct Queue<J> {
@@ -31,8 +31,8 @@ pub(crate) fn visit_tree<J: Send, R: Send>(
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
     let queue = Mutex::new(Queue {
-        pending: tops.len(),
-        jobs: tops,
+        jobs: vec![top],
+        pending: 1,
         failed: None,
     });
     let wake = Condvar::new();
@@ -87,7 +87,7 @@ mod tests {
     /// A tree of 1 + 3 + 9 + 27 nodes: every one is visited once.
     #[test]
     fn every_job_is_visited_once_and_an_error_stops_the_walk() {
-        let all = visit_tree(vec![0u32], |depth| {
+        let all = visit_tree(0u32, |depth| {
             let below = if depth < 3 {
                 vec![depth + 1; 3]
             } else {
@@ -99,7 +99,7 @@ mod tests {
         let count = |d| all.iter().filter(|&&x| x == d).count();
         assert_eq!((count(0), count(1), count(2), count(3)), (1, 3, 9, 27));
 
-        let failed = visit_tree(vec![0u32], |depth| {
+        let failed = visit_tree(0u32, |depth| {
             anyhow::ensure!(depth < 2, "too deep");
             Ok((depth, vec![depth + 1; 2]))
         });

@@ -37,8 +37,6 @@ pub(crate) struct Scan {
 struct DirJob {
     fd: OwnedFd,
     rel: Vec<u8>,
-    /// Which of the walked trees it is in.
-    tree: usize,
     dev: u64,
     /// Its names, when the previous generation knows them (an untouched directory,
     /// [`Previous::names_in`]): no listing then.
@@ -89,45 +87,13 @@ impl Walker<'_> {
         };
         // One copy of each distinct set of xattrs for the whole walk.
         let interner = Interner::default();
-        // Every tree's top first, then one walk of all of them: the threads stay busy until
-        // the last directory, instead of running dry at the end of each tree.
-        let mut tops = Vec::with_capacity(trees.len());
-        let mut jobs = Vec::with_capacity(trees.len());
-        for (index, tree) in trees.iter().enumerate() {
-            let top = self
-                .open_tree(tree, index, &interner)
+        for tree in trees {
+            let resolved = self
+                .walk_tree(tree, &mut scan, &interner)
                 .with_context(|| format!("walking {}", tree.display()))?;
-            tops.push(top.map(|(entry, resolved, job)| {
-                jobs.push(job);
-                (entry, resolved)
-            }));
-        }
-        let mut dirs = self.walk_parallel(jobs, trees, &interner)?;
-        // Depth first, children sorted by name: the same order on every walk.
-        fn emit(rel: &[u8], dirs: &mut PathMap<DirResult>, scan: &mut Scan) {
-            let Some(r) = dirs.remove(rel) else { return };
-            scan.skipped_mounts.extend(r.mounts);
-            for e in r.children {
-                let is_dir = e.kind == Kind::Dir;
-                let path = e.path.0.clone();
-                scan.entries.push(e);
-                if is_dir {
-                    emit(&path, dirs, scan);
-                }
-            }
-        }
-        for (tree, top) in trees.iter().zip(tops) {
-            let present = top.is_some();
-            let mut resolved = None;
-            if let Some((entry, r)) = top {
-                let rel = entry.path.0.clone();
-                scan.entries.push(entry);
-                emit(&rel, &mut dirs, &mut scan);
-                resolved = Some(r);
-            }
             scan.trees.push(TreeInfo {
                 path: tree.display().to_string(),
-                present,
+                present: resolved.is_some(),
                 resolved,
             });
         }
@@ -139,14 +105,13 @@ impl Walker<'_> {
         Ok(scan)
     }
 
-    /// The top of one tree: its entry, where it resolved to, and the job of walking below it;
-    /// `None` when it does not exist.
-    fn open_tree(
+    /// Walk one tree; `None` when it does not exist, else where it resolved to.
+    fn walk_tree(
         &self,
         tree: &Path,
-        index: usize,
+        scan: &mut Scan,
         interner: &Interner,
-    ) -> Result<Option<(Entry, String, DirJob)>> {
+    ) -> Result<Option<String>> {
         let fd = match fsx::open_dir_in_root(self.root, tree) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -163,29 +128,39 @@ impl Walker<'_> {
         let mut e = Entry::from_stat(&rel, &st);
         e.xattrs = interner.intern(fsx::xattrs_fd(fd.as_fd())?);
         let names = self.known_names(&e);
-        let job = DirJob {
-            fd,
-            rel,
-            tree: index,
-            dev: st.st_dev,
-            names,
-        };
-        Ok(Some((e, resolved, job)))
+        scan.entries.push(e);
+        let mut dirs = self.walk_parallel(
+            DirJob {
+                fd,
+                rel: rel.clone(),
+                dev: st.st_dev,
+                names,
+            },
+            interner,
+        )?;
+        // Depth first, children sorted by name: the same order on every walk.
+        fn emit(rel: &[u8], dirs: &mut PathMap<DirResult>, scan: &mut Scan) {
+            let Some(r) = dirs.remove(rel) else { return };
+            scan.skipped_mounts.extend(r.mounts);
+            for e in r.children {
+                let is_dir = e.kind == Kind::Dir;
+                let path = e.path.0.clone();
+                scan.entries.push(e);
+                if is_dir {
+                    emit(&path, dirs, scan);
+                }
+            }
+        }
+        emit(&rel, &mut dirs, scan);
+        Ok(Some(resolved))
     }
 
     /// List directories on several threads ([`super::par_walk`]), each directory's result by
-    /// its path; an error says which of `trees` it was found walking.
-    fn walk_parallel(
-        &self,
-        tops: Vec<DirJob>,
-        trees: &[PathBuf],
-        interner: &Interner,
-    ) -> Result<PathMap<DirResult>> {
-        let results = super::par_walk::visit_tree(tops, |job| {
-            let (rel, tree) = (job.rel.clone(), job.tree);
-            let (result, subdirs) = self
-                .read_dir(job, interner)
-                .with_context(|| format!("walking {}", trees[tree].display()))?;
+    /// its path.
+    fn walk_parallel(&self, top: DirJob, interner: &Interner) -> Result<PathMap<DirResult>> {
+        let results = super::par_walk::visit_tree(top, |job| {
+            let rel = job.rel.clone();
+            let (result, subdirs) = self.read_dir(job, interner)?;
             Ok(((rel, result), subdirs))
         })?;
         Ok(results.into_iter().collect())
@@ -240,7 +215,6 @@ impl Walker<'_> {
                     subdirs.push(DirJob {
                         fd,
                         rel: child,
-                        tree: job.tree,
                         dev: job.dev,
                         names: self.known_names(&e),
                     });

@@ -117,11 +117,11 @@ impl ScanCx<'_> {
     ) -> Result<LiveScan> {
         let hashed = AtomicU64::new(0);
         let read = crate::files::par_walk::visit_tree(
-            vec![Job {
+            Job {
                 fd,
                 rel: rel.to_vec(),
                 untouched,
-            }],
+            },
             |job| self.read_dir(job, dev, &hashed),
         )?;
         let mut scan = LiveScan {
