@@ -19,7 +19,7 @@ use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
 use super::entry::{content_owner, owns_content};
 use super::fsx;
-use super::object_id::{IdSet, ObjectId};
+use super::object_id::ObjectId;
 use super::previous::Previous;
 use super::store::{Store, stored_rel};
 
@@ -81,14 +81,11 @@ pub(crate) fn bytes_to_copy(entries: &[Entry], previous: &Previous) -> u64 {
 }
 
 /// Store the content of `entries` (read from `root`) as objects, filling in their hashes.
-/// `present`: the objects the store holds, when they were listed since anything last removed
-/// objects (else they are listed now, while the changed files are copied).
 pub(crate) fn copy_files(
     root: &Path,
     entries: &mut [Entry],
     store: &Store,
     previous: &Previous,
-    present: Option<IdSet>,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
@@ -120,10 +117,7 @@ pub(crate) fn copy_files(
         reflink: ReflinkState::new(true),
     };
     let (present, mut results) = std::thread::scope(|s| {
-        let listing = s.spawn(|| match present {
-            Some(present) => Ok(present),
-            None => store.present_objects(),
-        });
+        let listing = s.spawn(|| store.present_objects());
         let results = job.copy(entries, &jobs);
         let present = match listing.join() {
             Ok(p) => p,

@@ -81,15 +81,11 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         .scan(&trees, &extras)
     };
     // The pre-flight's walk when this process made it for this run, else a walk now.
-    let (mut scan, previous, mut present) = match p.take_walk(cx.run, &id) {
-        Some(found) => (
-            found.scan,
-            OnceLock::from(found.previous),
-            Some(found.present),
-        ),
+    let (mut scan, previous) = match p.take_walk(cx.run, &id) {
+        Some((scan, previous)) => (scan, OnceLock::from(previous)),
         None => {
             let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
-            (walk(&previous)?, previous, None)
+            (walk(&previous)?, previous)
         }
     };
     let previous_ref = previous.get().expect("set above");
@@ -102,7 +98,6 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
                 &mut scan.entries,
                 &p.store,
                 previous_ref,
-                present.take(),
                 p.config.backup.workers,
                 hooks,
             )
