@@ -19,7 +19,7 @@ use super::copy::{ReflinkState, copy_and_hash};
 use super::entry::{Entry, Kind};
 use super::entry::{content_owner, owns_content};
 use super::fsx;
-use super::object_id::ObjectId;
+use super::object_id::{IdSet, ObjectId};
 use super::previous::Previous;
 use super::store::{Store, stored_rel};
 
@@ -81,11 +81,14 @@ pub(crate) fn bytes_to_copy(entries: &[Entry], previous: &Previous) -> u64 {
 }
 
 /// Store the content of `entries` (read from `root`) as objects, filling in their hashes.
+/// `lacking`: which objects `previous` names the store lacks, when it was listed since
+/// anything last removed objects (else it is listed now, while the changed files are copied).
 pub(crate) fn copy_files(
     root: &Path,
     entries: &mut [Entry],
     store: &Store,
     previous: &Previous,
+    lacking: Option<IdSet>,
     workers: usize,
     hooks: &Hooks<'_>,
 ) -> Result<CopyStats> {
@@ -116,23 +119,27 @@ pub(crate) fn copy_files(
         tmp_dir: store.objects_tmp(),
         reflink: ReflinkState::new(true),
     };
-    let (present, mut results) = std::thread::scope(|s| {
-        let listing = s.spawn(|| store.present_objects());
+    let (lacking, mut results) = std::thread::scope(|s| {
+        let listing = s.spawn(|| match lacking {
+            Some(lacking) => Ok(lacking),
+            None => store.lacking(previous.objects()),
+        });
         let results = job.copy(entries, &jobs);
-        let present = match listing.join() {
-            Ok(p) => p,
+        let lacking = match listing.join() {
+            Ok(l) => l,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        (present, results)
+        (lacking, results)
     });
-    let present = present?;
+    // An unchanged file's object is one the previous generation names.
+    let lacking = lacking?;
     // An object the previous generation names that is not there: copied again.
     let mut missing = Vec::new();
     for &(i, id) in &unchanged {
         // A shared file is a file done too: cancellation and `during@N` failpoints count it,
         // so that they do not depend on how much changed since the last backup.
         (hooks.checkpoint)()?;
-        if present.contains(&id) {
+        if !lacking.contains(&id) {
             let p = previous
                 .unchanged_file(&entries[i])
                 .expect("unchanged above");
@@ -204,9 +211,9 @@ pub(crate) fn copy_files(
     }
     stats.files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
     tracing::debug!(
-        "copy: {} files copied, beside a listing of {} objects, in {:?}",
+        "copy: {} files copied, {} objects of the previous generation missing, in {:?}",
         total,
-        present.len(),
+        lacking.len(),
         started.elapsed()
     );
     Ok(stats)

@@ -118,6 +118,11 @@ impl Previous {
         Some(self.names.get(e.path_bytes()).cloned().unwrap_or_default())
     }
 
+    /// The content it names.
+    pub(crate) fn objects(&self) -> &IdSet {
+        &self.objects
+    }
+
     /// Whether the previous generation names this content (and so verified it).
     pub(crate) fn names_object(&self, hash: &str) -> bool {
         ObjectId::from_hex(hash).is_some_and(|id| self.objects.contains(&id))

@@ -287,9 +287,26 @@ impl Store {
         Ok(out)
     }
 
-    /// The ids of every object present.
-    pub(crate) fn present_objects(&self) -> Result<IdSet> {
-        present_objects_in(&self.objects)
+    /// Of `wanted`, the objects the store does not hold (usually none). One listing, kept as
+    /// sorted ids only while it is compared: a set of every object would be twice the memory,
+    /// and a caller that keeps the answer keeps only what is missing.
+    pub(crate) fn lacking(&self, wanted: &IdSet) -> Result<IdSet> {
+        let lists = self.par_fanout(|d| {
+            Ok(Self::fanout_names(d)?
+                .into_iter()
+                .filter_map(|(_, id)| id)
+                .collect::<Vec<_>>())
+        })?;
+        let mut listed = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+        for l in lists {
+            listed.extend(l);
+        }
+        listed.sort_unstable();
+        Ok(wanted
+            .iter()
+            .filter(|id| listed.binary_search(id).is_err())
+            .copied()
+            .collect())
     }
 
     /// Every object id a committed generation, or a staging generation's finished copy,
@@ -852,4 +869,34 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
 pub(crate) fn stored_rel(entry_path: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
     Path::new(OsStr::from_bytes(entry_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is wanted and not stored is lacking, and nothing else; a name beside the objects
+    /// that is not an object stands for none.
+    #[test]
+    fn lacking_is_what_is_wanted_and_not_stored() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        s.ensure().unwrap();
+        let id = |x: u8| ObjectId(*blake3::hash(&[x]).as_bytes());
+        let stored: Vec<ObjectId> = (0..40).map(id).collect();
+        for o in &stored {
+            let tmp = s.objects_tmp().join("t");
+            std::fs::write(&tmp, b"x").unwrap();
+            assert!(s.put_object(&tmp, &o.to_string()).unwrap());
+        }
+        let dir = s.object(&stored[0].to_string());
+        std::fs::write(dir.parent().unwrap().join("not-an-object"), b"").unwrap();
+        let absent: IdSet = (100..110).map(id).collect();
+        let wanted: IdSet = stored[..20].iter().chain(&absent).copied().collect();
+        assert_eq!(s.lacking(&wanted).unwrap(), absent);
+        assert!(s.lacking(&IdSet::default()).unwrap().is_empty());
+
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(Store::new(empty.path()).lacking(&wanted).unwrap(), wanted);
+    }
 }

@@ -12,6 +12,7 @@ use crate::engine::{Json, Progress, StepContext};
 use crate::files::backup::Hooks;
 use crate::files::exclude::{self, Excludes};
 use crate::files::manifest::Manifest;
+use crate::files::object_id::IdSet;
 use crate::files::previous::Previous;
 use crate::files::store::{Generation, Store};
 use crate::files::walk::Scan;
@@ -24,19 +25,26 @@ pub(crate) struct PlanContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub host: Host,
-    /// The walk a backup's pre-flight made, for the copy step of the same run.
+    /// What a backup's pre-flight found, for the copy step of the same run.
     walked: Mutex<Option<Walked>>,
     /// The manifest a backup's copy made (entries, no artifacts), for its commit.
     copied: Mutex<Option<(i64, String, Manifest)>>,
 }
 
-/// A walk of the trees, with the previous generation it compared with, and the run and
-/// generation it was made for.
+/// What a backup's pre-flight found, for the run and generation it was made for.
 struct Walked {
     run: i64,
     generation: String,
-    scan: Scan,
-    previous: Previous,
+    found: Found,
+}
+
+/// What a backup's pre-flight found and hands to its copy: the walk of the trees, the
+/// previous generation the walk compared with, and which of the objects it names the store
+/// lacked.
+pub(crate) struct Found {
+    pub scan: Scan,
+    pub previous: Previous,
+    pub lacking: IdSet,
 }
 
 impl PlanContext {
@@ -84,23 +92,20 @@ impl PlanContext {
 
     /// Keep the pre-flight's walk for the copy of the same run and generation, in place of
     /// any walk kept before.
-    pub(crate) fn keep_walk(&self, run: i64, generation: &str, scan: Scan, previous: Previous) {
+    pub(crate) fn keep_walk(&self, run: i64, generation: &str, found: Found) {
         *lock(&self.walked) = Some(Walked {
             run,
             generation: generation.to_string(),
-            scan,
-            previous,
+            found,
         });
     }
 
-    /// The walk kept for this run and generation, and the previous generation it compared
-    /// with, if there is one (taken: the copy uses it once; a retried copy walks again).
-    pub(crate) fn take_walk(&self, run: i64, generation: &str) -> Option<(Scan, Previous)> {
+    /// What the pre-flight of this run and generation found, if this process made it (taken:
+    /// the copy uses it once; a retried copy walks and lists again).
+    pub(crate) fn take_walk(&self, run: i64, generation: &str) -> Option<Found> {
         let mut w = lock(&self.walked);
         match w.as_ref() {
-            Some(k) if k.run == run && k.generation == generation => {
-                w.take().map(|k| (k.scan, k.previous))
-            }
+            Some(k) if k.run == run && k.generation == generation => w.take().map(|k| k.found),
             _ => None,
         }
     }

@@ -81,11 +81,15 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         .scan(&trees, &extras)
     };
     // The pre-flight's walk when this process made it for this run, else a walk now.
-    let (mut scan, previous) = match p.take_walk(cx.run, &id) {
-        Some((scan, previous)) => (scan, OnceLock::from(previous)),
+    let (mut scan, previous, mut lacking) = match p.take_walk(cx.run, &id) {
+        Some(found) => (
+            found.scan,
+            OnceLock::from(found.previous),
+            Some(found.lacking),
+        ),
         None => {
             let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
-            (walk(&previous)?, previous)
+            (walk(&previous)?, previous, None)
         }
     };
     let previous_ref = previous.get().expect("set above");
@@ -98,6 +102,7 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
                 &mut scan.entries,
                 &p.store,
                 previous_ref,
+                lacking.take(),
                 p.config.backup.workers,
                 hooks,
             )
