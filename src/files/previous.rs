@@ -18,8 +18,8 @@ use super::path_map::PathMap;
 /// be made on one thread while a walk runs on others, and handed from the pre-flight to the
 /// copy): the index is a hash table of the entries' positions, hashed by their paths. A
 /// backup looks up every live entry at least twice (the walk, the copy); a bisection of the
-/// sorted paths compared long paths with a common prefix a dozen times each, a tenth of a
-/// warm walk's time.
+/// sorted paths compared long paths with a common prefix a dozen times each (27 ms of CPU in
+/// a profile of a cold second backup of 14.6k entries).
 pub(crate) struct Previous {
     manifest: Option<Arc<Manifest>>,
     by_path: HashTable<u32>,

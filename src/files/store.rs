@@ -291,16 +291,17 @@ impl Store {
     /// sorted ids only while it is compared: a set of every object would be twice the memory,
     /// and a caller that keeps the answer keeps only what is missing.
     pub(crate) fn lacking(&self, wanted: &IdSet) -> Result<IdSet> {
+        // A first backup wants nothing: no listing.
+        if wanted.is_empty() {
+            return Ok(IdSet::default());
+        }
         let lists = self.par_fanout(|d| {
             Ok(Self::fanout_names(d)?
                 .into_iter()
                 .filter_map(|(_, id)| id)
                 .collect::<Vec<_>>())
         })?;
-        let mut listed = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-        for l in lists {
-            listed.extend(l);
-        }
+        let mut listed = lists.concat();
         listed.sort_unstable();
         Ok(wanted
             .iter()
