@@ -170,6 +170,11 @@ bls_select() {
   BLS_KERNEL=$d/bls-vmlinuz BLS_INITRD=$d/bls-initrd
 }
 
+# disk_times DIR: each disk image's name and change time (a node has a qcow2 root or raw ones).
+disk_times() {
+  find "$1" -maxdepth 1 -type f \( -name '*.img' -o -name '*.qcow2' \) -printf '%p %C@\n' | sort
+}
+
 # vm_boot NODE EXPECT CMDLINE ACTION... : boot the node once with these agent actions (one a
 # line), and wait for it to end. EXPECT: pass (the agent says PASS and powers off), reboot
 # (the guest reboots by itself), cut (the agent asks for a power cut). Sets OUTCOME.
@@ -197,7 +202,7 @@ vm_boot() {
   while :; do
     # The disks' change times before the guest runs: if qemu itself dies, they tell whether the
     # guest wrote anything (a write through O_DIRECT updates them like any other).
-    before=$(stat -c '%n %z' "$d"/*.img "$d"/*.qcow2 2>/dev/null)
+    before=$(disk_times "$d")
     # shellcheck disable=SC2046
     qemu-system-x86_64 $(accel) -machine q35 -m 2048 -smp 2 -display none -monitor none -no-reboot \
       -serial "file:$console" -serial "file:$d/journal-$n.log" \
@@ -227,7 +232,7 @@ vm_boot() {
     # That is no outcome of the guest's; when it aborts before the guest wrote to any disk, the
     # same boot is started again, at most twice, and said so. Any other end goes on below.
     if [ -z "$cut" ] && [ "$status" = 134 ] && grep -aq 'Assertion' "$d/qemu-$n.log" \
-      && [ "$before" = "$(stat -c '%n %z' "$d"/*.img "$d"/*.qcow2 2>/dev/null)" ] && [ $try -lt 3 ]; then
+      && [ "$before" = "$(disk_times "$d")" ] && [ $try -lt 3 ]; then
       detail "$node boot $n: qemu itself aborted before the guest wrote to a disk ($(grep -a -m1 'Assertion' "$d/qemu-$n.log")); starting the same boot again"
       mv "$d/qemu-$n.log" "$d/qemu-$n.aborted-$try.log"
       try=$((try + 1)); continue
