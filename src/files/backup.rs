@@ -131,9 +131,9 @@ pub(crate) fn copy_files(
         };
         (lacking, results)
     });
-    // An unchanged file's object is one the previous generation names.
+    // `lacking` answers only for the objects the previous generation names, and an unchanged
+    // file's object is one of those: one not lacking is stored, one lacking is copied again.
     let lacking = lacking?;
-    // An object the previous generation names that is not there: copied again.
     let mut missing = Vec::new();
     for &(i, id) in &unchanged {
         // A shared file is a file done too: cancellation and `during@N` failpoints count it,
