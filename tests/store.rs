@@ -260,6 +260,68 @@ fn the_preflight_collects_only_when_something_can_have_left_orphans() {
 }
 
 #[test]
+fn retention_collects_only_when_the_backup_can_have_left_an_object_it_does_not_name() {
+    // keep = 5: no generation is pruned. One worker: files are copied in the manifest's order.
+    let node = node("[backup]\nkeep = 5\nworkers = 1\n");
+    let st = state(&node);
+    let record = st.join("objects/collected.json");
+    assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
+
+    // The pre-flight found the store clean and the copy wrote only what the new generation
+    // names: nothing to collect, and the record covers the new generation at once.
+    change_some(&node.root(), 1);
+    let (code, out, err) = ctl(&node, &["--offline", "backup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        step_detail(&node, "prune").contains("no objects to collect"),
+        "{}",
+        step_detail(&node, "prune")
+    );
+    assert!(record.exists());
+    assert_eq!(objects_on_disk(&st), referenced(&st));
+
+    // A copy that had to walk again after it had stored a file that then changed: that
+    // first object is named by no generation, and retention collects it.
+    std::fs::write(node.path("/etc/a/f1"), "first content\n").unwrap();
+    std::fs::write(node.path("/etc/a/f2"), "will be gone\n").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(["--offline", "backup"])
+        .env("RECOVERYD_FAILPOINTS", "copy-files:during@2:stop")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped before etc/a/f2, after etc/a/f1 was stored.
+    wait_stopped(child.id());
+    let first = blake3::hash(b"first content\n").to_hex().to_string();
+    assert!(objects_on_disk(&st).contains(&first));
+    std::fs::write(node.path("/etc/a/f1"), "second content\n").unwrap();
+    std::fs::remove_file(node.path("/etc/a/f2")).unwrap();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(step_detail(&node, "copy-files").contains("walked 2 times"));
+    assert!(
+        step_detail(&node, "prune").contains("1 unreferenced objects removed"),
+        "{}",
+        step_detail(&node, "prune")
+    );
+    assert!(!objects_on_disk(&st).contains(&first));
+    assert_eq!(objects_on_disk(&st), referenced(&st));
+    assert!(record.exists());
+}
+
+#[test]
 fn an_object_found_stored_that_no_generation_verified_is_read_again() {
     // keep = 5: nothing is pruned, so the collection record stands and the pre-flight does
     // not collect: a stored object nobody names survives until the copy meets it.

@@ -42,6 +42,27 @@ fn key(generations: &[Generation]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The committed generations at one moment, as a record names them: for a backup to say,
+/// after its commit, that they were all the store held then ([`Store::collected_since`]).
+///
+/// [`Store::collected_since`]: super::store::Store::collected_since
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen(Vec<(String, String)>);
+
+impl Seen {
+    pub(super) fn of(generations: &[Generation]) -> Seen {
+        Seen(key(generations))
+    }
+
+    /// Whether `now` is exactly these generations and then the one named `added`.
+    pub(super) fn then_only(&self, now: &[Generation], added: &str) -> bool {
+        match now.split_last() {
+            Some((last, before)) => last.info.id == added && key(before) == self.0,
+            None => false,
+        }
+    }
+}
+
 fn path(objects: &Path) -> PathBuf {
     objects.join(FILE)
 }
@@ -151,6 +172,34 @@ mod tests {
             std::fs::write(&p, &bad).unwrap();
             assert!(!stands_for(&objects(&t), &gens), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_backup_records_a_collection_only_over_what_it_saw_and_its_own_generation() {
+        let (t, s) = store();
+        let gens = s.list_strict().unwrap();
+        let (before, added) = (Seen::of(&gens[..1]), gens[1].info.id.as_str());
+        assert!(
+            !s.collected_since(&before, "20261203T000000Z").unwrap(),
+            "not the generation the backup committed"
+        );
+        assert!(
+            !s.collected_since(&Seen::of(&gens), added).unwrap(),
+            "a generation more than the backup saw and committed"
+        );
+        assert!(
+            !s.collected_since(&Seen::of(&[]), added).unwrap(),
+            "a generation the backup did not see"
+        );
+        std::fs::create_dir(s.staging_path("20261203T000000Z")).unwrap();
+        assert!(
+            !s.collected_since(&before, added).unwrap(),
+            "another backup is writing objects"
+        );
+        assert!(!stands_for(&objects(&t), &gens), "nothing recorded so far");
+        std::fs::remove_dir(s.staging_path("20261203T000000Z")).unwrap();
+        assert!(s.collected_since(&before, added).unwrap());
+        assert!(stands_for(&objects(&t), &gens));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 pub(crate) mod backup;
 pub(crate) mod bytetext;
-mod collected;
+pub(crate) mod collected;
 pub(crate) mod containers;
 pub(crate) mod copy;
 pub(crate) mod entry;

@@ -490,6 +490,32 @@ impl Store {
         self.gc(checkpoint).map(Some)
     }
 
+    /// The committed generations now, as a collection record names them.
+    pub(crate) fn seen(&self) -> Result<super::collected::Seen> {
+        Ok(super::collected::Seen::of(&self.list_strict()?))
+    }
+
+    /// Record a complete collection without making one, for a backup that knows the store
+    /// held nothing its generations did not name when they were `before`, and that every
+    /// object written since is named by the generation `added` it has just committed.
+    /// Recorded (and `true`) only when the generations are exactly `before` and then `added`
+    /// and no backup is being written; otherwise nothing is recorded and the caller collects.
+    pub(crate) fn collected_since(
+        &self,
+        before: &super::collected::Seen,
+        added: &str,
+    ) -> Result<bool> {
+        let now = self.list_strict()?;
+        if !self.staging_dirs()?.is_empty() || !before.then_only(&now, added) {
+            return Ok(false);
+        }
+        // A record that cannot be written costs one collection at the next backup.
+        if let Err(e) = super::collected::record(&self.objects, &now) {
+            tracing::warn!("{e:#}");
+        }
+        Ok(true)
+    }
+
     /// How much the store holds, and how much of it no generation refers to.
     pub(crate) fn stats(&self) -> Result<StoreStats> {
         let referenced = self.referenced_objects()?;

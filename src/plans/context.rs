@@ -10,6 +10,7 @@ use super::vars::{GENERATION, IDENTITY};
 use crate::config::Config;
 use crate::engine::{Json, Progress, StepContext};
 use crate::files::backup::Hooks;
+use crate::files::collected::Seen;
 use crate::files::exclude::{self, Excludes};
 use crate::files::manifest::Manifest;
 use crate::files::object_id::IdSet;
@@ -29,6 +30,20 @@ pub(crate) struct PlanContext {
     walked: Mutex<Option<Walked>>,
     /// The manifest a backup's copy made (entries, no artifacts), for its commit.
     copied: Mutex<Option<(i64, String, Manifest)>>,
+    /// What a backup knows of the store's objects, for its retention.
+    clean: Mutex<Option<Clean>>,
+}
+
+/// A backup's knowledge that the store holds no object its generations do not name: true
+/// when its pre-flight had cleaned the store (the generations then are `before`), and kept
+/// true by a copy that wrote only objects its manifest names. Retention then needs no
+/// collection when it removes no generation. In memory only: a backup is never continued by
+/// another process, and a step that runs again (a retried copy) drops it.
+struct Clean {
+    run: i64,
+    generation: String,
+    before: Seen,
+    copy_named_all: bool,
 }
 
 /// What a backup's pre-flight found, for the run and generation it was made for.
@@ -71,6 +86,7 @@ impl PlanContext {
             host,
             walked: Mutex::new(None),
             copied: Mutex::new(None),
+            clean: Mutex::new(None),
         })
     }
 
@@ -110,10 +126,41 @@ impl PlanContext {
         }
     }
 
+    /// The pre-flight of this run and generation has just cleaned the store, whose
+    /// generations were then `before`.
+    pub(crate) fn note_clean(&self, run: i64, generation: &str, before: Seen) {
+        *lock(&self.clean) = Some(Clean {
+            run,
+            generation: generation.to_string(),
+            before,
+            copy_named_all: false,
+        });
+    }
+
+    /// A copy for this run and generation wrote objects: all of them named by its manifest,
+    /// and it was the first copy since the pre-flight (`only_named`), or not.
+    pub(crate) fn note_copy(&self, run: i64, generation: &str, only_named: bool) {
+        let mut c = lock(&self.clean);
+        match c.as_mut() {
+            Some(k) if k.run == run && k.generation == generation => {
+                k.copy_named_all = only_named;
+            }
+            _ => *c = None,
+        }
+    }
+
+    /// The generations the store held nothing beyond before this run's copy, when its copy
+    /// wrote only objects its manifest names (taken: a retried retention collects).
+    pub(crate) fn take_clean(&self, run: i64, generation: &str) -> Option<Seen> {
+        let k = lock(&self.clean).take()?;
+        (k.run == run && k.generation == generation && k.copy_named_all).then_some(k.before)
+    }
+
     /// Let what a backup kept for its next steps go (a backup that ended before them).
     pub(crate) fn forget_backup(&self) {
         *lock(&self.walked) = None;
         *lock(&self.copied) = None;
+        *lock(&self.clean) = None;
     }
 
     /// A small file of the host, trimmed; `None` when it is missing or empty.

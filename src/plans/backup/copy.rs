@@ -81,7 +81,11 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         .scan(&trees, &extras)
     };
     // The pre-flight's walk when this process made it for this run, else a walk now.
-    let (mut scan, previous, mut lacking) = match p.take_walk(cx.run, &id) {
+    let first = p.take_walk(cx.run, &id);
+    // Only the copy that follows its pre-flight in this process knows what it adds to a
+    // store the pre-flight cleaned; one after it cannot see what the ones before it wrote.
+    let after_preflight = first.is_some();
+    let (mut scan, previous, mut lacking) = match first {
         Some(found) => (
             found.scan,
             OnceLock::from(found.previous),
@@ -138,6 +142,11 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     };
     new_objects.sort();
     new_objects.dedup();
+    p.note_copy(
+        cx.run,
+        &id,
+        after_preflight && all_named(&new_objects, &scan.entries),
+    );
     // The objects this backup wrote: the verify step re-reads exactly these.
     let new_objects_file = staging.join(NEW_OBJECTS);
     std::fs::write(&new_objects_file, new_objects.join("\n"))
@@ -186,6 +195,21 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     // For the commit, which writes the manifest (one serialization of it per backup).
     p.keep_copy(cx.run, &id, m);
     Ok(Outcome::Done(detail))
+}
+
+/// Whether every object in `written` is one of `entries` (a file that changed between two
+/// walks of one copy leaves an object the second walk's entry does not name).
+fn all_named(written: &[String], entries: &[crate::files::entry::Entry]) -> bool {
+    let mut unnamed: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
+    for e in entries {
+        if unnamed.is_empty() {
+            break;
+        }
+        if let Some(hash) = &e.hash {
+            unnamed.remove(hash.as_str());
+        }
+    }
+    unnamed.is_empty()
 }
 
 /// How many of the manifest's files, and bytes, belong to the images.

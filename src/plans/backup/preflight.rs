@@ -125,6 +125,8 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         notes.push(freed.clone());
     }
     crate::plans::reconcile(&cx.journal, &p.store)?;
+    // The store now holds nothing these generations do not name.
+    let clean = p.store.seen()?;
 
     let excludes = p.excludes()?;
     // The images select-images chose count like any other file (unchanged layers are shared
@@ -194,6 +196,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         }
     };
     p.store.create_staging(&id)?;
+    p.note_clean(cx.run, &id, clean);
     notes.insert(
         0,
         format!(

@@ -51,7 +51,9 @@ impl Step for Prune {
         let bcx = cx.clone();
         let (removed, gc, kept) = blocking(move || {
             let cx = bcx;
-            let mut needed = vec![generation_id(&cx)?];
+            let new = generation_id(&cx)?;
+            let clean = p.take_clean(cx.run, &new);
+            let mut needed = vec![new.clone()];
             if let Some(g) = open_recovery_generation(&cx.journal)? {
                 needed.push(g);
             }
@@ -83,8 +85,15 @@ impl Step for Prune {
                 cx.journal.mark_generation_pruned(id)?;
             }
             let removed = started.elapsed();
-            // Their content, and anything else no generation refers to any more.
-            let gc = p.store.gc(&|| cx.checkpoint())?;
+            // Their content, and anything else no generation refers to any more; nothing,
+            // when none went and this backup added only objects its generation names to a
+            // store its pre-flight had cleaned.
+            let gc = match clean {
+                Some(before) if doomed.is_empty() && p.store.collected_since(&before, &new)? => {
+                    None
+                }
+                _ => Some(p.store.gc(&|| cx.checkpoint())?),
+            };
             tracing::debug!(
                 "prune: {} generations removed in {removed:?}, objects collected in {:?}",
                 doomed.len(),
@@ -95,18 +104,21 @@ impl Step for Prune {
         .await?;
         // The pins recoveryd made for deployments no kept generation was taken on.
         let unpinned = crate::plans::deployment::unpin_unused(&self.0, cx).await?;
-        let mut collected = format!(
-            "{} unreferenced objects removed ({}), {} kept",
-            gc.removed,
-            human_bytes(gc.bytes),
-            gc.kept
-        );
+        let mut collected = match &gc {
+            Some(gc) => format!(
+                "{} unreferenced objects removed ({}), {} kept",
+                gc.removed,
+                human_bytes(gc.bytes),
+                gc.kept
+            ),
+            None => "no objects to collect (the backup wrote only objects it names)".to_string(),
+        };
         if !unpinned.is_empty() {
             collected.push_str("; ");
             collected.push_str(&unpinned.join(", "));
         }
         Ok(
-            if removed.is_empty() && gc.removed == 0 && unpinned.is_empty() {
+            if removed.is_empty() && gc.is_none_or(|gc| gc.removed == 0) && unpinned.is_empty() {
                 Outcome::Skipped(format!(
                     "{kept} generation(s) kept, none to remove; {collected}"
                 ))
