@@ -63,6 +63,7 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
         }
     };
     let mut m = m.with_context(|| format!("the copy left no list for generation {id}"))?;
+    let started = std::time::Instant::now();
     let hash = match write_manifest(&staging, &manifest_path, &mut m) {
         Ok(hash) => hash,
         Err(e) => {
@@ -110,7 +111,12 @@ fn commit(p: &PlanContext, cx: &StepContext, hostname: String) -> Result<Outcome
         }),
     };
     cx.checkpoint()?;
+    let written = started.elapsed();
     let g = p.store.commit(&id, &info)?;
+    tracing::debug!(
+        "commit: manifest checked and written in {written:?}, generation flushed and renamed in {:?}",
+        started.elapsed() - written
+    );
     record(cx, &g.info)?;
     Ok(Outcome::Done(format!(
         "generation {id} committed: {} entries, {}, manifest {}",
