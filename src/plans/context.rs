@@ -30,20 +30,8 @@ pub(crate) struct PlanContext {
     walked: Mutex<Option<Walked>>,
     /// The manifest a backup's copy made (entries, no artifacts), for its commit.
     copied: Mutex<Option<(i64, String, Manifest)>>,
-    /// What a backup knows of the store's objects, for its retention.
-    clean: Mutex<Option<Clean>>,
-}
-
-/// A backup's knowledge that the store holds no object its generations do not name: true
-/// when its pre-flight had cleaned the store (the generations then are `before`), and kept
-/// true by a copy that wrote only objects its manifest names. Retention then needs no
-/// collection when it removes no generation. In memory only: a backup is never continued by
-/// another process, and a step that runs again (a retried copy) drops it.
-struct Clean {
-    run: i64,
-    generation: String,
-    before: Seen,
-    copy_named_all: bool,
+    /// What a backup's copy knows of the store's objects, for its retention.
+    clean: Mutex<Option<(i64, String, Seen)>>,
 }
 
 /// What a backup's pre-flight found, for the run and generation it was made for.
@@ -60,6 +48,9 @@ pub(crate) struct Found {
     pub scan: Scan,
     pub previous: Previous,
     pub lacking: IdSet,
+    /// The generations there were when the pre-flight had cleaned the store: it held nothing
+    /// they do not name.
+    pub clean: Seen,
 }
 
 impl PlanContext {
@@ -126,34 +117,19 @@ impl PlanContext {
         }
     }
 
-    /// The pre-flight of this run and generation has just cleaned the store, whose
-    /// generations were then `before`.
-    pub(crate) fn note_clean(&self, run: i64, generation: &str, before: Seen) {
-        *lock(&self.clean) = Some(Clean {
-            run,
-            generation: generation.to_string(),
-            before,
-            copy_named_all: false,
-        });
+    /// Keep, for the retention of this run and generation, the generations the store held
+    /// nothing beyond before its copy, when the copy knows it added only objects its manifest
+    /// names (`None`: it does not know, and retention collects). In memory only: a backup is
+    /// never continued by another process.
+    pub(crate) fn keep_clean(&self, run: i64, generation: &str, clean: Option<Seen>) {
+        *lock(&self.clean) = clean.map(|c| (run, generation.to_string(), c));
     }
 
-    /// A copy for this run and generation wrote objects: all of them named by its manifest,
-    /// and it was the first copy since the pre-flight (`only_named`), or not.
-    pub(crate) fn note_copy(&self, run: i64, generation: &str, only_named: bool) {
-        let mut c = lock(&self.clean);
-        match c.as_mut() {
-            Some(k) if k.run == run && k.generation == generation => {
-                k.copy_named_all = only_named;
-            }
-            _ => *c = None,
-        }
-    }
-
-    /// The generations the store held nothing beyond before this run's copy, when its copy
-    /// wrote only objects its manifest names (taken: a retried retention collects).
+    /// What the copy of this run and generation kept with [`Self::keep_clean`] (taken: a
+    /// retried retention collects).
     pub(crate) fn take_clean(&self, run: i64, generation: &str) -> Option<Seen> {
-        let k = lock(&self.clean).take()?;
-        (k.run == run && k.generation == generation && k.copy_named_all).then_some(k.before)
+        let (r, g, clean) = lock(&self.clean).take()?;
+        (r == run && g == generation).then_some(clean)
     }
 
     /// Let what a backup kept for its next steps go (a backup that ended before them).

@@ -80,20 +80,19 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         }
         .scan(&trees, &extras)
     };
-    // The pre-flight's walk when this process made it for this run, else a walk now.
-    let first = p.take_walk(cx.run, &id);
-    // Only the copy that follows its pre-flight in this process knows what it adds to a
-    // store the pre-flight cleaned; one after it cannot see what the ones before it wrote.
-    let after_preflight = first.is_some();
-    let (mut scan, previous, mut lacking) = match first {
+    // The pre-flight's walk when this process made it for this run, else a walk now. Only
+    // the copy that takes it knows what it adds to the store the pre-flight cleaned (`clean`);
+    // one after it cannot see what the ones before it wrote.
+    let (mut scan, previous, mut lacking, clean) = match p.take_walk(cx.run, &id) {
         Some(found) => (
             found.scan,
             OnceLock::from(found.previous),
             Some(found.lacking),
+            Some(found.clean),
         ),
         None => {
             let previous = OnceLock::from(Previous::of(previous_manifest(p)?));
-            (walk(&previous)?, previous, None)
+            (walk(&previous)?, previous, None, None)
         }
     };
     let previous_ref = previous.get().expect("set above");
@@ -142,10 +141,10 @@ pub(super) fn copy(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
     };
     new_objects.sort();
     new_objects.dedup();
-    p.note_copy(
+    p.keep_clean(
         cx.run,
         &id,
-        after_preflight && all_named(&new_objects, &scan.entries),
+        clean.filter(|_| all_named(&new_objects, &scan.entries)),
     );
     // The objects this backup wrote: the verify step re-reads exactly these.
     let new_objects_file = staging.join(NEW_OBJECTS);

@@ -196,7 +196,6 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
         }
     };
     p.store.create_staging(&id)?;
-    p.note_clean(cx.run, &id, clean);
     notes.insert(
         0,
         format!(
@@ -213,6 +212,7 @@ fn preflight(p: &PlanContext, cx: &StepContext) -> Result<Outcome> {
             scan,
             previous,
             lacking,
+            clean,
         },
     );
     Ok(Outcome::Done(notes.join("; ")))
