@@ -284,26 +284,13 @@ fn retention_collects_only_when_the_backup_can_have_left_an_object_it_does_not_n
     // first object is named by no generation, and retention collects it.
     std::fs::write(node.path("/etc/a/f1"), "first content\n").unwrap();
     std::fs::write(node.path("/etc/a/f2"), "will be gone\n").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
-        .arg("--config")
-        .arg(&node.config)
-        .args(["--offline", "backup"])
-        .env("RECOVERYD_FAILPOINTS", "copy-files:during@2:stop")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Stopped before etc/a/f2, after etc/a/f1 was stored.
-    wait_stopped(child.id());
+    let child = backup_stopped_at(&node, "copy-files:during@2:stop");
     let first = blake3::hash(b"first content\n").to_hex().to_string();
     assert!(objects_on_disk(&st).contains(&first));
     std::fs::write(node.path("/etc/a/f1"), "second content\n").unwrap();
     std::fs::remove_file(node.path("/etc/a/f2")).unwrap();
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::CONT,
-    );
-    let out = child.wait_with_output().unwrap();
+    let out = go_on(child);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -434,6 +421,30 @@ fn a_failed_or_cancelled_backup_leaves_nothing_behind() {
 }
 
 /// Wait until a process is stopped (SIGSTOP) or gone.
+/// An offline backup started with `failpoint` (a `:stop` one), once it has stopped there.
+fn backup_stopped_at(node: &Node, failpoint: &str) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(["--offline", "backup"])
+        .env("RECOVERYD_FAILPOINTS", failpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id());
+    child
+}
+
+/// Let a process [`backup_stopped_at`] stopped go on, and wait for it to end.
+fn go_on(child: std::process::Child) -> std::process::Output {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    );
+    child.wait_with_output().unwrap()
+}
+
 fn wait_stopped(pid: u32) {
     let t = Instant::now();
     loop {
@@ -468,27 +479,14 @@ fn files_gone_or_replaced_after_the_preflights_walk_are_walked_again() {
     assert_eq!(ctl(&node, &["--offline", "backup"]).0, 0);
     std::fs::write(node.path("/etc/a/f1"), "changed before the walk\n").unwrap();
     // Stop the backup after its pre-flight walked the trees, before its copy.
-    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
-        .arg("--config")
-        .arg(&node.config)
-        .args(["--offline", "backup"])
-        .env("RECOVERYD_FAILPOINTS", "copy-files:before:stop")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(child.id());
+    let child = backup_stopped_at(&node, "copy-files:before:stop");
     // The walk is stale now: a changed file gone, another replaced by a symlink, a directory
     // gone, a file new.
     sh(&format!(
         "cd {r} && rm etc/a/f1 && rm etc/a/f2 && ln -s f3 etc/a/f2 && rm -r etc/c && echo new > etc/b/new",
         r = node.root().display()
     ));
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::CONT,
-    );
-    let out = child.wait_with_output().unwrap();
+    let out = go_on(child);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let gdir = generation_dirs(&state(&node)).pop().unwrap();
@@ -533,25 +531,12 @@ fn a_disk_that_fills_during_the_copy_is_cleaned_up_and_the_retry_succeeds() {
         node.root().display()
     ));
     // Stop the backup once it is copying, fill the disk, let it go on: ENOSPC mid-copy.
-    let child = Command::new(env!("CARGO_BIN_EXE_recoveryctl"))
-        .arg("--config")
-        .arg(&node.config)
-        .args(["--offline", "backup"])
-        .env("RECOVERYD_FAILPOINTS", "copy-files:during@12:stop")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(child.id());
+    let child = backup_stopped_at(&node, "copy-files:during@12:stop");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k", "status=none"])
         .arg(format!("of={}/filler", st.display()))
         .status();
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::CONT,
-    );
-    let out = child.wait_with_output().unwrap();
+    let out = go_on(child);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
