@@ -3,7 +3,7 @@
 generated node-like tree, at two scales, in one run.
 
 Usage (as root, from the project root):  bench/run.sh [--files N] [--big-mib M] [--scales 1,4]
-                                                      [--dir DIR] [--quick]
+                                                      [--repeat N] [--dir DIR] [--keep]
 
 Peers: cp -a, rsync -aAXH (and -c --delete for restores, --link-dest for a second backup),
 restic and borg (Debian packages; bench/run.sh installs them), each with its defaults. For
@@ -11,6 +11,14 @@ every scale it prints each figure, its ratio to the peer and the target, cold (p
 dropped before the command) and, for restores, warm (the same restore just ran, unmeasured,
 right before); the peak RSS
 of every command; and at the end how every time grew from the first scale to the last.
+
+Every figure is the median of `--repeat` rounds (3 by default; the spread is printed beside
+it): the disk of a small VM varies by a third between two runs of the same command, enough to
+decide a ratio on its own. In each round every tool runs once, one after the other, on the
+same state (a first backup into an empty destination, a second backup after its own 1 % of
+files rewritten, a restore after the same 5 % changed), so that a slow moment of the disk
+falls on one round of all of them rather than on all rounds of one. The full restores of
+restic and borg, which have no target, run once.
 
   first backup        recoveryctl --offline backup  vs  cp -a, rsync -aAXH, restic, borg (+ sync)
   second backup       after rewriting 1% of files   vs  the first; rsync --link-dest, restic, borg
@@ -25,6 +33,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -168,10 +177,14 @@ class Results:
         self.times = {}
         self.rss = {}
 
-    def figure(self, scale, name, seconds, rss):
+    def figure(self, scale, name, samples, rss):
+        """A figure from its rounds' times: the median, and the largest peak RSS."""
+        seconds = statistics.median(samples)
         self.times[(scale, name)] = seconds
         self.rss[(scale, name)] = rss
-        print(f"  {name:<44} {seconds:8.2f}s  peak RSS {rss / 1024:7.1f} MiB", flush=True)
+        spread = (f"  ({min(samples):.2f}-{max(samples):.2f} in {len(samples)})"
+                  if len(samples) > 1 else "")
+        print(f"  {name:<44} {seconds:8.2f}s  peak RSS {rss / 1024:7.1f} MiB{spread}", flush=True)
 
     def limit(self, scale, name, value, target, unit):
         """An absolute target: `value` (in `unit`) at most `target`."""
@@ -198,7 +211,7 @@ def one_scale(args, scale, res):
     config = os.path.join(d, "config.toml")
     with open(config, "w") as f:
         f.write(f'root = "{node}"\n[host]\nsystemd = false\nostree = false\ncluster = false\n'
-                f'[backup]\nspace_margin = 0\nkeep = 3\n')
+                f'[backup]\nspace_margin = 0\nkeep = {args.repeat + 2}\n')
     ctl = [CTL, "--config", config]
     env = tool_env(d)
     rng = random.Random(42)
@@ -211,51 +224,99 @@ def one_scale(args, scale, res):
     restic_repo = os.path.join(d, "restic")
     borg_repo = os.path.join(d, "borg")
     have = {t: shutil.which(t) is not None for t in ("restic", "borg")}
-    if have["restic"]:
-        subprocess.run(["restic", "init", "-q", "-r", restic_repo], env=env, check=True,
-                       capture_output=True)
-    if have["borg"]:
-        subprocess.run(["borg", "init", "-e", "none", borg_repo], env=env, check=True,
-                       capture_output=True)
+
+    def run_once(cmd, cold, shell):
+        return (timed_shell(cmd, cold=cold, env=env) if shell
+                else timed(cmd, cold=cold, env=env))
+
+    def rounds(tools, prepare=None, reps=args.repeat):
+        """Measure every tool `reps` times, in rounds: `prepare(round)` first, then each tool
+        (name, command or a function of the round giving it, cold, shell, and what to do
+        before it, unmeasured, or None) once. Returns the last round's output of each."""
+        samples = {t[0]: [] for t in tools}
+        rss = {t[0]: 0 for t in tools}
+        outs = {}
+        for r in range(reps):
+            if prepare:
+                prepare(r)
+            for name, cmd, cold, shell, before in tools:
+                if before:
+                    before()
+                t, peak, out = run_once(cmd(r) if callable(cmd) else cmd, cold, shell)
+                samples[name].append(t)
+                rss[name] = max(rss[name], peak)
+                outs[name] = out
+        for name, *_ in tools:
+            res.figure(scale, name, samples[name], rss[name])
+        return outs
 
     def fig(name, cmd, cold=True, shell=False):
-        t, rss, out = (timed_shell(cmd, cold=cold, env=env) if shell
-                       else timed(cmd, cold=cold, env=env))
-        res.figure(scale, name, t, rss)
-        return out
+        return rounds([(name, cmd, cold, shell, None)], reps=1)[name]
 
-    # First backup.
+    def empty(path, trees=False):
+        """An empty destination (with the trees' directories, for rsync)."""
+        def clear():
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            for t in TREES if trees else ():
+                os.makedirs(os.path.join(path, t))
+        return clear
+
+    def fresh_repo(tool, repo):
+        def init():
+            shutil.rmtree(repo, ignore_errors=True)
+            cmd = (["restic", "init", "-q", "-r", repo] if tool == "restic"
+                   else ["borg", "init", "-e", "none", repo])
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return init
+
+    # First backup, each into an empty destination.
     cp_dst = os.path.join(d, "cp")
-    fig("cp -a", " && ".join(f"mkdir -p {cp_dst}/{os.path.dirname(t)} && cp -a {node}/{t} {cp_dst}/{t}"
-                              for t in TREES) + " && sync", shell=True)
     rs_dst = os.path.join(d, "rsync1")
-    fig("rsync -aAXH", rsync(node, rs_dst, "-aAXH"), shell=True)
-    fig("recoveryd backup", ctl + ["--offline", "backup"])
+    state = os.path.join(node, "var/recovery")
+    first = [
+        ("cp -a", " && ".join(f"mkdir -p {cp_dst}/{os.path.dirname(t)} && cp -a {node}/{t} {cp_dst}/{t}"
+                              for t in TREES) + " && sync", True, True, empty(cp_dst)),
+        ("rsync -aAXH", rsync(node, rs_dst, "-aAXH"), True, True, empty(rs_dst, trees=True)),
+        ("recoveryd backup", ctl + ["--offline", "backup"], True, False, empty(state)),
+    ]
     if have["restic"]:
-        fig("restic backup", f"restic -q -r {restic_repo} backup {srcs} && sync", shell=True)
+        first.append(("restic backup", f"restic -q -r {restic_repo} backup {srcs} && sync", True,
+                      True, fresh_repo("restic", restic_repo)))
     if have["borg"]:
-        fig("borg create", f"borg create {borg_repo}::one {srcs} && sync", shell=True)
+        first.append(("borg create", f"borg create {borg_repo}::one {srcs} && sync", True, True,
+                      fresh_repo("borg", borg_repo)))
+    rounds(first)
     res.ratio(scale, "first backup / cp -a", "recoveryd backup", "cp -a", 0.9)
     res.ratio(scale, "first backup / rsync -aAXH", "recoveryd backup", "rsync -aAXH", 1.0)
     for peer, name in (("restic", "restic backup"), ("borg", "borg create")):
         if have[peer]:
             res.ratio(scale, f"first backup / {name}", "recoveryd backup", name, None)
 
-    out = fig("recoveryd verify", ctl + ["verify", "--json"])
+    out = rounds([("recoveryd verify", ctl + ["verify", "--json"], True, False, None)])[
+        "recoveryd verify"]
     report = json.loads(out)
     mib = report["bytes_checked"] / (1 << 20)
     print(f"  verify: {mib / res.times[(scale, 'recoveryd verify')]:.0f} MiB/s "
           f"({mib:.0f} MiB, {report['files_checked']} files)")
 
-    # Second backup, 1 % rewritten.
-    changed = change(node, 0.01, seed=1)
-    print(f"  ({changed} files rewritten)")
-    fig("recoveryd second backup", ctl + ["--offline", "backup"])
-    fig("rsync -aAXH --link-dest", rsync(node, os.path.join(d, "rsync2"), "-aAXH", rs_dst), shell=True)
+    # Second backup, each round after its own 1 % rewritten.
+    changed = []
+    rs2_dst = os.path.join(d, "rsync2")
+    second = [
+        ("recoveryd second backup", ctl + ["--offline", "backup"], True, False, None),
+        ("rsync -aAXH --link-dest", rsync(node, rs2_dst, "-aAXH", rs_dst), True, True,
+         empty(rs2_dst, trees=True)),
+    ]
     if have["restic"]:
-        fig("restic second backup", f"restic -q -r {restic_repo} backup {srcs} && sync", shell=True)
+        second.append(("restic second backup", f"restic -q -r {restic_repo} backup {srcs} && sync",
+                       True, True, None))
     if have["borg"]:
-        fig("borg second create", f"borg create {borg_repo}::two {srcs} && sync", shell=True)
+        second.append(("borg second create",
+                       lambda r: f"borg create {borg_repo}::two-{r} {srcs} && sync", True, True,
+                       None))
+    rounds(second, lambda r: changed.append(change(node, 0.01, seed=1 + r)))
+    print(f"  ({', '.join(map(str, changed))} files rewritten)")
     res.ratio(scale, "second backup / first backup", "recoveryd second backup", "recoveryd backup", 0.1)
     if have["restic"]:
         res.ratio(scale, "second backup / restic second backup", "recoveryd second backup",
@@ -279,14 +340,21 @@ def one_scale(args, scale, res):
                        env=env)
 
     # Restore after 5 % changed, cold then warm; the peers restore the same change.
-    for temp, cold in (("cold", True), ("warm", False)):
-        for tool, cmd, shell in (("recoveryd restore", restore, False),
-                                 ("rsync -aAXHc --delete", restore_rsync, True)):
+    changed = []
+
+    def before_restore(cmd, shell, cold, fraction):
+        def before():
             if not cold:
-                prime(cmd, shell, 0.05)
-            changed = change(node, 0.05, seed=5)
-            fig(f"{tool} 5% {temp}", cmd, cold=cold, shell=shell)
-    print(f"  ({changed} files changed)")
+                prime(cmd, shell, fraction)
+            if fraction:
+                changed.append(change(node, fraction, seed=5))
+        return before
+
+    for temp, cold in (("cold", True), ("warm", False)):
+        rounds([(f"{tool} 5% {temp}", cmd, cold, shell, before_restore(cmd, shell, cold, 0.05))
+                for tool, cmd, shell in (("recoveryd restore", restore, False),
+                                         ("rsync -aAXHc --delete", restore_rsync, True))])
+    print(f"  ({changed[-1]} files changed)")
     res.ratio(scale, "restore 5% / rsync -aAXHc --delete, warm", "recoveryd restore 5% warm",
               "rsync -aAXHc --delete 5% warm", 0.25)
     res.ratio(scale, "restore 5% / rsync -aAXHc --delete, cold", "recoveryd restore 5% cold",
@@ -299,15 +367,13 @@ def one_scale(args, scale, res):
         out_dir = os.path.join(d, "borg-extract")
         os.makedirs(out_dir)
         fig("borg extract (full, to a new dir)",
-            f"cd {out_dir} && borg extract {borg_repo}::two && sync", shell=True)
+            f"cd {out_dir} && borg extract {borg_repo}::two-{args.repeat - 1} && sync", shell=True)
 
     # Restore with nothing to change.
     for temp, cold in (("cold", True), ("warm", False)):
-        for tool, cmd, shell in (("recoveryd restore", restore, False),
-                                 ("rsync -aAXHc --delete", restore_rsync, True)):
-            if not cold:
-                prime(cmd, shell, 0)
-            fig(f"{tool} 0% {temp}", cmd, cold=cold, shell=shell)
+        rounds([(f"{tool} 0% {temp}", cmd, cold, shell, before_restore(cmd, shell, cold, 0))
+                for tool, cmd, shell in (("recoveryd restore", restore, False),
+                                         ("rsync -aAXHc --delete", restore_rsync, True))])
     res.ratio(scale, "restore 0% / rsync -aAXHc --delete, warm", "recoveryd restore 0% warm",
               "rsync -aAXHc --delete 0% warm", None)
     if scale == 1:
@@ -327,6 +393,8 @@ def main():
     ap.add_argument("--scales", default="1,4")
     ap.add_argument("--dir", default="/var/tmp/recoveryd-bench")
     ap.add_argument("--keep", action="store_true", help="keep the trees and repositories")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of every measurement; each figure is their median")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (owners, xattrs, dropping caches)")
