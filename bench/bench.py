@@ -225,10 +225,6 @@ def one_scale(args, scale, res):
     borg_repo = os.path.join(d, "borg")
     have = {t: shutil.which(t) is not None for t in ("restic", "borg")}
 
-    def run_once(cmd, cold, shell):
-        return (timed_shell(cmd, cold=cold, env=env) if shell
-                else timed(cmd, cold=cold, env=env))
-
     def rounds(tools, prepare=None, reps=args.repeat):
         """Measure every tool `reps` times, in rounds: `prepare(round)` first, then each tool
         (name, command or a function of the round giving it, cold, shell, and what to do
@@ -242,7 +238,9 @@ def one_scale(args, scale, res):
             for name, cmd, cold, shell, before in tools:
                 if before:
                     before()
-                t, peak, out = run_once(cmd(r) if callable(cmd) else cmd, cold, shell)
+                cmd = cmd(r) if callable(cmd) else cmd
+                t, peak, out = (timed_shell(cmd, cold=cold, env=env) if shell
+                                else timed(cmd, cold=cold, env=env))
                 samples[name].append(t)
                 rss[name] = max(rss[name], peak)
                 outs[name] = out
@@ -301,7 +299,7 @@ def one_scale(args, scale, res):
           f"({mib:.0f} MiB, {report['files_checked']} files)")
 
     # Second backup, each round after its own 1 % rewritten.
-    changed = []
+    rewritten = []
     rs2_dst = os.path.join(d, "rsync2")
     second = [
         ("recoveryd second backup", ctl + ["--offline", "backup"], True, False, None),
@@ -315,8 +313,8 @@ def one_scale(args, scale, res):
         second.append(("borg second create",
                        lambda r: f"borg create {borg_repo}::two-{r} {srcs} && sync", True, True,
                        None))
-    rounds(second, lambda r: changed.append(change(node, 0.01, seed=1 + r)))
-    print(f"  ({', '.join(map(str, changed))} files rewritten)")
+    rounds(second, lambda r: rewritten.append(change(node, 0.01, seed=1 + r)))
+    print(f"  ({', '.join(map(str, rewritten))} files rewritten)")
     res.ratio(scale, "second backup / first backup", "recoveryd second backup", "recoveryd backup", 0.1)
     if have["restic"]:
         res.ratio(scale, "second backup / restic second backup", "recoveryd second backup",
@@ -396,6 +394,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds of every measurement; each figure is their median")
     args = ap.parse_args()
+    if args.repeat < 1:
+        sys.exit(f"--repeat {args.repeat}: every figure needs at least one round")
     if os.geteuid() != 0:
         sys.exit("run as root (owners, xattrs, dropping caches)")
     def version(cmd):
