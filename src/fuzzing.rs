@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/`: every parser that reads bytes recoveryd did not
-//! write itself in this process (a manifest from the store, `ostree admin status` output, a socket
-//! request line, a config file). Each takes raw bytes and must return an error, never panic.
+//! write itself in this process (a manifest from the store and its binary cache, `ostree admin
+//! status` output, a socket request line, a config file). Each takes raw bytes and must return an error, never panic.
 //! Each returns whether the input was accepted, so that `tests/fuzz_seeds.rs` can check that the
 //! seed corpus in `fuzz/seeds/` still reaches past the first error.
 //! Not an API: hidden from the docs and only called by `fuzz/fuzz_targets/*` and that test.
@@ -24,6 +24,12 @@ pub fn manifest(bytes: &[u8]) -> bool {
         "a wrong hash is refused"
     );
     plain.is_ok()
+}
+
+/// A generation's manifest cache, as its decoder sees it (the checksum that would refuse
+/// nearly every input left out), and what it decodes to checked as a manifest is.
+pub fn manifest_cache(bytes: &[u8]) -> bool {
+    crate::files::manifest_cache::decodes(bytes)
 }
 
 /// The text `ostree admin status` printed.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fuzz every parser of outside bytes for a bounded time each (FUZZ_SECONDS, default 30;
 # FUZZ_TARGETS to pick some):
-# a manifest from the store, `ostree admin status` output, a socket request line, a config
-# file. Starts from fuzz/seeds/<target> (tests/fuzz_seeds.rs checks that they parse); the
-# corpus grows under target/fuzz/corpus/<target>. A crash leaves its input in
-# fuzz/artifacts/<target>/ (cargo-fuzz's place) and fails this script.
+# a manifest from the store and its binary cache, `ostree admin status` output, a socket
+# request line, a config file. Starts from fuzz/seeds/<target> (tests/fuzz_seeds.rs checks
+# that they parse); the corpus grows under target/fuzz/corpus/<target>. A crash leaves its
+# input in fuzz/artifacts/<target>/ (cargo-fuzz's place) and fails this script.
 #
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 # No sanitizer: the crate has no unsafe code of its own, and AddressSanitizer would double the
@@ -16,7 +16,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
-read -r -a targets <<<"${FUZZ_TARGETS:-manifest ostree_status socket_request config}"
+read -r -a targets <<<"${FUZZ_TARGETS:-manifest manifest_cache ostree_status socket_request config}"
 target_dir="$PWD/target/fuzz"
 cd fuzz
 cargo fuzz build --sanitizer none --debug-assertions --target-dir "$target_dir"

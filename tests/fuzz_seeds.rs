@@ -42,6 +42,11 @@ fn manifest_seeds_are_accepted_and_damage_does_not_panic() {
 }
 
 #[test]
+fn manifest_cache_seeds_are_accepted_and_damage_does_not_panic() {
+    check("manifest_cache", recoveryd::fuzzing::manifest_cache);
+}
+
+#[test]
 fn ostree_status_seeds_are_accepted_and_damage_does_not_panic() {
     check("ostree_status", recoveryd::fuzzing::ostree_status);
 }

@@ -12,6 +12,7 @@ pub(crate) mod extras;
 pub mod fsx;
 pub(crate) mod identity;
 pub(crate) mod manifest;
+pub(crate) mod manifest_cache;
 mod manifest_read;
 pub(crate) mod marks;
 pub(crate) mod neighbours;

@@ -203,6 +203,23 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 
+    /// The binary cache of a manifest reads back as the manifest itself; any damaged byte of
+    /// it is refused, never decoded into something else.
+    #[test]
+    fn a_manifest_survives_its_cache(m in manifest(), at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, h) = write(dir.path(), &m);
+        crate::files::manifest_cache::write(dir.path(), &h, &m).unwrap();
+        let back = crate::files::manifest_cache::read(dir.path(), &h).unwrap().unwrap();
+        prop_assert_eq!(back, m);
+        let cache = dir.path().join(crate::files::manifest_cache::MANIFEST_CACHE);
+        let mut bytes = std::fs::read(&cache).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        std::fs::write(&cache, &bytes).unwrap();
+        prop_assert!(crate::files::manifest_cache::read(dir.path(), &h).is_err());
+    }
+
     /// A collection reads the same hashes a full read finds, and nothing but them (artifacts
     /// are kept too); a damaged file is refused by both.
     #[test]

@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::fsx;
-use super::manifest::{Manifest, TreeInfo};
+use super::manifest::{Manifest, ManifestError, TreeInfo};
 use super::marks::Marks;
 use super::object_id::{IdSet, ObjectId};
 use super::parsed::ObjectSet;
@@ -113,6 +113,53 @@ impl Generation {
         let m = Manifest::read_shared(&self.manifest_path(), &self.info.manifest_hash)?;
         self.check_names_this(&m.header)?;
         Ok(m)
+    }
+
+    /// The manifest for a backup that shares what did not change since this generation: from
+    /// the generation's manifest cache ([`super::manifest_cache`]) when it holds a copy that
+    /// every rule accepts, else read as [`Self::manifest`] reads it. A backup reads its previous
+    /// generation's manifest whole before its walk, and the cache spares it the parse. The
+    /// manifest file is then not read: like the objects of that generation, it is checked by
+    /// a verify, a restore or a collection, not by the next backup. A cache that cannot be used
+    /// is said in the log and the manifest is parsed.
+    pub(crate) fn manifest_for_sharing(&self) -> Result<Arc<Manifest>> {
+        let hash = &self.info.manifest_hash;
+        if super::parsed::get(hash).is_none() {
+            let started = std::time::Instant::now();
+            match self.cached_manifest() {
+                Ok(Some(m)) => {
+                    tracing::debug!(
+                        "{}: {} entries read from its cache in {:?}",
+                        self.manifest_path().display(),
+                        m.entries.len(),
+                        started.elapsed()
+                    );
+                    let m = Arc::new(m);
+                    super::parsed::keep(hash, m.clone());
+                    return Ok(m);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e:#}: not used; the manifest is parsed instead"),
+            }
+        }
+        self.manifest()
+    }
+
+    /// The manifest from the generation's cache, checked as a parsed one is.
+    fn cached_manifest(&self) -> Result<Option<Manifest>> {
+        let Some(m) = super::manifest_cache::read(&self.dir, &self.info.manifest_hash)? else {
+            return Ok(None);
+        };
+        super::validate::validate(&m).map_err(|violation| ManifestError::Invalid {
+            path: self
+                .dir
+                .join(super::manifest_cache::MANIFEST_CACHE)
+                .display()
+                .to_string(),
+            violation,
+        })?;
+        self.check_names_this(&m.header)?;
+        Ok(Some(m))
     }
 
     /// The object ids the manifest names, read with the same checks of its bytes and header

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::backup::Hooks;
 use super::copy::hash_file;
 use super::entry::Kind;
+use super::manifest_cache::{MANIFEST_CACHE, MANIFEST_CACHE_TMP};
 use super::marks::{MARKS_FILE, MARKS_TMP};
 use super::object_id::ObjectId;
 use super::restore::{LIVE_INDEX, LIVE_INDEX_TMP};
@@ -324,7 +325,8 @@ pub(crate) fn verify(
         .map(|a| generation.dir.join(&a.artifact))
         .collect();
     // The operator's marks are not content: protecting or labelling a generation must not make
-    // it fail verification (and so its recovery); nor is the live index a restore keeps there.
+    // it fail verification (and so its recovery); nor are the caches kept there (the live index
+    // a restore keeps, the manifest's binary form a backup reads).
     let top_level = [
         INFO_FILE,
         MANIFEST_FILE,
@@ -333,6 +335,8 @@ pub(crate) fn verify(
         MARKS_TMP,
         LIVE_INDEX,
         LIVE_INDEX_TMP,
+        MANIFEST_CACHE,
+        MANIFEST_CACHE_TMP,
     ];
     let mut stack = vec![generation.dir.clone()];
     while let Some(d) = stack.pop() {

@@ -223,14 +223,23 @@ impl Step for VerifyGeneration {
                     None
                 }
             };
-            let r = with_step_hooks(&cx, None, |hooks| {
-                verify::verify(
-                    &g,
-                    jh.as_deref(),
-                    new.as_ref(),
-                    p.config.backup.workers,
-                    hooks,
-                )
+            // Beside the verify, the manifest's cache for the next backup, which reads this
+            // manifest whole before its walk; from the manifest the commit kept in memory
+            // (none when this step runs in another process than the commit: no cache then).
+            let kept = crate::files::parsed::get(&g.info.manifest_hash);
+            let r = std::thread::scope(|s| {
+                if let Some(m) = &kept {
+                    s.spawn(|| write_cache(&g, m, cx.run));
+                }
+                with_step_hooks(&cx, None, |hooks| {
+                    verify::verify(
+                        &g,
+                        jh.as_deref(),
+                        new.as_ref(),
+                        p.config.backup.workers,
+                        hooks,
+                    )
+                })
             })?;
             if !r.ok {
                 bail!("{}", r.summary());
@@ -238,5 +247,18 @@ impl Step for VerifyGeneration {
             Ok(Outcome::Done(r.summary()))
         })
         .await
+    }
+}
+
+/// Write the manifest cache of `g`, whose manifest is `m`; a failure is said, and costs the
+/// next backup a parse.
+fn write_cache(g: &crate::files::store::Generation, m: &Manifest, run: i64) {
+    let started = std::time::Instant::now();
+    match crate::files::manifest_cache::write(&g.dir, &g.info.manifest_hash, m) {
+        Ok(()) => tracing::debug!("manifest cache written in {:?}", started.elapsed()),
+        Err(e) => tracing::warn!(
+            recovery_run = run,
+            "{e:#}; the next backup parses the manifest instead"
+        ),
     }
 }

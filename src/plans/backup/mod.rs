@@ -47,13 +47,14 @@ pub(super) fn clean_store(
     })
 }
 
-/// The previous generation, to share what did not change; one that cannot be read shares
-/// nothing (said in the log), the backup goes on.
+/// The previous generation, to share what did not change (its manifest from its cache when
+/// that is sound); one that cannot be read shares nothing (said in the log), the backup goes
+/// on.
 pub(super) fn previous_manifest(
     p: &PlanContext,
 ) -> Result<Option<std::sync::Arc<crate::files::manifest::Manifest>>> {
     Ok(match p.store.latest()? {
-        Some(g) => match g.manifest() {
+        Some(g) => match g.manifest_for_sharing() {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::warn!(
