@@ -150,63 +150,31 @@ impl Manifest {
     /// Write the manifest to `path` (created; not flushed: a backup's commit flushes the
     /// whole file system once, and a backup is never continued after a crash); returns its
     /// BLAKE3 hash (hex).
-    ///
-    /// The entries are turned into JSON in blocks on [`WRITE_THREADS`] threads while this one
-    /// hashes and writes the blocks in their order: at node scale the serialization was most
-    /// of a commit's time, on one core of two.
     pub(crate) fn write_file(&self, path: &Path) -> io::Result<String> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)?;
-        let mut out = Hashing {
-            inner: file,
-            hasher: blake3::Hasher::new(),
-        };
-        let mut head = serde_json::to_vec(&self.header)?;
-        head.push(b'\n');
-        out.write_all(&head)?;
-        let blocks: Vec<&[Entry]> = self.entries.chunks(ENTRIES_PER_BLOCK).collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, io::Result<Vec<u8>>)>(4);
-        std::thread::scope(|s| -> io::Result<()> {
-            for _ in 0..WRITE_THREADS {
-                let tx = tx.clone();
-                let (blocks, next) = (&blocks, &next);
-                s.spawn(move || {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(block) = blocks.get(i) else { return };
-                        let text = lines_of(block);
-                        // The writer stopped (an error): nothing more to do.
-                        if tx.send((i, text)).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            // Blocks come in about their order (each thread takes the next one); one that
-            // arrives early waits here for those before it.
-            let mut early = std::collections::BTreeMap::new();
-            let mut due = 0;
-            for (i, text) in rx {
-                early.insert(i, text?);
-                while let Some(text) = early.remove(&due) {
-                    out.write_all(&text)?;
-                    due += 1;
-                }
-            }
-            Ok(())
-        })?;
-        let mut w = io::BufWriter::new(&mut out);
+        // Hashed as the buffer drains (in large writes), not per token serde writes.
+        let mut w = io::BufWriter::with_capacity(
+            1 << 20,
+            Hashing {
+                inner: file,
+                hasher: blake3::Hasher::new(),
+            },
+        );
+        serde_json::to_writer(&mut w, &self.header)?;
+        w.write_all(b"\n")?;
+        for e in &self.entries {
+            serde_json::to_writer(&mut w, e)?;
+            w.write_all(b"\n")?;
+        }
         for a in &self.artifacts {
             serde_json::to_writer(&mut w, a)?;
             w.write_all(b"\n")?;
         }
-        w.flush()?;
-        drop(w);
-        Ok(out.hasher.finalize().to_hex().to_string())
+        let w = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(w.hasher.finalize().to_hex().to_string())
     }
 
     /// Read a manifest, refusing it if `expected_hash` is given and does not match.
@@ -363,21 +331,6 @@ impl Manifest {
 /// Threads parsing one manifest (the reading and hashing thread apart).
 const PARSE_THREADS: usize = 2;
 
-/// Threads turning a manifest's entries into JSON (the writing and hashing thread apart), and
-/// how many entries each takes at a time (a few hundred KiB of text).
-const WRITE_THREADS: usize = 2;
-const ENTRIES_PER_BLOCK: usize = 1024;
-
-/// Entries as manifest lines.
-fn lines_of(entries: &[Entry]) -> io::Result<Vec<u8>> {
-    let mut text = Vec::with_capacity(entries.len() * 320);
-    for e in entries {
-        serde_json::to_writer(&mut text, e)?;
-        text.push(b'\n');
-    }
-    Ok(text)
-}
-
 /// The BLAKE3 hash (hex) of a file, read in blocks (not held whole). On one core: ~3 GB/s,
 /// and rayon's workers would spin for milliseconds afterwards on the cores the rest of the
 /// step needs.
@@ -410,43 +363,5 @@ fn parse_error(name: &str, line: usize, message: String) -> ManifestError {
         path: name.to_string(),
         line,
         message,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Written in blocks on several threads, a manifest is the same bytes as written line by
-    /// line, in order, and its hash is theirs.
-    #[test]
-    fn a_manifest_written_in_blocks_is_its_lines_in_order() {
-        let text = include_bytes!("../../fuzz/seeds/manifest/files-only");
-        let seed = Manifest::read_bytes(text, "seed", None).unwrap();
-        let mut m = Manifest::new(seed.header.clone());
-        for i in 0..(3 * ENTRIES_PER_BLOCK + 17) {
-            let mut e = seed.entries[i % seed.entries.len()].clone();
-            e.path = ByteText(format!("etc/f{i:05}").into_bytes());
-            m.entries.push(e);
-        }
-        m.artifacts.push(Artifact {
-            artifact: "cluster/snapshot.db".into(),
-            size: 3,
-            hash: "ab".repeat(32),
-        });
-        let mut want = serde_json::to_vec(&m.header).unwrap();
-        want.push(b'\n');
-        for e in &m.entries {
-            want.extend(serde_json::to_vec(e).unwrap());
-            want.push(b'\n');
-        }
-        want.extend(serde_json::to_vec(&m.artifacts[0]).unwrap());
-        want.push(b'\n');
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("manifest");
-        let hash = m.write_file(&path).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), want);
-        assert_eq!(hash, blake3::hash(&want).to_hex().to_string());
-        assert!(m.write_file(&path).is_err(), "never over an existing file");
     }
 }
