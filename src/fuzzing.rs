@@ -1,8 +1,9 @@
 //! Entry points for the fuzz targets in `fuzz/`: every parser that reads bytes recoveryd did not
 //! write itself in this process (a manifest from the store and its binary cache, `ostree admin
-//! status` output, a socket request line, a config file). Each takes raw bytes and must return an error, never panic.
-//! Each returns whether the input was accepted, so that `tests/fuzz_seeds.rs` can check that the
-//! seed corpus in `fuzz/seeds/` still reaches past the first error.
+//! status` output, a socket request line, a config file). Each takes raw bytes and must return
+//! an error, never panic. Each returns whether the input was accepted, so that
+//! `tests/fuzz_seeds.rs` can check that the seed corpus in `fuzz/seeds/` still reaches past the
+//! first error.
 //! Not an API: hidden from the docs and only called by `fuzz/fuzz_targets/*` and that test.
 
 use std::path::Path;
