@@ -13,22 +13,22 @@ use common::{Node, run, sh, tree_contents};
 const HOST_OFF: &str =
     "[host]\nsystemd = false\nostree = false\ncluster = false\n[backup]\nspace_margin = 0\n";
 
-fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+/// `recoveryctl --config <node's config> <args>`, no failpoints unless the caller sets them.
+fn ctl_command(node: &Node, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
     c.arg("--config")
         .arg(&node.config)
         .args(args)
         .env_remove("RECOVERYD_FAILPOINTS");
-    run(&mut c)
+    c
+}
+
+fn ctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    run(&mut ctl_command(node, args))
 }
 
 fn ctl_fp(node: &Node, fp: &str, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
-    c.arg("--config")
-        .arg(&node.config)
-        .args(args)
-        .env("RECOVERYD_FAILPOINTS", fp);
-    run(&mut c)
+    run(ctl_command(node, args).env("RECOVERYD_FAILPOINTS", fp))
 }
 
 fn require_root() {
@@ -377,13 +377,7 @@ fn a_second_backup_shares_unchanged_files() {
 
 /// A backup as `ctl` runs it, with the debug log on stderr.
 fn backup_logged(node: &Node) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_recoveryctl"));
-    c.arg("--config")
-        .arg(&node.config)
-        .args(["--offline", "backup"])
-        .env_remove("RECOVERYD_FAILPOINTS")
-        .env("RECOVERYD_LOG", "recoveryd=debug");
-    run(&mut c)
+    run(ctl_command(node, &["--offline", "backup"]).env("RECOVERYD_LOG", "recoveryd=debug"))
 }
 
 #[test]
